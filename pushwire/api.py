@@ -1,0 +1,192 @@
+"""The Pusher REST API's logic, independent of HTTP: validate, act through the adapter, answer.
+
+Each function takes the already authenticated app and parsed input and returns the JSON
+answer, or raises `ApiError` carrying the HTTP status. The aiohttp layer (transport/rest.py)
+only parses requests, checks signatures and renders results.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from .adapters.base import Adapter
+from .config import App
+from .hub import ChannelStats
+from .protocol import messages
+from .protocol.channels import channel_type, server_to_user_id, validate_channel_name
+from .protocol.errors import InvalidChannel
+
+SOCKET_ID_RE = re.compile(r"^\d+\.\d+$")
+TRIGGER_INFO = frozenset({"user_count", "subscription_count"})
+CHANNEL_INFO = frozenset({"user_count", "subscription_count", "cache"})
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _attrs(info: object, allowed: frozenset[str], where: str) -> set[str]:
+    if info is None or info == "":
+        return set()
+    if not isinstance(info, str):
+        raise ApiError(400, f"{where}: 'info' must be a comma-separated string")
+    attrs = {a.strip() for a in info.split(",") if a.strip()}
+    unknown = attrs - allowed
+    if unknown:
+        raise ApiError(
+            400,
+            f"{where}: unknown info attribute(s) {', '.join(sorted(unknown))} "
+            f"(allowed: {', '.join(sorted(allowed))})",
+        )
+    return attrs
+
+
+def _channel(app: App, name: object, where: str) -> str:
+    try:
+        return validate_channel_name(name, app.max_channel_name_length)
+    except InvalidChannel as exc:
+        raise ApiError(400, f"{where}: {exc.message}") from None
+
+
+def _event(app: App, body: object, where: str, multi: bool) -> dict[str, Any]:
+    """Validate one event of a trigger or batch; return name, data, channels, socket_id, info."""
+    if not isinstance(body, dict):
+        raise ApiError(400, f"{where}: expected a JSON object")
+    name = body.get("name")
+    if not isinstance(name, str) or not name:
+        raise ApiError(400, f"{where}: 'name' must be a non-empty string")
+    if len(name) > app.max_event_name_length:
+        raise ApiError(400, f"{where}: event name longer than {app.max_event_name_length}")
+    data = body.get("data")
+    if data is None:
+        raise ApiError(400, f"{where}: 'data' is required")
+    if not isinstance(data, str):  # Pusher's data is a string; encode anything else once
+        data = orjson.dumps(data).decode()
+    if len(data.encode()) > app.max_message_size:
+        raise ApiError(413, f"{where}: event data larger than {app.max_message_size} bytes")
+    if multi and "channels" in body:
+        channels = body["channels"]
+        if not isinstance(channels, list) or not channels:
+            raise ApiError(400, f"{where}: 'channels' must be a non-empty list")
+        if len(channels) > app.max_channels_per_trigger:
+            raise ApiError(
+                400, f"{where}: more than {app.max_channels_per_trigger} channels in one trigger"
+            )
+    elif "channel" in body:
+        channels = [body["channel"]]
+    else:
+        raise ApiError(400, f"{where}: 'channel' or 'channels' is required")
+    names = [_channel(app, c, where) for c in channels]
+    if len(set(names)) != len(names):
+        raise ApiError(400, f"{where}: the same channel is named twice")
+    socket_id = body.get("socket_id")
+    if socket_id is not None and (
+        not isinstance(socket_id, str) or not SOCKET_ID_RE.match(socket_id)
+    ):
+        raise ApiError(400, f"{where}: invalid socket_id {socket_id!r}")
+    attrs = _attrs(body.get("info"), TRIGGER_INFO, where)
+    return {"name": name, "data": data, "channels": names, "socket_id": socket_id, "info": attrs}
+
+
+def _info(stats: ChannelStats | None, attrs: set[str], presence: bool) -> dict[str, int]:
+    out: dict[str, int] = {}
+    if "user_count" in attrs and presence:
+        out["user_count"] = 0 if stats is None or stats.user_count is None else stats.user_count
+    if "subscription_count" in attrs:
+        out["subscription_count"] = 0 if stats is None else stats.subscription_count
+    return out
+
+
+async def _deliver(adapter: Adapter, app: App, ev: dict[str, Any]) -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    for channel in ev["channels"]:
+        msg = messages.channel_event(ev["name"], channel, ev["data"])
+        user_id = server_to_user_id(channel)
+        if user_id is not None:
+            await adapter.send_to_user(app, user_id, msg, ev["socket_id"])
+            continue
+        ctype = channel_type(channel)
+        if ctype.cache:
+            await adapter.cache_set(app, channel, msg)
+        await adapter.publish(app, channel, msg, ev["socket_id"])
+        if ev["info"]:
+            stats = await adapter.channel_stats(app, channel)
+            info[channel] = _info(stats, ev["info"], ctype.presence)
+    return info
+
+
+async def trigger(adapter: Adapter, app: App, body: object) -> dict[str, Any]:
+    ev = _event(app, body, "trigger", multi=True)
+    info = await _deliver(adapter, app, ev)
+    return {"channels": info} if ev["info"] else {}
+
+
+async def trigger_batch(adapter: Adapter, app: App, body: object) -> dict[str, Any]:
+    if not isinstance(body, dict) or not isinstance(body.get("batch"), list):
+        raise ApiError(400, 'batch: expected {"batch": [...]}')
+    batch = body["batch"]
+    if len(batch) > app.max_batch_size:
+        raise ApiError(400, f"batch: more than {app.max_batch_size} events in one batch")
+    events = [_event(app, e, f"batch[{i}]", multi=False) for i, e in enumerate(batch)]
+    results = [await _deliver(adapter, app, ev) for ev in events]
+    if any(ev["info"] for ev in events):
+        return {
+            "batch": [r.get(ev["channels"][0], {}) for r, ev in zip(results, events, strict=True)]
+        }
+    return {}
+
+
+async def channels(adapter: Adapter, app: App, query: dict[str, str]) -> dict[str, Any]:
+    prefix = query.get("filter_by_prefix", "")
+    attrs = _attrs(query.get("info"), TRIGGER_INFO, "channels")
+    if "user_count" in attrs and not prefix.startswith("presence-"):
+        raise ApiError(
+            400, "channels: info=user_count needs filter_by_prefix starting with presence-"
+        )
+    found = await adapter.channels(app, prefix)
+    return {
+        "channels": {
+            name: _info(stats, attrs, channel_type(name).presence)
+            for name, stats in sorted(found.items())
+        }
+    }
+
+
+async def channel(adapter: Adapter, app: App, name: str, query: dict[str, str]) -> dict[str, Any]:
+    name = _channel(app, name, "channel")
+    ctype = channel_type(name)
+    attrs = _attrs(query.get("info"), CHANNEL_INFO, "channel")
+    if "user_count" in attrs and not ctype.presence:
+        raise ApiError(400, "channel: info=user_count is only for presence channels")
+    if "cache" in attrs and not ctype.cache:
+        raise ApiError(400, "channel: info=cache is only for cache channels")
+    stats = await adapter.channel_stats(app, name)
+    out: dict[str, Any] = {"occupied": stats is not None and stats.subscription_count > 0}
+    out.update(_info(stats, attrs, ctype.presence))
+    if "cache" in attrs:
+        cached = await adapter.cache_get(app, name)
+        if cached is not None:
+            msg, ttl = cached
+            out["cache"] = {"data": msg.json()["data"], "ttl": int(ttl)}
+    return out
+
+
+async def users(adapter: Adapter, app: App, name: str) -> dict[str, Any]:
+    name = _channel(app, name, "users")
+    if not channel_type(name).presence:
+        raise ApiError(400, "users: only presence channels have users")
+    members = await adapter.presence_members(app, name)
+    return {"users": [{"id": uid} for uid in members]}
+
+
+async def terminate(adapter: Adapter, app: App, user_id: str) -> dict[str, Any]:
+    if not user_id or len(user_id) > app.max_presence_user_id_length:
+        raise ApiError(400, "terminate_connections: invalid user id")
+    await adapter.terminate_user(app, user_id)
+    return {}

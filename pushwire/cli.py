@@ -1,0 +1,106 @@
+"""`pushwire serve | routes | --version`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from . import __version__
+from .config import Config, ConfigError, load
+
+log = logging.getLogger("pushwire")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pushwire", description=__doc__)
+    p.add_argument("--version", action="version", version=f"pushwire {__version__}")
+    sub = p.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="run the server (WebSocket + REST API on one port)")
+    serve.add_argument("--config", help="TOML configuration file")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 6001; 0 = any)")
+    serve.add_argument("--log-level", help="debug, info, warning or error")
+    routes = sub.add_parser("routes", help="list the REST API routes")
+    routes.add_argument("--config", help="TOML configuration file")
+    return p
+
+
+async def _serve(config: Config) -> None:
+    from .server import create_app
+
+    app = create_app(config)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
+    await site.start()
+    server = site._server
+    sockets = getattr(server, "sockets", None)
+    port = sockets[0].getsockname()[1] if sockets else config.server.port
+    log.info(
+        "listening on http://%s:%d (WebSocket /app/{key}, REST /apps/{id}/...)",
+        config.server.host,
+        port,
+    )
+    for a in config.apps:
+        log.info("app id=%s key=%s", a.id, a.key)
+    if config.demo_credentials:
+        log.warning(
+            "no app configured: using the DEMO credentials app-id / app-key / app-secret; "
+            "do not use them in production (pass --config or PUSHWIRE_APP_ID/KEY/SECRET)"
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await runner.cleanup()
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return 2
+    try:
+        overrides = {}
+        if args.command == "serve":
+            overrides = {"host": args.host, "port": args.port, "log_level": args.log_level}
+        config = load(args.config, overrides=overrides)
+    except ConfigError as exc:
+        print(f"pushwire: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "routes":
+        from .server import rest_routes
+
+        for method, path in rest_routes(config):
+            print(f"{method:5} {path}")
+        print("GET   /app/{key}  (WebSocket, Pusher protocol 7)")
+        return 0
+    _configure_logging(config.server.log_level)
+    try:
+        import uvloop
+
+        uvloop.run(_serve(config))
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        asyncio.run(_serve(config))
+    except OSError as exc:
+        print(
+            f"pushwire: cannot listen on {config.server.host}:{config.server.port}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

@@ -1,0 +1,292 @@
+"""Configuration: TOML file, then `PUSHWIRE_*` environment variables, then command-line flags.
+
+Every key is checked: an unknown key, a wrong type or a duplicate app id/key stops start-up
+with one line naming the file, the key and the problem (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+DEMO_APP = ("app-id", "app-key", "app-secret")
+
+WEBHOOK_EVENT_TYPES = frozenset(
+    {
+        "channel_occupied",
+        "channel_vacated",
+        "member_added",
+        "member_removed",
+        "client_event",
+        "cache_miss",
+        "subscription_count",
+    }
+)
+
+
+class ConfigError(Exception):
+    """A configuration problem; its message is one line meant for the operator."""
+
+
+@dataclass(frozen=True)
+class WebhookFilter:
+    channel_name_starts_with: str | None = None
+    channel_name_ends_with: str | None = None
+
+
+@dataclass(frozen=True)
+class Webhook:
+    url: str
+    event_types: tuple[str, ...] = tuple(sorted(WEBHOOK_EVENT_TYPES))
+    headers: Mapping[str, str] = field(default_factory=dict)
+    filter: WebhookFilter = field(default_factory=WebhookFilter)
+
+
+@dataclass(frozen=True)
+class App:
+    id: str
+    key: str
+    secret: str
+    enabled: bool = True
+    enable_client_messages: bool = True
+    enable_user_authentication: bool = False  # kick sockets that neither sign in nor authorize
+    user_authentication_timeout: float = 30.0
+    enable_watchlist_events: bool = False
+    max_connections: int = 0  # 0 = unlimited
+    max_presence_members: int = 100
+    max_presence_member_size: int = 1024  # bytes of user_info JSON
+    max_presence_user_id_length: int = 128
+    max_channel_name_length: int = 200
+    max_event_name_length: int = 200
+    max_message_size: int = 10240  # bytes of an event's data
+    max_channels_per_trigger: int = 100
+    max_batch_size: int = 10
+    max_watchlist_size: int = 100
+    client_event_rate: float = 10.0  # client events per second per connection
+    cache_ttl: float = 1800.0  # seconds a cache channel remembers its last event
+    webhooks: tuple[Webhook, ...] = ()
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 6001
+    activity_timeout: int = 120  # seconds, announced to clients
+    pong_timeout: float = 30.0  # seconds to wait for a pong before closing with 4201
+    max_frame_size: int = 262144  # larger inbound frames close the socket with 1009
+    max_pending_bytes: int = 4 * 1024 * 1024  # unsent output past which a socket is closed
+    max_request_body: int = 1024 * 1024
+    timestamp_window: float = 600.0
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    apps: tuple[App, ...] = ()
+    demo_credentials: bool = False
+    source: str = "<defaults>"
+
+    def app_by_key(self, key: str) -> App | None:
+        return _index(self.apps, "key").get(key)
+
+    def app_by_id(self, app_id: str) -> App | None:
+        return _index(self.apps, "id").get(app_id)
+
+
+_index_cache: dict[tuple[int, str], dict[str, App]] = {}
+
+
+def _index(apps: tuple[App, ...], attr: str) -> dict[str, App]:
+    k = (id(apps), attr)
+    idx = _index_cache.get(k)
+    if idx is None:
+        idx = _index_cache[k] = {getattr(a, attr): a for a in apps}
+    return idx
+
+
+def _check_type(where: str, key: str, value: Any, expected: Any) -> Any:
+    if expected is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        name = getattr(expected, "__name__", str(expected))
+        raise ConfigError(f"{where}: key '{key}' must be of type {name}, got {value!r}")
+    return value
+
+
+def _build(cls: Any, data: Mapping[str, Any], where: str, skip: tuple[str, ...] = ()) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a table, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in skip:
+            continue
+        f = fields.get(key)
+        if f is None:
+            raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(fields)})")
+        expected = {"str": str, "int": int, "float": float, "bool": bool}.get(
+            str(f.type).split(" |")[0]
+        )
+        if expected is not None:
+            value = _check_type(where, key, value, expected)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _webhook(data: Any, where: str) -> Webhook:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: each webhook must be a table with a 'url'")
+    known = {"url", "event_types", "headers", "filter"}
+    for k in data:
+        if k not in known:
+            raise ConfigError(f"{where}: unknown key '{k}' (known: {', '.join(sorted(known))})")
+    url = data.get("url")
+    if not isinstance(url, str) or urlparse(url).scheme not in ("http", "https"):
+        raise ConfigError(f"{where}: key 'url' must be an http:// or https:// URL, got {url!r}")
+    if not urlparse(url).netloc:
+        raise ConfigError(f"{where}: key 'url' has no host: {url!r}")
+    types = data.get("event_types", sorted(WEBHOOK_EVENT_TYPES))
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+        raise ConfigError(f"{where}: key 'event_types' must be a list of strings")
+    for t in types:
+        if t not in WEBHOOK_EVENT_TYPES:
+            raise ConfigError(
+                f"{where}: unknown event type {t!r} in 'event_types' "
+                f"(known: {', '.join(sorted(WEBHOOK_EVENT_TYPES))})"
+            )
+    headers = data.get("headers", {})
+    if not isinstance(headers, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise ConfigError(f"{where}: key 'headers' must be a table of strings")
+    flt = _build(WebhookFilter, data.get("filter", {}), f"{where}.filter")
+    return Webhook(url=url, event_types=tuple(types), headers=dict(headers), filter=flt)
+
+
+_POSITIVE = (
+    "max_presence_members",
+    "max_presence_member_size",
+    "max_presence_user_id_length",
+    "max_channel_name_length",
+    "max_event_name_length",
+    "max_message_size",
+    "max_channels_per_trigger",
+    "max_batch_size",
+    "max_watchlist_size",
+    "client_event_rate",
+    "cache_ttl",
+    "user_authentication_timeout",
+)
+
+
+def _app(data: Any, where: str) -> App:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: each [[apps]] entry must be a table")
+    for required in ("id", "key", "secret"):
+        if required not in data:
+            raise ConfigError(f"{where}: missing required key '{required}'")
+    app: App = _build(App, data, where, skip=("webhooks",))
+    for name in ("id", "key", "secret"):
+        if not getattr(app, name):
+            raise ConfigError(f"{where}: key '{name}' must not be empty")
+    if ":" in app.key:
+        raise ConfigError(f"{where}: key 'key' must not contain ':'")
+    for name in _POSITIVE:
+        if getattr(app, name) <= 0:
+            raise ConfigError(f"{where}: key '{name}' must be greater than 0")
+    if app.max_connections < 0:
+        raise ConfigError(f"{where}: key 'max_connections' must be >= 0 (0 = unlimited)")
+    hooks = data.get("webhooks", [])
+    if not isinstance(hooks, list):
+        raise ConfigError(f"{where}: key 'webhooks' must be a list of tables")
+    webhooks = tuple(_webhook(h, f"{where}.webhooks[{i}]") for i, h in enumerate(hooks))
+    return dataclasses.replace(app, webhooks=webhooks)
+
+
+def parse(data: Mapping[str, Any], source: str = "<config>") -> Config:
+    """Build a Config from parsed TOML data, validating every key."""
+    for key in data:
+        if key not in ("server", "apps"):
+            raise ConfigError(f"{source}: unknown top-level key '{key}' (known: server, apps)")
+    server = _build(ServerConfig, data.get("server", {}), f"{source}: [server]")
+    if not 0 <= server.port <= 65535:
+        raise ConfigError(f"{source}: [server]: key 'port' must be between 0 and 65535")
+    if server.activity_timeout <= 0:
+        raise ConfigError(f"{source}: [server]: key 'activity_timeout' must be greater than 0")
+    raw_apps = data.get("apps", [])
+    if not isinstance(raw_apps, list):
+        raise ConfigError(f"{source}: 'apps' must be an array of tables ([[apps]])")
+    apps = tuple(_app(a, f"{source}: apps[{i}]") for i, a in enumerate(raw_apps))
+    for attr in ("id", "key"):
+        seen: set[str] = set()
+        for i, a in enumerate(apps):
+            v = getattr(a, attr)
+            if v in seen:
+                raise ConfigError(f"{source}: apps[{i}]: duplicate app {attr} {v!r}")
+            seen.add(v)
+    return Config(server=server, apps=apps, source=source)
+
+
+def load(
+    path: str | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Load the file (if any), apply `PUSHWIRE_*` variables, then `overrides` (from flags).
+
+    With no app configured, one demo app (`app-id` / `app-key` / `app-secret`) is added and
+    `demo_credentials` is set so the server can warn about it.
+    """
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path:
+        source = path
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    cfg = parse(data, source)
+    server_over: dict[str, Any] = {}
+    for key, conv in (("host", str), ("port", int), ("log_level", str)):
+        raw = env.get(f"PUSHWIRE_{key.upper()}")
+        if raw:
+            try:
+                server_over[key] = conv(raw)
+            except ValueError:
+                raise ConfigError(f"PUSHWIRE_{key.upper()}: invalid value {raw!r}") from None
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            server_over[key] = value
+    server = dataclasses.replace(cfg.server, **server_over)
+    apps = cfg.apps
+    demo = False
+    env_app = [env.get(f"PUSHWIRE_APP_{k}") for k in ("ID", "KEY", "SECRET")]
+    if any(env_app):
+        if not all(env_app):
+            raise ConfigError(
+                "PUSHWIRE_APP_ID, PUSHWIRE_APP_KEY and PUSHWIRE_APP_SECRET must be set together"
+            )
+        app = App(id=env_app[0] or "", key=env_app[1] or "", secret=env_app[2] or "")
+        apps = (app, *(a for a in apps if a.id != app.id and a.key != app.key))
+    if not apps:
+        apps = (App(*DEMO_APP),)
+        demo = True
+    return Config(server=server, apps=apps, demo_credentials=demo, source=source)

@@ -1,0 +1,347 @@
+"""The Pusher protocol v7 session logic: handshake, inbound events, heartbeats.
+
+It sees only `Connection` objects (send / close) and an `Adapter`; no sockets. The transport
+calls `check_handshake`, `open`, `on_text` / `on_binary`, `on_close`, and a timer calls
+`sweep` for heartbeats and authentication timeouts.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from .adapters.base import Adapter
+from .config import App, Config
+from .connection import Connection
+from .protocol import errors, messages
+from .protocol.channels import USER_ID_RE, channel_type, validate_channel_name
+from .protocol.errors import PusherError
+from .protocol.signing import channel_string_to_sign, user_string_to_sign, verify_auth
+
+VERSION_RE = re.compile(r"^v?\d+(\.\d+)*([-+.~][0-9A-Za-z.\-+~]*)?$")
+MIN_PROTOCOL, MAX_PROTOCOL = 5, 7
+
+
+def new_socket_id() -> str:
+    """Pusher's `<digits>.<digits>` form."""
+    return f"{secrets.randbelow(10**9) + 1}.{secrets.randbelow(10**9) + 1}"
+
+
+class PusherHandler:
+    def __init__(self, config: Config, adapter: Adapter, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.adapter = adapter
+        self.clock = clock
+        # Optional observer of every client-event (used by webhooks later): (conn, msg dict).
+        self.on_client_event: list[Callable[[Connection, str, str, Any, str | None], None]] = []
+
+    # Handshake ---------------------------------------------------------------------------
+    def check_handshake(self, app_key: str, query: Mapping[str, str]) -> App:
+        """The app a new connection is for; raises a closing PusherError if refused."""
+        app = self.config.app_by_key(app_key)
+        if app is None:
+            raise errors.AppNotFound(f"Application does not exist: unknown app key {app_key!r}")
+        if not app.enabled:
+            raise errors.AppDisabled("Application disabled")
+        version = query.get("version")
+        if version is not None and (len(version) > 64 or not VERSION_RE.match(version)):
+            raise errors.InvalidVersion(f"Invalid version string format: {version[:64]!r}")
+        protocol = query.get("protocol")
+        if protocol is None or protocol == "":
+            raise errors.NoProtocolVersion("No protocol version supplied (use ?protocol=7)")
+        if not protocol.isdigit() or not MIN_PROTOCOL <= int(protocol) <= MAX_PROTOCOL:
+            raise errors.UnsupportedProtocol(
+                f"Unsupported protocol version {protocol[:16]!r}: "
+                f"supported are {MIN_PROTOCOL} to {MAX_PROTOCOL}"
+            )
+        return app
+
+    async def open(self, conn: Connection) -> None:
+        """Register the connection and greet it; closes it (4004) when over quota."""
+        try:
+            await self.adapter.add_connection(conn)
+        except PusherError as exc:
+            conn.send_error_and_close(exc)
+            raise
+        conn.send(
+            messages.connection_established(conn.socket_id, self.config.server.activity_timeout)
+        )
+
+    async def on_close(self, conn: Connection) -> None:
+        conn.closed = True
+        await self.adapter.remove_connection(conn)
+
+    # Inbound -----------------------------------------------------------------------------
+    def on_binary(self, conn: Connection) -> None:
+        self._touch(conn)
+        conn.send(messages.error(errors.InvalidMessage("Binary frames are not supported")))
+
+    def _touch(self, conn: Connection) -> None:
+        conn.last_seen = self.clock()
+        conn.ping_sent_at = None
+
+    async def on_text(self, conn: Connection, text: str | bytes) -> None:
+        """Handle one inbound frame; a bad one gets `pusher:error`, never an exception."""
+        self._touch(conn)
+        try:
+            await self._dispatch(conn, text)
+        except PusherError as exc:
+            if exc.close:
+                conn.send_error_and_close(exc)
+            else:
+                conn.send(messages.error(exc))
+
+    async def _dispatch(self, conn: Connection, text: str | bytes) -> None:
+        try:
+            msg = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            raise errors.InvalidMessage("Invalid message: not valid JSON") from None
+        if not isinstance(msg, dict):
+            raise errors.InvalidMessage("Invalid message: expected a JSON object")
+        event = msg.get("event")
+        if not isinstance(event, str) or not event:
+            raise errors.InvalidMessage("Invalid message: 'event' must be a non-empty string")
+        if event == "pusher:ping":
+            conn.send(messages.PONG)
+        elif event == "pusher:pong":
+            return
+        elif event == "pusher:subscribe":
+            await self._subscribe(conn, _data_object(msg))
+        elif event == "pusher:unsubscribe":
+            data = _data_object(msg)
+            channel = data.get("channel")
+            if not isinstance(channel, str):
+                raise errors.InvalidMessage("pusher:unsubscribe: 'channel' must be a string")
+            if channel in conn.channels:
+                await self.adapter.unsubscribe(conn, channel)
+        elif event == "pusher:signin":
+            await self._signin(conn, _data_object(msg))
+        elif event.startswith("client-"):
+            await self._client_event(conn, event, msg)
+        else:
+            raise errors.InvalidMessage(f"Unsupported event {event[:64]!r}")
+
+    # Subscriptions -----------------------------------------------------------------------
+    async def _subscribe(self, conn: Connection, data: dict[str, Any]) -> None:
+        app = conn.app
+        name = data.get("channel")
+        try:
+            validate_channel_name(name, app.max_channel_name_length)
+        except errors.InvalidChannel as exc:
+            if isinstance(name, str):
+                conn.send(messages.subscription_error(name[:200], exc, 400))
+            raise
+        assert isinstance(name, str)
+        ctype = channel_type(name)
+        try:
+            await self._authorize_and_join(conn, name, ctype, data)
+        except (errors.Unauthorized, errors.PresenceLimit, errors.InvalidChannel) as exc:
+            status = {errors.Unauthorized: 401, errors.PresenceLimit: 4100}.get(type(exc), 400)
+            conn.send(messages.subscription_error(name, exc, status))
+            raise
+
+    async def _authorize_and_join(
+        self, conn: Connection, name: str, ctype: Any, data: dict[str, Any]
+    ) -> None:
+        app = conn.app
+        if ctype.kind.value == "server-to-user":
+            user_id = name.split("#server-to-user-", 1)[1]
+            if conn.user_id != user_id:
+                raise errors.Unauthorized(
+                    f"Subscription to {name} refused: the connection is not signed in as {user_id}"
+                )
+            conn.send(messages.subscription_succeeded(name))
+            return
+        member: tuple[str, Any] | None = None
+        if ctype.authorized:
+            auth = data.get("auth")
+            channel_data = data.get("channel_data") if ctype.presence else None
+            if ctype.presence and not isinstance(channel_data, str):
+                raise errors.InvalidChannel(
+                    f"Subscription to {name} refused: presence channels need 'channel_data' "
+                    "as a JSON string"
+                )
+            to_sign = channel_string_to_sign(conn.socket_id, name, channel_data)
+            if not verify_auth(app.key, app.secret, to_sign, auth):
+                raise errors.Unauthorized(
+                    f"Invalid signature: expected HMAC SHA256 hex digest of {to_sign[:300]!s}"
+                    f" signed with the app secret, as '{app.key}:<signature>'"
+                )
+            if ctype.presence:
+                assert isinstance(channel_data, str)
+                member = _parse_member(app, name, channel_data)
+            conn.authorized = True
+        members = await self.adapter.subscribe(conn, name, member)
+        if members is not None:
+            conn.send(messages.presence_subscription_succeeded(name, members))
+        else:
+            conn.send(messages.subscription_succeeded(name))
+        if ctype.cache:
+            cached = await self.adapter.cache_get(app, name)
+            conn.send(cached[0] if cached is not None else messages.cache_miss(name))
+
+    # Sign-in -----------------------------------------------------------------------------
+    async def _signin(self, conn: Connection, data: dict[str, Any]) -> None:
+        app = conn.app
+        user_data = data.get("user_data")
+        if not isinstance(user_data, str):
+            raise errors.InvalidMessage("pusher:signin: 'user_data' must be a JSON string")
+        to_sign = user_string_to_sign(conn.socket_id, user_data)
+        if not verify_auth(app.key, app.secret, to_sign, data.get("auth")):
+            raise errors.Unauthorized(
+                f"Invalid signature: expected HMAC SHA256 hex digest of {to_sign[:300]!s}"
+            )
+        try:
+            user = orjson.loads(user_data)
+        except orjson.JSONDecodeError:
+            raise errors.InvalidMessage("pusher:signin: 'user_data' is not valid JSON") from None
+        user_id = user.get("id") if isinstance(user, dict) else None
+        if not isinstance(user_id, str) or not user_id:
+            raise errors.InvalidMessage("pusher:signin: user_data must contain a non-empty 'id'")
+        if len(user_id) > app.max_presence_user_id_length or not USER_ID_RE.match(user_id):
+            raise errors.InvalidMessage(f"pusher:signin: invalid user id {user_id[:64]!r}")
+        if conn.user_id is not None and conn.user_id != user_id:
+            raise errors.Unauthorized(
+                "pusher:signin refused: this connection is signed in as another user"
+            )
+        watchlist = user.get("watchlist", [])
+        if not isinstance(watchlist, list) or not all(isinstance(w, str) for w in watchlist):
+            raise errors.InvalidMessage("pusher:signin: 'watchlist' must be a list of user ids")
+        over = len(watchlist) > app.max_watchlist_size
+        conn.watchlist = tuple(watchlist[: app.max_watchlist_size])
+        await self.adapter.sign_in(conn, user_id, user_data)
+        conn.authorized = True
+        conn.send(messages.signin_success(user_data))
+        if over:
+            conn.send(
+                messages.error(
+                    errors.WatchlistLimit(
+                        f"Watchlist limit exceeded: only the first {app.max_watchlist_size} "
+                        "user ids are watched"
+                    )
+                )
+            )
+        if app.enable_watchlist_events and conn.watchlist:
+            online = await self.adapter.online_users(app, conn.watchlist)
+            online_set = set(online)
+            offline = [u for u in conn.watchlist if u not in online_set]
+            events = []
+            if online:
+                events.append({"name": "online", "user_ids": online})
+            if offline:
+                events.append({"name": "offline", "user_ids": offline})
+            conn.send(messages.watchlist_events(events))
+
+    # Client events -----------------------------------------------------------------------
+    async def _client_event(self, conn: Connection, event: str, msg: dict[str, Any]) -> None:
+        app = conn.app
+        if not app.enable_client_messages:
+            raise errors.ClientEventRejected("Client events are not enabled for this app")
+        if len(event) > app.max_event_name_length:
+            raise errors.ClientEventRejected(
+                f"Client event rejected - event name longer than {app.max_event_name_length}"
+            )
+        channel = msg.get("channel")
+        if not isinstance(channel, str):
+            raise errors.ClientEventRejected("Client event rejected - 'channel' must be a string")
+        if not channel_type(channel).accepts_client_events:
+            raise errors.ClientEventRejected(
+                "Client event rejected - only supported on private and presence channels"
+            )
+        if channel not in conn.channels:
+            raise errors.ClientEventRejected(
+                f"Client event rejected - not subscribed to channel {channel[:200]}"
+            )
+        data = msg.get("data")
+        if len(orjson.dumps(data)) > app.max_message_size:
+            raise errors.MessageTooLarge(
+                f"Client event rejected - data larger than {app.max_message_size} bytes"
+            )
+        now = self.clock()
+        rate = app.client_event_rate
+        tokens = min(rate, conn.bucket_tokens + (now - conn.bucket_at) * rate)
+        conn.bucket_at = now
+        if tokens < 1.0:
+            conn.bucket_tokens = tokens
+            raise errors.RateLimited(
+                f"Client event rejected due to rate limit ({rate:g} per second)"
+            )
+        conn.bucket_tokens = tokens - 1.0
+        user_id = conn.channels[channel]
+        out = messages.channel_event(event, channel, data, user_id)
+        await self.adapter.publish(app, channel, out, conn.socket_id)
+        for observer in self.on_client_event:
+            observer(conn, channel, event, data, user_id)
+
+    # Timers ------------------------------------------------------------------------------
+    def sweep(self) -> None:
+        """Ping idle clients, close those whose pong is late (4201) or that never
+        authenticated when the app requires it (4009). Called by one timer for all sockets."""
+        now = self.clock()
+        server = self.config.server
+        for st in list(self.adapter.hub.apps.values()):
+            app = st.app
+            for conn in list(st.connections.values()):
+                if conn.closed:
+                    continue
+                if conn.ping_sent_at is not None:
+                    if now - conn.ping_sent_at >= server.pong_timeout:
+                        conn.send_error_and_close(
+                            errors.PongTimeout("Pong reply not received in time")
+                        )
+                        continue
+                elif now - conn.last_seen >= server.activity_timeout:
+                    conn.send(messages.PING)
+                    conn.ping_sent_at = now
+                if (
+                    app.enable_user_authentication
+                    and not conn.authorized
+                    and now - conn.opened_at >= app.user_authentication_timeout
+                ):
+                    conn.send_error_and_close(
+                        errors.ConnectionUnauthorized(
+                            "Connection is unauthorized: sign in or subscribe to a private "
+                            "channel in time"
+                        )
+                    )
+        self.adapter.hub.expire_caches()
+
+
+def _data_object(msg: dict[str, Any]) -> dict[str, Any]:
+    data = msg.get("data")
+    if isinstance(data, str):  # some clients double-encode their data too
+        try:
+            data = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            data = None
+    if not isinstance(data, dict):
+        raise errors.InvalidMessage(f"Invalid message: {msg['event']} needs a 'data' object")
+    return data
+
+
+def _parse_member(app: App, channel: str, channel_data: str) -> tuple[str, Any]:
+    try:
+        parsed = orjson.loads(channel_data)
+    except orjson.JSONDecodeError:
+        raise errors.InvalidChannel("Invalid channel_data: not valid JSON") from None
+    if not isinstance(parsed, dict):
+        raise errors.InvalidChannel("Invalid channel_data: expected a JSON object")
+    user_id = parsed.get("user_id")
+    if isinstance(user_id, int | float) and not isinstance(user_id, bool):
+        user_id = str(int(user_id)) if float(user_id).is_integer() else str(user_id)
+    if not isinstance(user_id, str) or not user_id:
+        raise errors.InvalidChannel("Invalid channel_data: 'user_id' must be a string or number")
+    if len(user_id) > app.max_presence_user_id_length:
+        raise errors.InvalidChannel(
+            f"Invalid channel_data: user_id longer than {app.max_presence_user_id_length}"
+        )
+    user_info = parsed.get("user_info")
+    if user_info is not None and len(orjson.dumps(user_info)) > app.max_presence_member_size:
+        raise errors.InvalidChannel(
+            f"Invalid channel_data: user_info larger than {app.max_presence_member_size} bytes"
+        )
+    return user_id, user_info

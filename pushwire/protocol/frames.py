@@ -1,0 +1,47 @@
+"""Outbound messages encoded once: a JSON payload and its WebSocket text frame, built lazily.
+
+A broadcast creates one `Outbound` and hands the same object to every subscriber, so the JSON
+and the frame header are computed once however many sockets receive it (server frames are not
+masked, so the bytes are identical for every recipient). Connections never negotiate
+permessage-deflate, so the shared frame is valid on all of them.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import orjson
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, final WebSocket text frame (RFC 6455 section 5.2) carrying `payload`."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
+class Outbound:
+    """One server-to-client message. `payload` is the JSON; `wire` the frame, made once."""
+
+    __slots__ = ("_wire", "payload")
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self._wire: bytes | None = None
+
+    @property
+    def wire(self) -> bytes:
+        w = self._wire
+        if w is None:
+            w = self._wire = text_frame(self.payload)
+        return w
+
+    def json(self) -> Any:
+        return orjson.loads(self.payload)
+
+    def __repr__(self) -> str:
+        return f"Outbound({self.payload.decode()!r})"

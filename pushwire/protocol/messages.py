@@ -1,0 +1,90 @@
+"""Server-to-client Pusher messages with their exact wire form.
+
+Pusher's double encoding: `data` of every event the server emits is a JSON *string*. Channel
+events from the REST API carry the string the API received, untouched; client events are
+forwarded with the `data` the sender gave.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .errors import PusherError
+from .frames import Outbound
+
+_dumps = orjson.dumps
+
+
+def _event(event: str, data: Any, channel: str | None = None) -> Outbound:
+    msg: dict[str, Any] = {"event": event}
+    if channel is not None:
+        msg["channel"] = channel
+    msg["data"] = _dumps(data).decode()
+    return Outbound(_dumps(msg))
+
+
+def connection_established(socket_id: str, activity_timeout: int) -> Outbound:
+    return _event(
+        "pusher:connection_established",
+        {"socket_id": socket_id, "activity_timeout": activity_timeout},
+    )
+
+
+def error(err: PusherError) -> Outbound:
+    return _event("pusher:error", {"code": err.code, "message": err.message})
+
+
+def error_message(code: int | None, message: str) -> Outbound:
+    return _event("pusher:error", {"code": code, "message": message})
+
+
+PONG = _event("pusher:pong", {})
+PING = _event("pusher:ping", {})
+
+
+def subscription_succeeded(channel: str) -> Outbound:
+    return _event("pusher_internal:subscription_succeeded", {}, channel)
+
+
+def presence_subscription_succeeded(channel: str, members: dict[str, Any]) -> Outbound:
+    data = {"presence": {"ids": list(members), "hash": members, "count": len(members)}}
+    return _event("pusher_internal:subscription_succeeded", data, channel)
+
+
+def subscription_error(channel: str, err: PusherError, status: int) -> Outbound:
+    """Non-standard but understood by pusher-js: reaches the channel's `subscription_error`."""
+    data = {"type": type(err).__name__, "error": err.message, "status": status}
+    return _event("pusher:subscription_error", data, channel)
+
+
+def member_added(channel: str, user_id: str, user_info: Any) -> Outbound:
+    data: dict[str, Any] = {"user_id": user_id}
+    if user_info is not None:
+        data["user_info"] = user_info
+    return _event("pusher_internal:member_added", data, channel)
+
+
+def member_removed(channel: str, user_id: str) -> Outbound:
+    return _event("pusher_internal:member_removed", {"user_id": user_id}, channel)
+
+
+def cache_miss(channel: str) -> Outbound:
+    return Outbound(_dumps({"event": "pusher:cache_miss", "channel": channel}))
+
+
+def signin_success(user_data: str) -> Outbound:
+    return _event("pusher:signin_success", {"user_data": user_data})
+
+
+def watchlist_events(events: list[dict[str, Any]]) -> Outbound:
+    return _event("pusher_internal:watchlist_events", {"events": events})
+
+
+def channel_event(event: str, channel: str, data: Any, user_id: str | None = None) -> Outbound:
+    """A channel event. `data` is sent as given: a string from the REST API stays a string."""
+    msg: dict[str, Any] = {"event": event, "channel": channel, "data": data}
+    if user_id is not None:
+        msg["user_id"] = user_id
+    return Outbound(_dumps(msg))

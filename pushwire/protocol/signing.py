@@ -1,0 +1,137 @@
+"""HMAC-SHA256 signatures: channel authorization, user sign-in, REST requests, webhooks.
+
+Every comparison of a signature is constant-time (`hmac.compare_digest`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping
+
+EMPTY_MD5 = hashlib.md5(b"").hexdigest()
+
+
+def hmac_hex(secret: str, message: str | bytes) -> str:
+    data = message.encode() if isinstance(message, str) else message
+    return hmac.new(secret.encode(), data, hashlib.sha256).hexdigest()
+
+
+def channel_string_to_sign(socket_id: str, channel: str, channel_data: str | None = None) -> str:
+    if channel_data is None:
+        return f"{socket_id}:{channel}"
+    return f"{socket_id}:{channel}:{channel_data}"
+
+
+def user_string_to_sign(socket_id: str, user_data: str) -> str:
+    return f"{socket_id}::user::{user_data}"
+
+
+def sign_auth(key: str, secret: str, string_to_sign: str) -> str:
+    """The `auth` token an app's auth endpoint returns: `<key>:<hex HMAC>`."""
+    return f"{key}:{hmac_hex(secret, string_to_sign)}"
+
+
+def verify_auth(key: str, secret: str, string_to_sign: str, auth: object) -> bool:
+    """Whether `auth` is `<key>:<signature of string_to_sign>`, compared in constant time."""
+    if not isinstance(auth, str):
+        return False
+    expected = sign_auth(key, secret, string_to_sign)
+    return hmac.compare_digest(expected.encode(), auth.encode())
+
+
+def shared_secret(channel: str, master_key: bytes) -> str:
+    """The base64 shared secret of a private-encrypted channel: SHA256(channel || master_key)."""
+    return base64.b64encode(hashlib.sha256(channel.encode() + master_key).digest()).decode()
+
+
+def rest_string_to_sign(method: str, path: str, params: Iterable[tuple[str, str]]) -> str:
+    """`METHOD\\npath\\nk=v&...` with keys lower-cased and sorted, values not URL-escaped.
+
+    `auth_signature` is left out.
+    """
+    pairs = sorted((k.lower(), v) for k, v in params if k.lower() != "auth_signature")
+    query = "&".join(f"{k}={v}" for k, v in pairs)
+    return f"{method.upper()}\n{path}\n{query}"
+
+
+def sign_rest(
+    key: str,
+    secret: str,
+    method: str,
+    path: str,
+    params: Mapping[str, str],
+    body: bytes = b"",
+    timestamp: int | None = None,
+) -> dict[str, str]:
+    """The full signed query of a REST request (used by clients, tests and benchmarks)."""
+    import time
+
+    query = dict(params)
+    query["auth_key"] = key
+    query["auth_timestamp"] = str(int(time.time()) if timestamp is None else timestamp)
+    query["auth_version"] = "1.0"
+    if body:
+        query["body_md5"] = hashlib.md5(body).hexdigest()
+    query["auth_signature"] = hmac_hex(secret, rest_string_to_sign(method, path, query.items()))
+    return query
+
+
+class RestAuthError(Exception):
+    """A REST request whose authentication fails (HTTP 401)."""
+
+
+def verify_rest(
+    *,
+    key: str,
+    secret: str,
+    method: str,
+    path: str,
+    params: Iterable[tuple[str, str]],
+    body: bytes,
+    now: float,
+    window: float = 600.0,
+) -> None:
+    """Check a REST request's signature; raise RestAuthError with the reason if it fails.
+
+    Checks, in order: the required parameters, the key, `auth_version`, the timestamp window,
+    `body_md5` against the MD5 recomputed from the raw body, then the HMAC in constant time.
+    """
+    plist = list(params)
+    query: dict[str, str] = {}
+    for k, v in plist:
+        lk = k.lower()
+        if lk in query and lk.startswith(("auth_", "body_md5")):
+            raise RestAuthError(f"Duplicate query parameter {lk}")
+        query[lk] = v
+    for required in ("auth_key", "auth_timestamp", "auth_signature"):
+        if required not in query:
+            raise RestAuthError(f"Missing query parameter {required}")
+    if not hmac.compare_digest(query["auth_key"].encode(), key.encode()):
+        raise RestAuthError("Unknown auth_key")
+    if query.get("auth_version", "1.0") != "1.0":
+        raise RestAuthError("Unsupported auth_version (only 1.0)")
+    try:
+        ts = int(query["auth_timestamp"])
+    except ValueError:
+        raise RestAuthError("auth_timestamp must be an integer (unix seconds)") from None
+    if abs(now - ts) > window:
+        raise RestAuthError(
+            f"Timestamp expired: auth_timestamp {ts} is more than {int(window)} s from server time "
+            f"{int(now)}"
+        )
+    if body or "body_md5" in query:
+        actual = hashlib.md5(body).hexdigest()
+        given = query.get("body_md5")
+        if given is None:
+            raise RestAuthError("Missing query parameter body_md5 (required with a body)")
+        if not hmac.compare_digest(given.encode(), actual.encode()):
+            raise RestAuthError("body_md5 does not match the MD5 of the request body")
+    expected = hmac_hex(secret, rest_string_to_sign(method, path, plist))
+    if not hmac.compare_digest(expected.encode(), query["auth_signature"].encode()):
+        raise RestAuthError("Invalid signature: it does not match the signed request")
+
+
+def webhook_signature(secret: str, body: bytes) -> str:
+    return hmac_hex(secret, body)

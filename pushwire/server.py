@@ -1,0 +1,92 @@
+"""The composition root: the only place that picks concrete backends and wires the server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__
+from .adapters.base import Adapter
+from .adapters.local import LocalAdapter
+from .config import Config
+from .handler import PusherHandler
+from .hub import Hub
+from .protocol.errors import ReconnectNow
+from .transport.rest import RestApi
+from .transport.ws import WsEndpoint
+
+log = logging.getLogger("pushwire")
+
+HANDLER_KEY = web.AppKey("pushwire_handler", PusherHandler)
+ADAPTER_KEY = web.AppKey("pushwire_adapter", Adapter)
+
+
+def sweep_interval(config: Config) -> float:
+    """How often the heartbeat timer runs: often enough to honour the smallest timeout."""
+    s = config.server
+    smallest = min(
+        [float(s.activity_timeout), s.pong_timeout]
+        + [a.user_authentication_timeout for a in config.apps if a.enable_user_authentication]
+    )
+    return max(0.05, min(5.0, smallest / 4))
+
+
+def rest_routes(config: Config) -> list[tuple[str, str]]:
+    api = RestApi(config, LocalAdapter(Hub(time.monotonic)))
+    return [(method, path) for method, path, _ in api.routes()]
+
+
+def create_app(config: Config, adapter: Adapter | None = None) -> web.Application:
+    """Build the aiohttp application: WebSocket at /app/{key}, REST API under /apps/."""
+    clock = time.monotonic
+    if adapter is None:
+        adapter = LocalAdapter(Hub(clock))
+    handler = PusherHandler(config, adapter, clock)
+    app = web.Application(client_max_size=config.server.max_request_body)
+    app[HANDLER_KEY] = handler
+    app[ADAPTER_KEY] = adapter
+    rest = RestApi(config, adapter)
+    for method, path, fn in rest.routes():
+        app.router.add_route(method, path, fn)
+
+    async def up(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "version": __version__})
+
+    app.router.add_get("/up", up)
+    app.router.add_get("/ready", up)
+
+    endpoint = WsEndpoint(handler)
+    app.router.add_get("/app/{key}", endpoint.handle)
+
+    async def lifecycle(app: web.Application) -> Any:
+        loop = asyncio.get_running_loop()
+        interval = sweep_interval(config)
+        timer: asyncio.TimerHandle | None = None
+
+        def tick() -> None:
+            nonlocal timer
+            try:
+                handler.sweep()
+            except Exception:
+                log.exception("heartbeat sweep failed")
+            timer = loop.call_later(interval, tick)
+
+        await adapter.start()
+        timer = loop.call_later(interval, tick)
+        yield
+        timer.cancel()
+        # Graceful stop: tell every client to reconnect (4200), then let writes drain.
+        err = ReconnectNow("Server shutting down, reconnect")
+        for st in adapter.hub.apps.values():
+            for conn in list(st.connections.values()):
+                conn.send_error_and_close(err)
+        if endpoint.closing_tasks:
+            await asyncio.wait(list(endpoint.closing_tasks), timeout=5)
+        await adapter.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

@@ -1,0 +1,71 @@
+import pytest
+
+from pushwire.protocol import messages
+from pushwire.protocol.channels import Kind, channel_type, validate_channel_name
+from pushwire.protocol.errors import InvalidChannel, Unauthorized
+from pushwire.protocol.frames import text_frame
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "cache"),
+    [
+        ("my-channel", Kind.PUBLIC, False),
+        ("privatefoo", Kind.PUBLIC, False),
+        ("private-foo", Kind.PRIVATE, False),
+        ("private-encrypted-foo", Kind.ENCRYPTED, False),
+        ("presence-foo", Kind.PRESENCE, False),
+        ("cache-foo", Kind.PUBLIC, True),
+        ("private-cache-foo", Kind.PRIVATE, True),
+        ("private-encrypted-cache-foo", Kind.ENCRYPTED, True),
+        ("presence-cache-foo", Kind.PRESENCE, True),
+        ("#server-to-user-42", Kind.SERVER_TO_USER, False),
+    ],
+)
+def test_channel_kinds(name, kind, cache):
+    t = channel_type(name)
+    assert (t.kind, t.cache) == (kind, cache)
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "a b", "foo#bar", "ü", "x" * 201, "private-", "#server-to-user-", None, 5]
+)
+def test_invalid_channel_names(bad):
+    with pytest.raises(InvalidChannel):
+        validate_channel_name(bad)
+
+
+def test_valid_channel_names():
+    assert validate_channel_name("-_=@,.;AZaz09") == "-_=@,.;AZaz09"
+    assert validate_channel_name("x" * 200) == "x" * 200
+    with pytest.raises(InvalidChannel):
+        validate_channel_name("x" * 165, max_length=164)
+
+
+def test_text_frame_headers():
+    assert text_frame(b"hi") == b"\x81\x02hi"
+    assert text_frame(b"a" * 126)[:4] == b"\x81\x7e\x00\x7e"
+    assert text_frame(b"a" * 70000)[:10] == b"\x81\x7f" + (70000).to_bytes(8, "big")
+
+
+def test_exact_wire_strings():
+    assert messages.connection_established("1.2", 120).payload == (
+        b'{"event":"pusher:connection_established",'
+        b'"data":"{\\"socket_id\\":\\"1.2\\",\\"activity_timeout\\":120}"}'
+    )
+    assert messages.subscription_succeeded("my-channel").payload == (
+        b'{"event":"pusher_internal:subscription_succeeded","channel":"my-channel","data":"{}"}'
+    )
+    assert messages.PONG.payload == b'{"event":"pusher:pong","data":"{}"}'
+    assert messages.error(Unauthorized("nope")).payload == (
+        b'{"event":"pusher:error","data":"{\\"code\\":4009,\\"message\\":\\"nope\\"}"}'
+    )
+    assert messages.member_removed("presence-a", "7").payload == (
+        b'{"event":"pusher_internal:member_removed","channel":"presence-a",'
+        b'"data":"{\\"user_id\\":\\"7\\"}"}'
+    )
+    assert messages.cache_miss("cache-a").payload == (
+        b'{"event":"pusher:cache_miss","channel":"cache-a"}'
+    )
+    assert messages.channel_event("ev", "c", '{"x":1}').payload == (
+        b'{"event":"ev","channel":"c","data":"{\\"x\\":1}"}'
+    )

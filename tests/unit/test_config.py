@@ -1,0 +1,85 @@
+import pytest
+
+from pushwire.config import ConfigError, load
+
+GOOD = """
+[server]
+host = "127.0.0.1"
+port = 6001
+
+[[apps]]
+id = "app-id"
+key = "app-key"
+secret = "app-secret"
+enable_client_messages = true
+max_connections = 0
+max_presence_members = 100
+webhooks = [ { url = "http://127.0.0.1:9000/hook", event_types = ["channel_occupied"] } ]
+
+[[apps]]
+id = "two"
+key = "key-two"
+secret = "s2"
+"""
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_documented_shape_loads(tmp_path):
+    cfg = load(write(tmp_path, GOOD), env={})
+    assert [a.id for a in cfg.apps] == ["app-id", "two"]
+    assert cfg.apps[0].webhooks[0].event_types == ("channel_occupied",)
+    assert not cfg.demo_credentials
+    assert cfg.app_by_key("key-two").id == "two"
+
+
+def test_defaults_use_demo_app():
+    cfg = load(None, env={})
+    assert cfg.demo_credentials
+    assert (cfg.apps[0].id, cfg.apps[0].key, cfg.apps[0].secret) == (
+        "app-id", "app-key", "app-secret"
+    )
+    assert (cfg.server.host, cfg.server.port) == ("127.0.0.1", 6001)
+
+
+def test_env_and_flags_override(tmp_path):
+    env = {"PUSHWIRE_PORT": "7000", "PUSHWIRE_HOST": "0.0.0.0", "PUSHWIRE_APP_ID": "e",
+           "PUSHWIRE_APP_KEY": "ek", "PUSHWIRE_APP_SECRET": "es"}
+    cfg = load(write(tmp_path, GOOD), env=env, overrides={"port": 7100})
+    assert cfg.server.port == 7100 and cfg.server.host == "0.0.0.0"
+    assert cfg.apps[0].key == "ek" and len(cfg.apps) == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[server]\nprot = 1\n", "[server]: unknown key 'prot'"),
+        ("[server]\nport = 'x'\n", "key 'port' must be of type int"),
+        ("[[apps]]\nid='a'\nkey='k'\nsecret='s'\n[[apps]]\nid='b'\nkey='k'\nsecret='s'\n",
+         "apps[1]: duplicate app key 'k'"),
+        ("[[apps]]\nid='a'\nkey='k'\n", "missing required key 'secret'"),
+        ("[[apps]]\nid='a'\nkey='k'\nsecret='s'\nmax_presence_members=0\n", "greater than 0"),
+        ("[[apps]]\nid='a'\nkey='k'\nsecret='s'\nwebhooks=[{url='ftp://x'}]\n", "'url'"),
+        ("[[apps]]\nid='a'\nkey='k'\nsecret='s'\nwebhooks=[{url='http://x',event_types=['x']}]\n",
+         "unknown event type 'x'"),
+        ("[[apps]]\nid='a'\nkey='k'\nsecret='s'\nenabled='yes'\n", "'enabled' must be of type bool"),
+        ("nonsense = [", "invalid TOML"),
+        ("[other]\n", "unknown top-level key 'other'"),
+    ],
+)
+def test_config_errors_name_file_key_problem(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load(path, env={})
+    assert message in str(info.value)
+    assert str(info.value).startswith(path)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="file not found"):
+        load("/nonexistent/x.toml", env={})

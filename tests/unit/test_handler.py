@@ -1,0 +1,269 @@
+"""The protocol session logic without sockets: FakeConnection + LocalAdapter + FakeClock."""
+
+import orjson
+import pytest
+
+from pushwire.config import App, Config, ServerConfig
+from pushwire.protocol import errors
+from pushwire.protocol.signing import channel_string_to_sign, sign_auth, user_string_to_sign
+from pushwire.testing import FakeClock, FakeConnection, make_handler
+
+APP = App(id="1", key="k", secret="s", max_presence_members=2, client_event_rate=10)
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def handler(clock):
+    cfg = Config(server=ServerConfig(activity_timeout=120, pong_timeout=30), apps=(APP,))
+    return make_handler(cfg, clock)
+
+
+async def connect(handler, app=APP):
+    conn = FakeConnection(app, now=handler.clock())
+    await handler.open(conn)
+    return conn
+
+
+async def send(handler, conn, obj):
+    await handler.on_text(conn, obj if isinstance(obj, str | bytes) else orjson.dumps(obj))
+
+
+def auth(conn, channel, data=None):
+    return sign_auth("k", "s", channel_string_to_sign(conn.socket_id, channel, data))
+
+
+async def subscribe(handler, conn, channel, user=None, info=None):
+    d = {"channel": channel}
+    if channel.startswith(("private-", "presence-")):
+        cd = None
+        if user is not None:
+            cd = orjson.dumps({"user_id": user, "user_info": info}).decode()
+            d["channel_data"] = cd
+        d["auth"] = auth(conn, channel, cd)
+    await send(handler, conn, {"event": "pusher:subscribe", "data": d})
+
+
+def data(ev):
+    return orjson.loads(ev["data"]) if isinstance(ev.get("data"), str) else ev.get("data")
+
+
+async def test_connection_established(handler):
+    conn = await connect(handler)
+    (ev,) = conn.take()
+    assert ev["event"] == "pusher:connection_established"
+    assert data(ev) == {"socket_id": conn.socket_id, "activity_timeout": 120}
+
+
+@pytest.mark.parametrize(
+    ("key", "query", "exc"),
+    [
+        ("nope", {"protocol": "7"}, errors.AppNotFound),
+        ("k", {}, errors.NoProtocolVersion),
+        ("k", {"protocol": "4"}, errors.UnsupportedProtocol),
+        ("k", {"protocol": "8"}, errors.UnsupportedProtocol),
+        ("k", {"protocol": "x"}, errors.UnsupportedProtocol),
+        ("k", {"protocol": "7", "version": "not a version!"}, errors.InvalidVersion),
+    ],
+)
+def test_handshake_refusals(handler, key, query, exc):
+    with pytest.raises(exc) as info:
+        handler.check_handshake(key, query)
+    assert info.value.close
+
+
+def test_handshake_accepts_real_clients(handler):
+    for v in ("8.6.0", "2.4.4", "10.1.5", "7.0.0-rc.1"):
+        assert handler.check_handshake("k", {"protocol": "7", "version": v}) is APP
+
+
+async def test_connection_quota(clock):
+    app = App(id="1", key="k", secret="s", max_connections=1)
+    h = make_handler(Config(apps=(app,)), clock)
+    await connect(h, app)
+    conn = FakeConnection(app)
+    with pytest.raises(errors.OverConnectionQuota):
+        await h.open(conn)
+    assert conn.close_code == 4004
+    assert data(conn.events()[0])["code"] == 4004
+
+
+async def test_ping_pong_and_malformed(handler):
+    conn = await connect(handler)
+    conn.take()
+    await send(handler, conn, {"event": "pusher:ping", "data": {}})
+    await send(handler, conn, "not json")
+    await send(handler, conn, "[1,2]")
+    await send(handler, conn, {"event": 5})
+    await send(handler, conn, {"event": "pusher:subscribe", "data": 7})
+    await send(handler, conn, {"event": "nonsense"})
+    handler.on_binary(conn)
+    evs = conn.take()
+    assert conn.wire() == []
+    assert evs[0] == {"event": "pusher:pong", "data": "{}"}
+    assert [data(e)["code"] for e in evs[1:]] == [4300] * 6
+    assert conn.close_code is None
+
+
+async def test_public_subscribe_and_publish(handler):
+    a, b = await connect(handler), await connect(handler)
+    await subscribe(handler, a, "news")
+    await subscribe(handler, b, "news")
+    assert a.take()[-1] == {
+        "event": "pusher_internal:subscription_succeeded", "channel": "news", "data": "{}"
+    }
+    stats = await handler.adapter.channel_stats(APP, "news")
+    assert stats.subscription_count == 2
+    await send(handler, a, {"event": "pusher:unsubscribe", "data": {"channel": "news"}})
+    assert (await handler.adapter.channel_stats(APP, "news")).subscription_count == 1
+
+
+async def test_private_auth(handler):
+    conn = await connect(handler)
+    conn.take()
+    await send(handler, conn, {"event": "pusher:subscribe",
+                               "data": {"channel": "private-a", "auth": "k:bad"}})
+    evs = conn.take()
+    assert evs[0]["event"] == "pusher:subscription_error"
+    assert data(evs[0])["status"] == 401
+    assert evs[1]["event"] == "pusher:error" and data(evs[1])["code"] == 4009
+    await subscribe(handler, conn, "private-a")
+    assert conn.take()[0]["event"] == "pusher_internal:subscription_succeeded"
+
+
+async def test_presence_members_first_and_last_connection(handler):
+    a1, a2, b = await connect(handler), await connect(handler), await connect(handler)
+    await subscribe(handler, b, "presence-r", "bob", {"n": "B"})
+    b.take()
+    await subscribe(handler, a1, "presence-r", "alice", {"n": "A"})
+    ok = a1.take()[-1]
+    assert data(ok)["presence"] == {
+        "ids": ["bob", "alice"], "hash": {"bob": {"n": "B"}, "alice": {"n": "A"}}, "count": 2
+    }
+    assert [e["event"] for e in b.take()] == ["pusher_internal:member_added"]
+    await subscribe(handler, a2, "presence-r", "alice", {"n": "A"})  # second tab: no event
+    assert b.take() == []
+    await handler.on_close(a1)
+    assert b.take() == []
+    await handler.on_close(a2)
+    (ev,) = b.take()
+    assert ev["event"] == "pusher_internal:member_removed"
+    assert data(ev) == {"user_id": "alice"}
+    assert list(await handler.adapter.presence_members(APP, "presence-r")) == ["bob"]
+
+
+async def test_presence_numeric_user_id_and_limits(handler):
+    conns = [await connect(handler) for _ in range(3)]
+    await subscribe(handler, conns[0], "presence-x", 1)
+    await subscribe(handler, conns[1], "presence-x", 2)
+    await subscribe(handler, conns[2], "presence-x", 3)
+    evs = conns[2].take()
+    assert evs[-2]["event"] == "pusher:subscription_error"
+    assert data(evs[-1])["code"] == 4100
+    assert list(await handler.adapter.presence_members(APP, "presence-x")) == ["1", "2"]
+
+
+async def test_presence_channel_data_must_be_string(handler):
+    conn = await connect(handler)
+    conn.take()
+    cd = {"user_id": "1"}
+    await send(handler, conn, {"event": "pusher:subscribe", "data": {
+        "channel": "presence-a", "auth": auth(conn, "presence-a", orjson.dumps(cd).decode()),
+        "channel_data": cd}})
+    assert data(conn.take()[-1])["code"] == 4305
+
+
+async def test_client_events_rules(handler, clock):
+    a, b = await connect(handler), await connect(handler)
+    await subscribe(handler, a, "presence-c", "alice")
+    await subscribe(handler, b, "presence-c", "bob")
+    await subscribe(handler, a, "public")
+    a.take(), b.take()
+    await send(handler, a, {"event": "client-hi", "channel": "presence-c", "data": {"x": 1}})
+    assert a.take() == []  # no echo
+    assert b.take() == [{"event": "client-hi", "channel": "presence-c", "data": {"x": 1},
+                         "user_id": "alice"}]
+    await send(handler, a, {"event": "client-hi", "channel": "public", "data": {}})
+    await send(handler, a, {"event": "client-hi", "channel": "private-other", "data": {}})
+    await send(handler, a, {"event": "client-hi", "channel": "presence-c", "data": "x" * 10241})
+    assert [data(e)["code"] for e in a.take()] == [4304, 4304, 4303]
+    for _ in range(12):
+        await send(handler, a, {"event": "client-hi", "channel": "presence-c", "data": {}})
+    codes = [data(e)["code"] for e in a.take()]
+    assert codes == [4301, 4301, 4301]  # 13 sent within one second, bucket of 10
+    clock.advance(1.0)
+    await send(handler, a, {"event": "client-hi", "channel": "presence-c", "data": {}})
+    assert a.take() == []
+
+
+async def test_client_events_disabled(clock):
+    app = App(id="1", key="k", secret="s", enable_client_messages=False)
+    h = make_handler(Config(apps=(app,)), clock)
+    conn = await connect(h, app)
+    await subscribe(h, conn, "private-a")
+    conn.take()
+    await send(h, conn, {"event": "client-x", "channel": "private-a", "data": {}})
+    assert data(conn.take()[0])["code"] == 4304
+
+
+async def test_signin_and_server_to_user(handler):
+    conn = await connect(handler)
+    other = await connect(handler)
+    conn.take()
+    ud = '{"id":"u1","watchlist":[]}'
+    await send(handler, conn, {"event": "pusher:signin",
+                               "data": {"user_data": ud, "auth": "k:bad"}})
+    assert data(conn.take()[0])["code"] == 4009
+    good = sign_auth("k", "s", user_string_to_sign(conn.socket_id, ud))
+    await send(handler, conn, {"event": "pusher:signin", "data": {"user_data": ud, "auth": good}})
+    assert conn.take() == [{"event": "pusher:signin_success",
+                            "data": orjson.dumps({"user_data": ud}).decode()}]
+    await subscribe(handler, conn, "#server-to-user-u1")
+    assert conn.take()[0]["event"] == "pusher_internal:subscription_succeeded"
+    await subscribe(handler, other, "#server-to-user-u1")
+    assert data(other.take()[-1])["code"] == 4009
+    assert await handler.adapter.terminate_user(APP, "u1") == 1
+    assert conn.close_code == 4009
+
+
+async def test_heartbeat_ping_then_4201(handler, clock):
+    conn = await connect(handler)
+    conn.take()
+    clock.advance(119)
+    handler.sweep()
+    assert conn.take() == []
+    clock.advance(1)
+    handler.sweep()
+    assert conn.take() == [{"event": "pusher:ping", "data": "{}"}]
+    clock.advance(29)
+    handler.sweep()
+    assert conn.close_code is None
+    clock.advance(1)
+    handler.sweep()
+    assert conn.close_code == 4201
+
+
+async def test_pong_resets_heartbeat(handler, clock):
+    conn = await connect(handler)
+    clock.advance(120)
+    handler.sweep()
+    await send(handler, conn, {"event": "pusher:pong", "data": {}})
+    clock.advance(60)
+    handler.sweep()
+    assert conn.close_code is None
+
+
+async def test_cache_channel_replay_and_miss(handler):
+    from pushwire import api
+
+    a = await connect(handler)
+    await subscribe(handler, a, "cache-x")
+    assert a.take()[-1] == {"event": "pusher:cache_miss", "channel": "cache-x"}
+    await api.trigger(handler.adapter, APP, {"name": "e", "channel": "cache-x", "data": "d"})
+    b = await connect(handler)
+    b.take()
+    await subscribe(handler, b, "cache-x")
+    assert b.take()[-1] == {"event": "e", "channel": "cache-x", "data": "d"}
