@@ -1,0 +1,101 @@
+"""A minimal raw Pusher client for server tests (aiohttp), plus a signed REST caller."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+
+from pushwire.protocol.signing import channel_string_to_sign, sign_auth, sign_rest
+from tests.conftest import TIMEOUT
+
+KEY, SECRET = "app-key", "app-secret"
+
+
+class Client:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, session: aiohttp.ClientSession):
+        self.ws = ws
+        self.session = session
+        self.socket_id = ""
+
+    @classmethod
+    async def connect(cls, url: str, handshake: bool = True) -> Client:
+        session = aiohttp.ClientSession()
+        ws = await session.ws_connect(url, autoping=True)
+        c = cls(ws, session)
+        if handshake:
+            ev = await c.recv()
+            assert ev["event"] == "pusher:connection_established", ev
+            c.socket_id = orjson.loads(ev["data"])["socket_id"]
+        return c
+
+    async def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        msg = await self.ws.receive(timeout=timeout)
+        if msg.type is not aiohttp.WSMsgType.TEXT:
+            raise AssertionError(f"expected a text frame, got {msg.type} {msg.data!r}")
+        return orjson.loads(msg.data)
+
+    async def recv_event(self, name: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """Skip to the next event called `name`."""
+        async with asyncio.timeout(timeout):
+            while True:
+                ev = await self.recv()
+                if ev["event"] == name:
+                    return ev
+
+    async def nothing(self, wait: float = 0.3) -> None:
+        """Assert that no frame arrives within `wait` seconds."""
+        try:
+            msg = await self.ws.receive(timeout=wait)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected frame {msg.data!r}")
+
+    async def send(self, obj: Any) -> None:
+        await self.ws.send_str(obj if isinstance(obj, str) else orjson.dumps(obj).decode())
+
+    async def subscribe(
+        self, channel: str, user: Any = None, info: Any = None, key: str = KEY,
+        secret: str = SECRET
+    ) -> dict[str, Any]:
+        data: dict[str, Any] = {"channel": channel}
+        if channel.startswith(("private-", "presence-")):
+            cd = None
+            if channel.startswith("presence-"):
+                cd = orjson.dumps({"user_id": user, "user_info": info}).decode()
+                data["channel_data"] = cd
+            data["auth"] = sign_auth(key, secret, channel_string_to_sign(self.socket_id, channel, cd))
+        await self.send({"event": "pusher:subscribe", "data": data})
+        return await self.recv()
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self.session.close()
+
+
+def data(ev: dict[str, Any]) -> Any:
+    d = ev.get("data")
+    return orjson.loads(d) if isinstance(d, str) else d
+
+
+async def rest(
+    base: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    params: dict[str, str] | None = None,
+    key: str = KEY,
+    secret: str = SECRET,
+    raw_body: bytes | None = None,
+    timestamp: int | None = None,
+    sign_path: str | None = None,
+) -> tuple[int, Any]:
+    payload = raw_body if raw_body is not None else (b"" if body is None else orjson.dumps(body))
+    query = sign_rest(key, secret, method, sign_path or path, params or {}, payload, timestamp)
+    async with aiohttp.ClientSession() as s, s.request(
+        method, base + path, params=query, data=payload,
+        headers={"Content-Type": "application/json"},
+    ) as r:
+        return r.status, await r.json(content_type=None)
