@@ -30,6 +30,11 @@ secret = "app-secret"
 enable_watchlist_events = true
 
 [[apps]]
+id = "1001"
+key = "py-key"
+secret = "py-secret"
+
+[[apps]]
 id = "noclient-id"
 key = "noclient-key"
 secret = "noclient-secret"
@@ -43,7 +48,7 @@ max_connections = 2
 max_presence_members = 1
 
 [[apps]]
-id = "off-id"
+id = "1004"
 key = "off-key"
 secret = "off-secret"
 enabled = false
@@ -60,7 +65,9 @@ class Server:
     def http(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def ws_url(self, key: str = "app-key", query: str = "protocol=7&client=test&version=1.0") -> str:
+    def ws_url(
+        self, key: str = "app-key", query: str = "protocol=7&client=test&version=1.0"
+    ) -> str:
         return f"ws://127.0.0.1:{self.port}/app/{key}?{query}"
 
     def stop(self) -> None:

@@ -57,8 +57,7 @@ class Client:
         await self.ws.send_str(obj if isinstance(obj, str) else orjson.dumps(obj).decode())
 
     async def subscribe(
-        self, channel: str, user: Any = None, info: Any = None, key: str = KEY,
-        secret: str = SECRET
+        self, channel: str, user: Any = None, info: Any = None, key: str = KEY, secret: str = SECRET
     ) -> dict[str, Any]:
         data: dict[str, Any] = {"channel": channel}
         if channel.startswith(("private-", "presence-")):
@@ -66,7 +65,9 @@ class Client:
             if channel.startswith("presence-"):
                 cd = orjson.dumps({"user_id": user, "user_info": info}).decode()
                 data["channel_data"] = cd
-            data["auth"] = sign_auth(key, secret, channel_string_to_sign(self.socket_id, channel, cd))
+            data["auth"] = sign_auth(
+                key, secret, channel_string_to_sign(self.socket_id, channel, cd)
+            )
         await self.send({"event": "pusher:subscribe", "data": data})
         return await self.recv()
 
@@ -94,8 +95,14 @@ async def rest(
 ) -> tuple[int, Any]:
     payload = raw_body if raw_body is not None else (b"" if body is None else orjson.dumps(body))
     query = sign_rest(key, secret, method, sign_path or path, params or {}, payload, timestamp)
-    async with aiohttp.ClientSession() as s, s.request(
-        method, base + path, params=query, data=payload,
-        headers={"Content-Type": "application/json"},
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.request(
+            method,
+            base + path,
+            params=query,
+            data=payload,
+            headers={"Content-Type": "application/json"},
+        ) as r,
+    ):
         return r.status, await r.json(content_type=None)

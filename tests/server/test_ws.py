@@ -62,8 +62,13 @@ async def test_connection_quota_4004(server):
 async def test_malformed_frames_get_errors_and_others_unaffected(server):
     bad, good = await Client.connect(server.ws_url()), await Client.connect(server.ws_url())
     await good.subscribe("mal-chan")
-    for frame in ["{not json", "[]", '{"event": 1}', '{"event":"pusher:subscribe","data":3}',
-                  '{"event":"what"}']:
+    for frame in [
+        "{not json",
+        "[]",
+        '{"event": 1}',
+        '{"event":"pusher:subscribe","data":3}',
+        '{"event":"what"}',
+    ]:
         await bad.send(frame)
         assert data(await bad.recv())["code"] == 4300
     await bad.ws.send_bytes(b"\x00\x01")
@@ -72,8 +77,12 @@ async def test_malformed_frames_get_errors_and_others_unaffected(server):
     await bad.send({"event": "pusher:subscribe", "data": {"channel": "bad name!"}})
     assert (await bad.recv())["event"] == "pusher:subscription_error"
     assert data(await bad.recv())["code"] == 4305
-    status, _ = await rest(server.http, "POST", "/apps/app-id/events",
-                           {"name": "e", "channel": "mal-chan", "data": "ok"})
+    status, _ = await rest(
+        server.http,
+        "POST",
+        "/apps/app-id/events",
+        {"name": "e", "channel": "mal-chan", "data": "ok"},
+    )
     assert status == 200
     assert await good.recv() == {"event": "e", "channel": "mal-chan", "data": "ok"}
     await bad.close(), await good.close()
@@ -97,8 +106,11 @@ async def test_presence_over_sockets(server):
     ok = await b.subscribe("presence-room", 2, {"name": "B"})
     assert data(ok)["presence"]["count"] == 2
     added = await a.recv()
-    assert added == {"event": "pusher_internal:member_added", "channel": "presence-room",
-                     "data": '{"user_id":"2","user_info":{"name":"B"}}'}
+    assert added == {
+        "event": "pusher_internal:member_added",
+        "channel": "presence-room",
+        "data": '{"user_id":"2","user_info":{"name":"B"}}',
+    }
     status, users = await rest(server.http, "GET", "/apps/app-id/channels/presence-room/users")
     assert status == 200 and users == {"users": [{"id": "1"}, {"id": "2"}]}
     await b.close()
@@ -127,8 +139,7 @@ async def test_client_events_over_sockets(server):
     a, b = await Client.connect(server.ws_url()), await Client.connect(server.ws_url())
     await a.subscribe("private-chat"), await b.subscribe("private-chat")
     await a.send({"event": "client-typing", "channel": "private-chat", "data": {"t": 1}})
-    assert await b.recv() == {"event": "client-typing", "channel": "private-chat",
-                              "data": {"t": 1}}
+    assert await b.recv() == {"event": "client-typing", "channel": "private-chat", "data": {"t": 1}}
     await a.nothing()
     await a.subscribe("public-x")
     await a.send({"event": "client-typing", "channel": "public-x", "data": {}})
@@ -146,12 +157,15 @@ async def test_client_events_disabled_app(server):
 
 
 async def test_heartbeat_server_pings_then_4201(tmp_path):
-    srv = start_server(tmp_path, """
+    srv = start_server(
+        tmp_path,
+        """
         [server]
         port = 0
         activity_timeout = 1
         pong_timeout = 1
-    """)
+    """,
+    )
     try:
         c = await Client.connect(srv.ws_url())
         ping = await c.recv(timeout=5)
@@ -171,11 +185,14 @@ async def test_heartbeat_server_pings_then_4201(tmp_path):
 
 
 async def test_slow_consumer_is_closed_and_others_get_everything(tmp_path):
-    srv = start_server(tmp_path, """
+    srv = start_server(
+        tmp_path,
+        """
         [server]
         port = 0
         max_pending_bytes = 65536
-    """)
+    """,
+    )
     try:
         good = await Client.connect(srv.ws_url())
         await good.subscribe("firehose")
@@ -193,8 +210,9 @@ async def test_slow_consumer_is_closed_and_others_get_everything(tmp_path):
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         sock.sendall(bytes((0x81, 0x80 | len(payload))) + mask + masked)
         await asyncio.sleep(0.3)
-        status, stats = await rest(srv.http, "GET", "/apps/app-id/channels/firehose",
-                                   params={"info": "subscription_count"})
+        status, stats = await rest(
+            srv.http, "GET", "/apps/app-id/channels/firehose", params={"info": "subscription_count"}
+        )
         assert stats["subscription_count"] == 2
         n = 800
         big = "x" * 9000
@@ -204,13 +222,21 @@ async def test_slow_consumer_is_closed_and_others_get_everything(tmp_path):
 
         reader = asyncio.create_task(read_all())
         for i in range(n):
-            status, _ = await rest(srv.http, "POST", "/apps/app-id/events",
-                                   {"name": "e", "channel": "firehose", "data": f"{i}:{big}"})
+            status, _ = await rest(
+                srv.http,
+                "POST",
+                "/apps/app-id/events",
+                {"name": "e", "channel": "firehose", "data": f"{i}:{big}"},
+            )
             assert status == 200
         assert await reader == list(range(n))
         for _ in range(int(TIMEOUT * 10)):  # the stalled socket is aborted after 2 s
-            status, stats = await rest(srv.http, "GET", "/apps/app-id/channels/firehose",
-                                       params={"info": "subscription_count"})
+            status, stats = await rest(
+                srv.http,
+                "GET",
+                "/apps/app-id/channels/firehose",
+                params={"info": "subscription_count"},
+            )
             if stats["subscription_count"] == 1:
                 break
             await asyncio.sleep(0.1)

@@ -41,14 +41,21 @@ def test_defaults_use_demo_app():
     cfg = load(None, env={})
     assert cfg.demo_credentials
     assert (cfg.apps[0].id, cfg.apps[0].key, cfg.apps[0].secret) == (
-        "app-id", "app-key", "app-secret"
+        "app-id",
+        "app-key",
+        "app-secret",
     )
     assert (cfg.server.host, cfg.server.port) == ("127.0.0.1", 6001)
 
 
 def test_env_and_flags_override(tmp_path):
-    env = {"PUSHWIRE_PORT": "7000", "PUSHWIRE_HOST": "0.0.0.0", "PUSHWIRE_APP_ID": "e",
-           "PUSHWIRE_APP_KEY": "ek", "PUSHWIRE_APP_SECRET": "es"}
+    env = {
+        "PUSHWIRE_PORT": "7000",
+        "PUSHWIRE_HOST": "0.0.0.0",
+        "PUSHWIRE_APP_ID": "e",
+        "PUSHWIRE_APP_KEY": "ek",
+        "PUSHWIRE_APP_SECRET": "es",
+    }
     cfg = load(write(tmp_path, GOOD), env=env, overrides={"port": 7100})
     assert cfg.server.port == 7100 and cfg.server.host == "0.0.0.0"
     assert cfg.apps[0].key == "ek" and len(cfg.apps) == 3
@@ -59,14 +66,21 @@ def test_env_and_flags_override(tmp_path):
     [
         ("[server]\nprot = 1\n", "[server]: unknown key 'prot'"),
         ("[server]\nport = 'x'\n", "key 'port' must be of type int"),
-        ("[[apps]]\nid='a'\nkey='k'\nsecret='s'\n[[apps]]\nid='b'\nkey='k'\nsecret='s'\n",
-         "apps[1]: duplicate app key 'k'"),
+        (
+            "[[apps]]\nid='a'\nkey='k'\nsecret='s'\n[[apps]]\nid='b'\nkey='k'\nsecret='s'\n",
+            "apps[1]: duplicate app key 'k'",
+        ),
         ("[[apps]]\nid='a'\nkey='k'\n", "missing required key 'secret'"),
         ("[[apps]]\nid='a'\nkey='k'\nsecret='s'\nmax_presence_members=0\n", "greater than 0"),
         ("[[apps]]\nid='a'\nkey='k'\nsecret='s'\nwebhooks=[{url='ftp://x'}]\n", "'url'"),
-        ("[[apps]]\nid='a'\nkey='k'\nsecret='s'\nwebhooks=[{url='http://x',event_types=['x']}]\n",
-         "unknown event type 'x'"),
-        ("[[apps]]\nid='a'\nkey='k'\nsecret='s'\nenabled='yes'\n", "'enabled' must be of type bool"),
+        (
+            "[[apps]]\nid='a'\nkey='k'\nsecret='s'\nwebhooks=[{url='http://x',event_types=['x']}]\n",
+            "unknown event type 'x'",
+        ),
+        (
+            "[[apps]]\nid='a'\nkey='k'\nsecret='s'\nenabled='yes'\n",
+            "'enabled' must be of type bool",
+        ),
         ("nonsense = [", "invalid TOML"),
         ("[other]\n", "unknown top-level key 'other'"),
     ],

@@ -113,7 +113,9 @@ async def test_public_subscribe_and_publish(handler):
     await subscribe(handler, a, "news")
     await subscribe(handler, b, "news")
     assert a.take()[-1] == {
-        "event": "pusher_internal:subscription_succeeded", "channel": "news", "data": "{}"
+        "event": "pusher_internal:subscription_succeeded",
+        "channel": "news",
+        "data": "{}",
     }
     stats = await handler.adapter.channel_stats(APP, "news")
     assert stats.subscription_count == 2
@@ -124,8 +126,11 @@ async def test_public_subscribe_and_publish(handler):
 async def test_private_auth(handler):
     conn = await connect(handler)
     conn.take()
-    await send(handler, conn, {"event": "pusher:subscribe",
-                               "data": {"channel": "private-a", "auth": "k:bad"}})
+    await send(
+        handler,
+        conn,
+        {"event": "pusher:subscribe", "data": {"channel": "private-a", "auth": "k:bad"}},
+    )
     evs = conn.take()
     assert evs[0]["event"] == "pusher:subscription_error"
     assert data(evs[0])["status"] == 401
@@ -141,7 +146,9 @@ async def test_presence_members_first_and_last_connection(handler):
     await subscribe(handler, a1, "presence-r", "alice", {"n": "A"})
     ok = a1.take()[-1]
     assert data(ok)["presence"] == {
-        "ids": ["bob", "alice"], "hash": {"bob": {"n": "B"}, "alice": {"n": "A"}}, "count": 2
+        "ids": ["bob", "alice"],
+        "hash": {"bob": {"n": "B"}, "alice": {"n": "A"}},
+        "count": 2,
     }
     assert [e["event"] for e in b.take()] == ["pusher_internal:member_added"]
     await subscribe(handler, a2, "presence-r", "alice", {"n": "A"})  # second tab: no event
@@ -170,9 +177,18 @@ async def test_presence_channel_data_must_be_string(handler):
     conn = await connect(handler)
     conn.take()
     cd = {"user_id": "1"}
-    await send(handler, conn, {"event": "pusher:subscribe", "data": {
-        "channel": "presence-a", "auth": auth(conn, "presence-a", orjson.dumps(cd).decode()),
-        "channel_data": cd}})
+    await send(
+        handler,
+        conn,
+        {
+            "event": "pusher:subscribe",
+            "data": {
+                "channel": "presence-a",
+                "auth": auth(conn, "presence-a", orjson.dumps(cd).decode()),
+                "channel_data": cd,
+            },
+        },
+    )
     assert data(conn.take()[-1])["code"] == 4305
 
 
@@ -184,8 +200,9 @@ async def test_client_events_rules(handler, clock):
     a.take(), b.take()
     await send(handler, a, {"event": "client-hi", "channel": "presence-c", "data": {"x": 1}})
     assert a.take() == []  # no echo
-    assert b.take() == [{"event": "client-hi", "channel": "presence-c", "data": {"x": 1},
-                         "user_id": "alice"}]
+    assert b.take() == [
+        {"event": "client-hi", "channel": "presence-c", "data": {"x": 1}, "user_id": "alice"}
+    ]
     await send(handler, a, {"event": "client-hi", "channel": "public", "data": {}})
     await send(handler, a, {"event": "client-hi", "channel": "private-other", "data": {}})
     await send(handler, a, {"event": "client-hi", "channel": "presence-c", "data": "x" * 10241})
@@ -214,13 +231,15 @@ async def test_signin_and_server_to_user(handler):
     other = await connect(handler)
     conn.take()
     ud = '{"id":"u1","watchlist":[]}'
-    await send(handler, conn, {"event": "pusher:signin",
-                               "data": {"user_data": ud, "auth": "k:bad"}})
+    await send(
+        handler, conn, {"event": "pusher:signin", "data": {"user_data": ud, "auth": "k:bad"}}
+    )
     assert data(conn.take()[0])["code"] == 4009
     good = sign_auth("k", "s", user_string_to_sign(conn.socket_id, ud))
     await send(handler, conn, {"event": "pusher:signin", "data": {"user_data": ud, "auth": good}})
-    assert conn.take() == [{"event": "pusher:signin_success",
-                            "data": orjson.dumps({"user_data": ud}).decode()}]
+    assert conn.take() == [
+        {"event": "pusher:signin_success", "data": orjson.dumps({"user_data": ud}).decode()}
+    ]
     await subscribe(handler, conn, "#server-to-user-u1")
     assert conn.take()[0]["event"] == "pusher_internal:subscription_succeeded"
     await subscribe(handler, other, "#server-to-user-u1")

@@ -79,13 +79,20 @@ def test_verify_rest_accepts_a_signed_request():
     ("mutate", "reason"),
     [
         (lambda p, b: (p, b'{"a":2}'), "body_md5 does not match"),
-        (lambda p, b: ([x for x in p if x[0] != "body_md5"], b), "Missing query parameter body_md5"),
+        (
+            lambda p, b: ([x for x in p if x[0] != "body_md5"], b),
+            "Missing query parameter body_md5",
+        ),
         (lambda p, b: ([x for x in p if x[0] != "auth_signature"], b), "auth_signature"),
-        (lambda p, b: ([(k, "0" * 64 if k == "auth_signature" else v) for k, v in p], b),
-         "Invalid signature"),
+        (
+            lambda p, b: ([(k, "0" * 64 if k == "auth_signature" else v) for k, v in p], b),
+            "Invalid signature",
+        ),
         (lambda p, b: ([(k, "other" if k == "auth_key" else v) for k, v in p], b), "auth_key"),
-        (lambda p, b: ([(k, "2.0" if k == "auth_version" else v) for k, v in p], b),
-         "auth_version"),
+        (
+            lambda p, b: ([(k, "2.0" if k == "auth_version" else v) for k, v in p], b),
+            "auth_version",
+        ),
         (lambda p, b: ([(k, "x" if k == "auth_timestamp" else v) for k, v in p], b), "integer"),
     ],
 )
@@ -111,8 +118,15 @@ def test_verify_rest_empty_body_md5_on_get_is_accepted():
     # pusher-http-python sends body_md5 of the empty body even on GET
     q = {"body_md5": hashlib.md5(b"").hexdigest()}
     params = signing.sign_rest(KEY, SECRET, "GET", "/apps/3/channels", q, b"", timestamp=5)
-    signing.verify_rest(key=KEY, secret=SECRET, method="GET", path="/apps/3/channels",
-                        params=list(params.items()), body=b"", now=5)
+    signing.verify_rest(
+        key=KEY,
+        secret=SECRET,
+        method="GET",
+        path="/apps/3/channels",
+        params=list(params.items()),
+        body=b"",
+        now=5,
+    )
 
 
 def test_shared_secret_matches_sdk_definition():
@@ -120,6 +134,6 @@ def test_shared_secret_matches_sdk_definition():
     expected = hashlib.sha256(b"private-encrypted-x" + master).digest()
     import base64
 
-    assert signing.shared_secret("private-encrypted-x", master) == base64.b64encode(
-        expected
-    ).decode()
+    assert (
+        signing.shared_secret("private-encrypted-x", master) == base64.b64encode(expected).decode()
+    )

@@ -1,0 +1,33 @@
+# Two commands for a newcomer:  `make serve`  and  `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
+
+.PHONY: serve test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test,redis,bench]"
+	touch $(STAMP)
+
+tests/compat/node_modules/.package-lock.json: tests/compat/package-lock.json
+	cd tests/compat && npm ci --no-audit --no-fund
+	touch $@
+
+serve: $(STAMP)
+	$(BIN)/pushwire serve $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: $(STAMP) tests/compat/node_modules/.package-lock.json lint
+	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/fanout.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) tests/compat/node_modules
