@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -41,7 +42,13 @@ CHANNEL = "bench"
 
 # ---------------------------------------------------------------------------- subscribers
 def subscriber_proc(
-    ws_url: str, n: int, index: int, ready: Any, go: Any, results: Any, expected: int,
+    ws_url: str,
+    n: int,
+    index: int,
+    ready: Any,
+    go: Any,
+    results: Any,
+    expected: int,
     timeout: float,
 ) -> None:
     import uvloop
@@ -50,7 +57,13 @@ def subscriber_proc(
 
 
 async def _subscribers(
-    ws_url: str, n: int, index: int, ready: Any, go: Any, results: Any, expected: int,
+    ws_url: str,
+    n: int,
+    index: int,
+    ready: Any,
+    go: Any,
+    results: Any,
+    expected: int,
     timeout: float,
 ) -> None:
     from picows import WSListener, WSMsgType, ws_connect
@@ -71,8 +84,9 @@ async def _subscribers(
                 return
             raw = frame.get_payload_as_bytes()
             if raw.startswith(b'{"event":"bench"'):
-                d = orjson.loads(orjson.loads(raw)["data"])
-                latencies.append(mono() - d["t"])
+                # data is the JSON string {"s":..,"t":<ns>,..}, escaped inside the frame
+                i = raw.index(b'\\"t\\":') + 6
+                latencies.append(mono() - int(raw[i : raw.index(b",", i)]))
                 if len(latencies) >= target:
                     done.set()
             elif b"connection_established" in raw:
@@ -95,29 +109,32 @@ async def _subscribers(
     await asyncio.wait_for(all_subscribed, timeout)
     ready.put(index)
     await loop.run_in_executor(None, go.wait)
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(done.wait(), timeout)
-    except TimeoutError:
-        pass
     results.put((index, latencies))
     for t in transports:
         t.disconnect()
 
 
 # ------------------------------------------------------------------------------ publisher
-async def publish(base: str, events: int, size: int, concurrency: int) -> float:
+async def publish(base: str, events: int, size: int, concurrency: int, rate: float) -> float:
     path = f"/apps/{APP_ID}/events"
+    if rate:  # paced events must not queue behind a slow answer
+        concurrency = max(concurrency, 16)
     pad = "x" * max(0, size - 40)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as s:
         sem = asyncio.Semaphore(concurrency)
 
         async def one(seq: int) -> None:
+            if rate:  # open loop: event seq is due at t0 + seq / rate
+                await asyncio.sleep(max(0.0, t0 / 1e9 + seq / rate - time.monotonic()))
             async with sem:
                 data = orjson.dumps({"s": seq, "t": time.monotonic_ns(), "p": pad}).decode()
                 body = orjson.dumps({"name": "bench", "channel": CHANNEL, "data": data})
                 q = sign_rest(KEY, SECRET, "POST", path, {}, body)
-                async with s.post(base + path, params=q, data=body,
-                                  headers={"Content-Type": "application/json"}) as r:
+                async with s.post(
+                    base + path, params=q, data=body, headers={"Content-Type": "application/json"}
+                ) as r:
                     if r.status != 200:
                         raise RuntimeError(f"trigger failed: {r.status} {await r.text()}")
                     await r.read()
@@ -130,7 +147,7 @@ async def publish(base: str, events: int, size: int, concurrency: int) -> float:
 def percentile(sorted_vals: list[int], p: float) -> float:
     if not sorted_vals:
         return float("nan")
-    k = min(len(sorted_vals) - 1, int(round(p / 100 * (len(sorted_vals) - 1))))
+    k = min(len(sorted_vals) - 1, round(p / 100 * (len(sorted_vals) - 1)))
     return sorted_vals[k] / 1e6
 
 
@@ -138,11 +155,17 @@ def measure(name: str, base: str, pid: int | None, args: argparse.Namespace) -> 
     ws_url = base.replace("http", "ws", 1) + f"/app/{KEY}?protocol=7&client=bench&version=1.0"
     ctx = mp.get_context("spawn")
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-    per = [args.subscribers // args.procs + (1 if i < args.subscribers % args.procs else 0)
-           for i in range(args.procs)]
-    procs = [ctx.Process(target=subscriber_proc,
-                         args=(ws_url, n, i, ready, go, results, args.events, args.timeout))
-             for i, n in enumerate(per)]
+    per = [
+        args.subscribers // args.procs + (1 if i < args.subscribers % args.procs else 0)
+        for i in range(args.procs)
+    ]
+    procs = [
+        ctx.Process(
+            target=subscriber_proc,
+            args=(ws_url, n, i, ready, go, results, args.events, args.timeout),
+        )
+        for i, n in enumerate(per)
+    ]
     for p in procs:
         p.start()
     for _ in procs:
@@ -152,7 +175,7 @@ def measure(name: str, base: str, pid: int | None, args: argparse.Namespace) -> 
     rss_peak = server.memory_info().rss if server else 0
     t0 = time.monotonic_ns()
     go.set()
-    publish_s = asyncio.run(publish(base, args.events, args.size, args.concurrency))
+    publish_s = asyncio.run(publish(base, args.events, args.size, args.concurrency, args.rate))
     lat: list[int] = []
     for _ in procs:
         _, l_ = results.get(timeout=args.timeout + 30)
@@ -174,6 +197,7 @@ def measure(name: str, base: str, pid: int | None, args: argparse.Namespace) -> 
         "subscribers": args.subscribers,
         "events": args.events,
         "size": args.size,
+        "rate": args.rate or "back-to-back",
         "delivered": len(lat),
         "expected": expected,
         "msgs_per_s": round(len(lat) / elapsed),
@@ -190,7 +214,9 @@ def measure(name: str, base: str, pid: int | None, args: argparse.Namespace) -> 
 def start_pushwire(port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "pushwire", "serve", "--port", str(port), "--log-level", "warning"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     wait_port(port)
     return proc
@@ -198,8 +224,7 @@ def start_pushwire(port: int) -> subprocess.Popen[bytes]:
 
 def start_soketi(port: int) -> int:
     script = ROOT.parent / "shared" / "peers" / "soketi" / "start.sh"
-    out = subprocess.run(["sh", str(script), str(port)], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(["sh", str(script), str(port)], capture_output=True, text=True, check=True)
     pid = int(re.findall(r"\d+", out.stdout)[-1])
     wait_port(port, 120)
     # the started PID is node's; measure the whole process tree's main process
@@ -225,8 +250,18 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200)
     ap.add_argument("--size", type=int, default=100, help="bytes of event data")
     ap.add_argument("--procs", type=int, default=2, help="load-generator processes")
-    ap.add_argument("--concurrency", type=int, default=1,
-                    help="triggers in flight (1 = back-to-back, each awaits its answer)")
+    ap.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="triggers in flight (1 = back-to-back, each awaits its answer)",
+    )
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=0,
+        help="events per second, paced (0 = back-to-back, as fast as answered)",
+    )
     ap.add_argument("--timeout", type=float, default=120)
     ap.add_argument("--url", help="measure an already running server at this base URL")
     ap.add_argument("--server-pid", type=int)
@@ -255,12 +290,16 @@ def main() -> None:
         print(json.dumps(row))
     if len(rows) == 2:
         a, b = rows
-        print(json.dumps({
-            "ratio": "pushwire/soketi",
-            "msgs_per_s": round(a["msgs_per_s"] / b["msgs_per_s"], 2),
-            "p50": round(a["p50_ms"] / b["p50_ms"], 2),
-            "p99": round(a["p99_ms"] / b["p99_ms"], 2),
-        }))
+        print(
+            json.dumps(
+                {
+                    "ratio": "pushwire/soketi",
+                    "msgs_per_s": round(a["msgs_per_s"] / b["msgs_per_s"], 2),
+                    "p50": round(a["p50_ms"] / b["p50_ms"], 2),
+                    "p99": round(a["p99_ms"] / b["p99_ms"], 2),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -80,6 +80,8 @@ class ServerConfig:
     pong_timeout: float = 30.0  # seconds to wait for a pong before closing with 4201
     max_frame_size: int = 262144  # larger inbound frames close the socket with 1009
     max_pending_bytes: int = 4 * 1024 * 1024  # unsent output past which a socket is closed
+    # Seconds of socket writes before the loop serves other work during a large fan-out.
+    flush_slice: float = 0.0005
     max_request_body: int = 1024 * 1024
     timestamp_window: float = 600.0
     log_level: str = "info"
