@@ -57,6 +57,7 @@ class App:
     enable_user_authentication: bool = False  # kick sockets that neither sign in nor authorize
     user_authentication_timeout: float = 30.0
     enable_watchlist_events: bool = False
+    enable_subscription_count: bool = False  # pusher_internal:subscription_count events
     max_connections: int = 0  # 0 = unlimited
     max_presence_members: int = 100
     max_presence_member_size: int = 1024  # bytes of user_info JSON

@@ -180,6 +180,10 @@ class PusherHandler:
             conn.send(messages.presence_subscription_succeeded(name, members))
         else:
             conn.send(messages.subscription_succeeded(name))
+            if app.enable_subscription_count:
+                stats = await self.adapter.channel_stats(app, name)
+                if stats is not None:
+                    conn.send(messages.subscription_count(name, stats.subscription_count))
         if ctype.cache:
             cached = await self.adapter.cache_get(app, name)
             conn.send(cached[0] if cached is not None else messages.cache_miss(name))

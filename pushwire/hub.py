@@ -32,6 +32,7 @@ class Channel:
     ctype: ChannelType
     subscribers: dict[str, Connection] = field(default_factory=dict)
     members: dict[str, Member] = field(default_factory=dict)  # presence channels only
+    count_sent_at: float = float("-inf")  # last pusher_internal:subscription_count
 
     def presence_hash(self) -> dict[str, Any]:
         return {uid: m.user_info for uid, m in self.members.items()}
@@ -49,6 +50,8 @@ class AppState:
     connections: dict[str, Connection] = field(default_factory=dict)
     channels: dict[str, Channel] = field(default_factory=dict)
     users: dict[str, dict[str, Connection]] = field(default_factory=dict)
+    # watched user id -> sockets whose signed-in user has it on their watchlist
+    watchers: dict[str, dict[str, Connection]] = field(default_factory=dict)
     cache: dict[str, CachedEvent] = field(default_factory=dict)
 
 
@@ -131,7 +134,21 @@ class Hub:
             self._emit("channel_occupied", conn.app.id, name)
         ch.subscribers[conn.socket_id] = conn
         conn.channels[name] = user_id
+        self._subscription_count(conn.app, ch, conn.socket_id)
         return ch
+
+    def _subscription_count(self, app: App, ch: Channel, joiner: str | None = None) -> None:
+        """Opt-in `pusher_internal:subscription_count` for non-presence channels; above 100
+        subscribers at most every 5 seconds, as Pusher throttles it. A joining socket is
+        left out here: it gets the count after its subscription_succeeded (handler)."""
+        if not app.enable_subscription_count or ch.ctype.presence or not ch.subscribers:
+            return
+        n = len(ch.subscribers)
+        now = self.clock()
+        if n > 100 and now - ch.count_sent_at < 5.0:
+            return
+        ch.count_sent_at = now
+        self._fanout(ch, messages.subscription_count(ch.name, n), joiner)
 
     def unsubscribe(self, conn: Connection, name: str) -> bool:
         """Remove `conn` from `name`; `member_removed` goes out when the user's last one leaves."""
@@ -154,6 +171,8 @@ class Hub:
         if not ch.subscribers:
             del st.channels[name]
             self._emit("channel_vacated", conn.app.id, name)
+        else:
+            self._subscription_count(conn.app, ch)
         return True
 
     def channel(self, app: App, name: str) -> Channel | None:
@@ -186,15 +205,38 @@ class Hub:
         st = self.state(conn.app)
         conn.user_id = user_id
         conn.user_data = user_data
-        st.users.setdefault(user_id, {})[conn.socket_id] = conn
+        socks = st.users.setdefault(user_id, {})
+        first = not socks
+        socks[conn.socket_id] = conn
+        for watched in conn.watchlist:
+            st.watchers.setdefault(watched, {})[conn.socket_id] = conn
+        if first:
+            self._notify_watchers(st, user_id, "online")
 
     def _drop_user(self, st: AppState, conn: Connection) -> None:
         assert conn.user_id is not None
+        for watched in conn.watchlist:
+            w = st.watchers.get(watched)
+            if w is not None:
+                w.pop(conn.socket_id, None)
+                if not w:
+                    del st.watchers[watched]
         socks = st.users.get(conn.user_id)
         if socks is not None:
             socks.pop(conn.socket_id, None)
             if not socks:
                 del st.users[conn.user_id]
+                self._notify_watchers(st, conn.user_id, "offline")
+
+    def _notify_watchers(self, st: AppState, user_id: str, status: str) -> None:
+        """Watchlist events: a user came online (first socket) or went offline (last one)."""
+        if not st.app.enable_watchlist_events:
+            return
+        watchers = st.watchers.get(user_id)
+        if watchers:
+            msg = messages.watchlist_events([{"name": status, "user_ids": [user_id]}])
+            for conn in watchers.values():
+                conn.send(msg)
 
     def user_connections(self, app: App, user_id: str) -> list[Connection]:
         return list(self.state(app).users.get(user_id, {}).values())

@@ -70,6 +70,10 @@ def member_removed(channel: str, user_id: str) -> Outbound:
     return _event("pusher_internal:member_removed", {"user_id": user_id}, channel)
 
 
+def subscription_count(channel: str, count: int) -> Outbound:
+    return _event("pusher_internal:subscription_count", {"subscription_count": count}, channel)
+
+
 def cache_miss(channel: str) -> Outbound:
     return Outbound(_dumps({"event": "pusher:cache_miss", "channel": channel}))
 

@@ -286,3 +286,80 @@ async def test_cache_channel_replay_and_miss(handler):
     b.take()
     await subscribe(handler, b, "cache-x")
     assert b.take()[-1] == {"event": "e", "channel": "cache-x", "data": "d"}
+
+
+async def signin(handler, conn, user_data):
+    good = sign_auth("k", "s", user_string_to_sign(conn.socket_id, user_data))
+    await send(
+        handler, conn, {"event": "pusher:signin", "data": {"user_data": user_data, "auth": good}}
+    )
+
+
+async def test_watchlist_online_offline(clock):
+    app = App(id="1", key="k", secret="s", enable_watchlist_events=True, max_watchlist_size=2)
+    h = make_handler(Config(apps=(app,)), clock)
+    bob = await connect(h, app)
+    await signin(h, bob, '{"id":"bob"}')
+    alice = await connect(h, app)
+    alice.take()
+    await signin(h, alice, '{"id":"alice","watchlist":["bob","carol","dave"]}')
+    evs = alice.take()
+    assert evs[0]["event"] == "pusher:signin_success"
+    assert data(evs[1])["code"] == 4302  # only the first 2 ids are watched
+    assert evs[2] == {
+        "event": "pusher_internal:watchlist_events",
+        "data": orjson.dumps(
+            {
+                "events": [
+                    {"name": "online", "user_ids": ["bob"]},
+                    {"name": "offline", "user_ids": ["carol"]},
+                ]
+            }
+        ).decode(),
+    }
+    carol = await connect(h, app)
+    await signin(h, carol, '{"id":"carol"}')
+    assert data(alice.take()[0]) == {"events": [{"name": "online", "user_ids": ["carol"]}]}
+    await h.on_close(bob)
+    assert data(alice.take()[0]) == {"events": [{"name": "offline", "user_ids": ["bob"]}]}
+    dave = await connect(h, app)
+    await signin(h, dave, '{"id":"dave"}')
+    assert alice.take() == []  # not watched: beyond the limit
+
+
+async def test_user_authentication_timeout(clock):
+    app = App(
+        id="1", key="k", secret="s", enable_user_authentication=True, user_authentication_timeout=30
+    )
+    h = make_handler(Config(apps=(app,)), clock)
+    idle, signed, private = [await connect(h, app) for _ in range(3)]
+    await signin(h, signed, '{"id":"u"}')
+    await subscribe(h, private, "private-a")
+    clock.advance(30)
+    h.sweep()
+    assert idle.close_code == 4009
+    assert signed.close_code is None and private.close_code is None
+
+
+async def test_subscription_count_opt_in(clock):
+    app = App(id="1", key="k", secret="s", enable_subscription_count=True)
+    h = make_handler(Config(apps=(app,)), clock)
+    a, b = await connect(h, app), await connect(h, app)
+    await subscribe(h, a, "counted")
+    assert a.take()[-1] == {
+        "event": "pusher_internal:subscription_count",
+        "channel": "counted",
+        "data": '{"subscription_count":1}',
+    }
+    await subscribe(h, b, "counted")
+    assert data(a.take()[-1]) == {"subscription_count": 2}
+    await h.on_close(b)
+    assert data(a.take()[-1]) == {"subscription_count": 1}
+    await subscribe(h, a, "presence-p", "u")  # never on presence channels
+    assert all(e["event"] != "pusher_internal:subscription_count" for e in a.take())
+
+
+async def test_subscription_count_off_by_default(handler):
+    a = await connect(handler)
+    await subscribe(handler, a, "quiet")
+    assert [e["event"] for e in a.take()][-1] == "pusher_internal:subscription_succeeded"
