@@ -26,18 +26,32 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 6001; 0 = any)")
     serve.add_argument("--log-level", help="debug, info, warning or error")
+    serve.add_argument("--redis-url", help="join a cluster through this Redis (redis://...)")
+    serve.add_argument("--workers", type=int, help="processes sharing the port (needs Redis)")
+    serve.add_argument(
+        "--role",
+        choices=["all", "websocket", "api"],
+        help="serve only the WebSocket side, only the REST API, or both",
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     routes = sub.add_parser("routes", help="list the REST API routes")
     routes.add_argument("--config", help="TOML configuration file")
     return p
 
 
-async def _serve(config: Config) -> None:
+async def _serve(config: Config, reuse_port: bool = False) -> None:
     from .server import create_app
 
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
+    site = web.TCPSite(
+        runner,
+        config.server.host,
+        config.server.port,
+        reuse_address=True,
+        reuse_port=reuse_port or None,
+    )
     await site.start()
     server = site._server
     sockets = getattr(server, "sockets", None)
@@ -82,7 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = {}
         if args.command == "serve":
-            overrides = {"host": args.host, "port": args.port, "log_level": args.log_level}
+            overrides = {
+                "host": args.host,
+                "port": args.port,
+                "log_level": args.log_level,
+                "redis_url": args.redis_url,
+                "workers": args.workers,
+                "role": args.role,
+            }
         config = load(args.config, overrides=overrides)
     except ConfigError as exc:
         print(f"pushwire: configuration error: {exc}", file=sys.stderr)
@@ -95,12 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         print("GET   /app/{key}  (WebSocket, Pusher protocol 7)")
         return 0
     _configure_logging(config.server.log_level)
+    if config.server.workers > 1:
+        return _run_workers(config, argv if argv is not None else sys.argv[1:])
     try:
         import uvloop
 
-        uvloop.run(_serve(config))
+        uvloop.run(_serve(config, args.reuse_port))
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
-        asyncio.run(_serve(config))
+        asyncio.run(_serve(config, args.reuse_port))
     except OSError as exc:
         print(
             f"pushwire: cannot listen on {config.server.host}:{config.server.port}: {exc}",
@@ -108,3 +131,32 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     return 0
+
+
+def _run_workers(config: Config, argv: list[str]) -> int:
+    """Start `workers` processes on one port (SO_REUSEPORT), each its own cluster node."""
+    import subprocess
+
+    if config.server.port == 0:
+        print("pushwire: --workers needs a fixed --port", file=sys.stderr)
+        return 2
+    base = [a for a in argv if not a.startswith("--workers")]
+    if "--workers" in argv:  # drop the value that followed the flag
+        i = argv.index("--workers")
+        base = argv[:i] + argv[i + 2 :]
+    env = dict(__import__("os").environ, PUSHWIRE_WORKERS="1")
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "pushwire", *base, "--reuse-port"], env=env)
+        for _ in range(config.server.workers)
+    ]
+    log.info("started %d workers on port %d", len(procs), config.server.port)
+
+    def forward(signum: int, frame: object) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [p.wait() for p in procs]
+    return max(codes)

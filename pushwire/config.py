@@ -86,11 +86,22 @@ class ServerConfig:
     max_request_body: int = 1024 * 1024
     timestamp_window: float = 600.0
     log_level: str = "info"
+    role: str = "all"  # all | websocket | api
+    workers: int = 1  # processes sharing the port (SO_REUSEPORT); > 1 needs [cluster]
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    redis_url: str = ""  # empty: single node, all state in this process
+    node_timeout: float = 6.0  # a node whose lease is this old is dead; its state is removed
+    heartbeat_interval: float = 1.0  # lease renewal and dead-node check period
+    key_prefix: str = "pw"
 
 
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     apps: tuple[App, ...] = ()
     demo_credentials: bool = False
     source: str = "<defaults>"
@@ -223,9 +234,13 @@ def _app(data: Any, where: str) -> App:
 def parse(data: Mapping[str, Any], source: str = "<config>") -> Config:
     """Build a Config from parsed TOML data, validating every key."""
     for key in data:
-        if key not in ("server", "apps"):
-            raise ConfigError(f"{source}: unknown top-level key '{key}' (known: server, apps)")
+        if key not in ("server", "cluster", "apps"):
+            raise ConfigError(
+                f"{source}: unknown top-level key '{key}' (known: server, cluster, apps)"
+            )
     server = _build(ServerConfig, data.get("server", {}), f"{source}: [server]")
+    cluster = _build(ClusterConfig, data.get("cluster", {}), f"{source}: [cluster]")
+    _check_cluster(cluster, source)
     if not 0 <= server.port <= 65535:
         raise ConfigError(f"{source}: [server]: key 'port' must be between 0 and 65535")
     if server.activity_timeout <= 0:
@@ -241,7 +256,26 @@ def parse(data: Mapping[str, Any], source: str = "<config>") -> Config:
             if v in seen:
                 raise ConfigError(f"{source}: apps[{i}]: duplicate app {attr} {v!r}")
             seen.add(v)
-    return Config(server=server, apps=apps, source=source)
+    _check_server(server, source)
+    return Config(server=server, cluster=cluster, apps=apps, source=source)
+
+
+def _check_server(server: ServerConfig, source: str) -> None:
+    if server.role not in ("all", "websocket", "api"):
+        raise ConfigError(f"{source}: [server]: key 'role' must be all, websocket or api")
+    if server.workers < 1:
+        raise ConfigError(f"{source}: [server]: key 'workers' must be at least 1")
+
+
+def _check_cluster(cluster: ClusterConfig, source: str) -> None:
+    if cluster.redis_url and urlparse(cluster.redis_url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"{source}: [cluster]: key 'redis_url' must be a redis://, rediss:// or unix:// URL"
+        )
+    if cluster.heartbeat_interval <= 0 or cluster.node_timeout <= cluster.heartbeat_interval:
+        raise ConfigError(
+            f"{source}: [cluster]: node_timeout must be greater than heartbeat_interval (> 0)"
+        )
 
 
 def load(
@@ -268,17 +302,37 @@ def load(
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     cfg = parse(data, source)
     server_over: dict[str, Any] = {}
-    for key, conv in (("host", str), ("port", int), ("log_level", str)):
+    for key, conv in (
+        ("host", str),
+        ("port", int),
+        ("log_level", str),
+        ("workers", int),
+        ("role", str),
+    ):
         raw = env.get(f"PUSHWIRE_{key.upper()}")
         if raw:
             try:
                 server_over[key] = conv(raw)
             except ValueError:
                 raise ConfigError(f"PUSHWIRE_{key.upper()}: invalid value {raw!r}") from None
+    cluster_over: dict[str, Any] = {}
+    if env.get("PUSHWIRE_REDIS_URL"):
+        cluster_over["redis_url"] = env["PUSHWIRE_REDIS_URL"]
     for key, value in (overrides or {}).items():
         if value is not None:
-            server_over[key] = value
+            if key == "redis_url":
+                cluster_over[key] = value
+            else:
+                server_over[key] = value
     server = dataclasses.replace(cfg.server, **server_over)
+    cluster = dataclasses.replace(cfg.cluster, **cluster_over)
+    _check_server(server, "command line")
+    _check_cluster(cluster, "command line")
+    if server.workers > 1 and not cluster.redis_url:
+        raise ConfigError(
+            f"--workers {server.workers} needs a Redis URL ([cluster] redis_url, --redis-url or "
+            "PUSHWIRE_REDIS_URL): separate processes share state only through Redis"
+        )
     apps = cfg.apps
     demo = False
     env_app = [env.get(f"PUSHWIRE_APP_{k}") for k in ("ID", "KEY", "SECRET")]
@@ -292,4 +346,4 @@ def load(
     if not apps:
         apps = (App(*DEMO_APP),)
         demo = True
-    return Config(server=server, apps=apps, demo_credentials=demo, source=source)
+    return Config(server=server, cluster=cluster, apps=apps, demo_credentials=demo, source=source)

@@ -67,8 +67,12 @@ Listener = Callable[[str, str, str, dict[str, Any]], None]
 
 
 class Hub:
-    def __init__(self, clock: Callable[[], float]) -> None:
+    """`cluster_presence=True`: a cluster adapter decides (cluster-wide) when a presence member
+    joins or leaves and announces it; the hub then only keeps local bookkeeping."""
+
+    def __init__(self, clock: Callable[[], float], cluster_presence: bool = False) -> None:
         self.clock = clock
+        self.cluster_presence = cluster_presence
         self.apps: dict[str, AppState] = {}
         self.listeners: list[Listener] = []
 
@@ -120,7 +124,9 @@ class Hub:
         if member is not None:
             user_id, user_info = member
             m = ch.members.get(user_id)
-            if m is None:
+            if m is None and self.cluster_presence:
+                ch.members[user_id] = Member(user_info)  # the adapter announced it if new
+            elif m is None:
                 limit = conn.app.max_presence_members
                 if len(ch.members) >= limit:
                     raise PresenceLimit(f"Presence channel {name} is full ({limit} members)")
@@ -166,8 +172,9 @@ class Hub:
                 m.connections -= 1
                 if m.connections <= 0:
                     del ch.members[user_id]
-                    self._fanout(ch, messages.member_removed(name, user_id), None)
-                    self._emit("member_removed", conn.app.id, name, user_id=user_id)
+                    if not self.cluster_presence:
+                        self._fanout(ch, messages.member_removed(name, user_id), None)
+                        self._emit("member_removed", conn.app.id, name, user_id=user_id)
         if not ch.subscribers:
             del st.channels[name]
             self._emit("channel_vacated", conn.app.id, name)

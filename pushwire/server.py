@@ -40,18 +40,32 @@ def rest_routes(config: Config) -> list[tuple[str, str]]:
     return [(method, path) for method, path, _ in api.routes()]
 
 
+def make_adapter(config: Config) -> Adapter:
+    """Single node (in-memory) unless a Redis URL is configured."""
+    clock = time.monotonic
+    if config.cluster.redis_url:
+        from .adapters.redis import RedisAdapter  # the only place redis is imported
+
+        return RedisAdapter(Hub(clock, cluster_presence=True), config)
+    return LocalAdapter(Hub(clock))
+
+
 def create_app(config: Config, adapter: Adapter | None = None) -> web.Application:
-    """Build the aiohttp application: WebSocket at /app/{key}, REST API under /apps/."""
+    """Build the aiohttp application: WebSocket at /app/{key}, REST API under /apps/.
+
+    `server.role` = websocket or api serves only that side (separated deployment)."""
     clock = time.monotonic
     if adapter is None:
-        adapter = LocalAdapter(Hub(clock))
+        adapter = make_adapter(config)
     handler = PusherHandler(config, adapter, clock)
     app = web.Application(client_max_size=config.server.max_request_body)
     app[HANDLER_KEY] = handler
     app[ADAPTER_KEY] = adapter
-    rest = RestApi(config, adapter)
-    for method, path, fn in rest.routes():
-        app.router.add_route(method, path, fn)
+    role = config.server.role
+    if role in ("all", "api"):
+        rest = RestApi(config, adapter)
+        for method, path, fn in rest.routes():
+            app.router.add_route(method, path, fn)
 
     async def up(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "version": __version__})
@@ -60,7 +74,8 @@ def create_app(config: Config, adapter: Adapter | None = None) -> web.Applicatio
     app.router.add_get("/ready", up)
 
     endpoint = WsEndpoint(handler)
-    app.router.add_get("/app/{key}", endpoint.handle)
+    if role in ("all", "websocket"):
+        app.router.add_get("/app/{key}", endpoint.handle)
 
     async def lifecycle(app: web.Application) -> Any:
         loop = asyncio.get_running_loop()

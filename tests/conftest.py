@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -55,32 +57,113 @@ enabled = false
 """
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 @dataclass
-class Server:
-    proc: subprocess.Popen[str]
+class Redis:
+    proc: subprocess.Popen[bytes]
     port: int
-    log: Path
 
     @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def ws_url(
-        self, key: str = "app-key", query: str = "protocol=7&client=test&version=1.0"
-    ) -> str:
-        return f"ws://127.0.0.1:{self.port}/app/{key}?{query}"
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
+            self.proc.wait(TIMEOUT)
+
+    def restart(self) -> None:
+        self.stop()
+        self.proc = _spawn_redis(self.port)
+
+
+def _spawn_redis(port: int) -> subprocess.Popen[bytes]:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError(
+            "redis-server is needed for the cluster tests (apt-get install redis-server)"
+        )
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("redis-server did not start")
+
+
+def start_redis() -> Redis:
+    port = free_port()
+    return Redis(_spawn_redis(port), port)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Redis]:
+    r = start_redis()
+    yield r
+    r.stop()
+
+
+@dataclass
+class Server:
+    """One node, or several cluster nodes: each use of `port`, `http` or `ws_url` picks the
+    next node, so a test's clients and REST calls are spread over the cluster."""
+
+    procs: list[subprocess.Popen[str]]
+    ports: list[int]
+    logs: list[Path]
+    turn: int = 0
+
+    def _next(self) -> int:
+        self.turn += 1
+        return self.ports[self.turn % len(self.ports)]
+
+    @property
+    def port(self) -> int:
+        return self._next()
+
+    @property
+    def log(self) -> Path:
+        return self.logs[0]
+
+    def log_text(self) -> str:
+        return "".join(p.read_text() for p in self.logs)
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self._next()}"
+
+    def ws_url(
+        self, key: str = "app-key", query: str = "protocol=7&client=test&version=1.0"
+    ) -> str:
+        return f"ws://127.0.0.1:{self._next()}/app/{key}?{query}"
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
             try:
-                self.proc.wait(TIMEOUT)
+                proc.wait(TIMEOUT)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                proc.kill()
+                proc.wait()
 
 
-def start_server(tmp: Path, config: str, *extra: str) -> Server:
+def start_node(tmp: Path, config: str, *extra: str) -> tuple[subprocess.Popen[str], int, Path]:
     cfg = tmp / f"pushwire-{time.monotonic_ns()}.toml"
     cfg.write_text(textwrap.dedent(config))
     log = cfg.with_suffix(".log")
@@ -96,7 +179,7 @@ def start_server(tmp: Path, config: str, *extra: str) -> Server:
     while time.monotonic() < deadline:
         m = re.search(r"listening on http://[\d.]+:(\d+)", log.read_text())
         if m:
-            return Server(proc, int(m.group(1)), log)
+            return proc, int(m.group(1)), log
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {log.read_text()}")
         time.sleep(0.05)
@@ -104,9 +187,34 @@ def start_server(tmp: Path, config: str, *extra: str) -> Server:
     raise RuntimeError(f"server did not start: {log.read_text()}")
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = start_server(tmp_path_factory.mktemp("srv"), BASE_CONFIG)
+def start_server(tmp: Path, config: str, *extra: str, nodes: int = 1) -> Server:
+    started = [start_node(tmp, config, *extra) for _ in range(nodes)]
+    return Server(
+        [p for p, _, _ in started], [port for _, port, _ in started], [log for _, _, log in started]
+    )
+
+
+def cluster_config(redis: Redis, config: str = BASE_CONFIG, prefix: str = "pw") -> str:
+    return textwrap.dedent(config) + textwrap.dedent(f"""
+        [cluster]
+        redis_url = "{redis.url}"
+        node_timeout = 2.0
+        heartbeat_interval = 0.5
+        key_prefix = "{prefix}"
+    """)
+
+
+@pytest.fixture(scope="session", params=["single", "cluster"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """The shared server: one node, then a 3-node cluster over a real Redis."""
+    tmp = tmp_path_factory.mktemp(request.param)
+    if request.param == "single":
+        srv = start_server(tmp, BASE_CONFIG)
+    else:
+        redis = request.getfixturevalue("redis_server")
+        srv = start_server(tmp, cluster_config(redis, prefix="shared"), nodes=3)
     yield srv
     srv.stop()
-    assert "Traceback" not in srv.log.read_text(), srv.log.read_text()
+    assert "Traceback" not in srv.log_text(), srv.log_text()

@@ -33,8 +33,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 class Driver:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, server: Any) -> None:
         self.proc = proc
+        self.server = server  # each client connects to the next node of a cluster
         self.ids = itertools.count(1)
         self.replies: dict[int, asyncio.Future[Any]] = {}
         self.events: list[dict[str, Any]] = []
@@ -94,7 +95,7 @@ class Driver:
         assert not bad, bad
 
     async def connect(self, name: str, app: dict[str, str] = APP, **kw: Any) -> str:
-        await self.cmd("connect", name=name, app=app, **kw)
+        await self.cmd("connect", name=name, app=app, port=self.server.port, **kw)
         await self.expect(
             lambda e: e == {"type": "state", "client": name, "state": "connected"},
             f"{name} connected",
@@ -120,7 +121,7 @@ async def js(server: Any) -> AsyncIterator[Driver]:
         stdout=asyncio.subprocess.PIPE,
         cwd=HERE,
     )
-    d = Driver(proc)
+    d = Driver(proc, server)
     yield d
     assert proc.stdin is not None
     proc.stdin.close()

@@ -26,7 +26,7 @@ function serverSdk(app) {
 function connect(c) {
   const sdk = serverSdk(c.app);
   const p = new PusherJS(c.app.key, {
-    wsHost: '127.0.0.1', wsPort: Number(port), forceTLS: false, enabledTransports: ['ws'],
+    wsHost: '127.0.0.1', wsPort: Number(c.port || port), forceTLS: false, enabledTransports: ['ws'],
     disableStats: true, cluster: 'local', activityTimeout: c.activityTimeout || 120000,
     channelAuthorization: {
       customHandler: ({ socketId, channelName }, cb) => {
