@@ -43,7 +43,7 @@ async def _serve(config: Config, reuse_port: bool = False) -> None:
     from .server import create_app
 
     app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(
         runner,

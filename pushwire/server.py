@@ -21,6 +21,7 @@ from .transport.ws import WsEndpoint
 
 log = logging.getLogger("pushwire")
 
+SHUTDOWN_GRACE = 5.0  # seconds for clients to be told and connections to finish on SIGTERM
 HANDLER_KEY = web.AppKey("pushwire_handler", PusherHandler)
 ADAPTER_KEY = web.AppKey("pushwire_adapter", Adapter)
 
@@ -94,14 +95,19 @@ def create_app(config: Config, adapter: Adapter | None = None) -> web.Applicatio
         timer = loop.call_later(interval, tick)
         yield
         timer.cancel()
-        # Graceful stop: tell every client to reconnect (4200), then let writes drain.
+        await adapter.stop()
+
+    async def goodbye(app: web.Application) -> None:
+        """Graceful stop, before aiohttp closes sockets: tell every client to reconnect (4200)
+        and let each connection's handler finish, so the cluster sees members leave now."""
         err = ReconnectNow("Server shutting down, reconnect")
         for st in adapter.hub.apps.values():
             for conn in list(st.connections.values()):
                 conn.send_error_and_close(err)
-        if endpoint.closing_tasks:
-            await asyncio.wait(list(endpoint.closing_tasks), timeout=5)
-        await adapter.stop()
+        deadline = asyncio.get_running_loop().time() + SHUTDOWN_GRACE
+        while endpoint.active and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
 
+    app.on_shutdown.append(goodbye)
     app.cleanup_ctx.append(lifecycle)
     return app

@@ -309,9 +309,8 @@ class RedisAdapter:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                if self.healthy:
-                    log.error("Redis pub/sub lost (%s): reconnecting", exc)
-                    self.healthy = False
+                # the heartbeat reports outages (once); this only reconnects
+                log.debug("Redis pub/sub lost (%s): reconnecting", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 with contextlib.suppress(RedisError, OSError):

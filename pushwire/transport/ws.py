@@ -165,6 +165,7 @@ class WsEndpoint:
         server = handler.config.server
         self.flusher = Flusher(server.flush_slice)
         self.closing_tasks: set[asyncio.Task[None]] = set()
+        self.active = 0  # connections whose handler is running
         server = handler.config.server
         self.max_frame = server.max_frame_size
         self.max_pending = server.max_pending_bytes
@@ -197,6 +198,14 @@ class WsEndpoint:
             self.max_pending,
             self.closing_tasks,
         )
+        self.active += 1
+        try:
+            return await self._run(ws, conn)
+        finally:
+            self.active -= 1
+
+    async def _run(self, ws: web.WebSocketResponse, conn: WsConnection) -> web.WebSocketResponse:
+        handler = self.handler
         try:
             await handler.open(conn)
         except PusherError:

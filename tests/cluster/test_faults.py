@@ -1,0 +1,273 @@
+"""Cluster faults with real processes: a node killed with SIGKILL, Redis restarted, a node
+joining late, several workers on one port, separated roles."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from tests.conftest import (
+    BASE_CONFIG,
+    ROOT,
+    TIMEOUT,
+    cluster_config,
+    free_port,
+    start_node,
+    start_redis,
+    start_server,
+)
+from tests.server.helpers import Client, data, rest
+
+
+def node_urls(port: int) -> tuple[str, str]:
+    return (
+        f"http://127.0.0.1:{port}",
+        f"ws://127.0.0.1:{port}/app/app-key?protocol=7&client=t&version=1",
+    )
+
+
+async def users(http: str, channel: str) -> list[str]:
+    status, body = await rest(http, "GET", f"/apps/app-id/channels/{channel}/users")
+    assert status == 200, body
+    return [u["id"] for u in body["users"]]
+
+
+async def test_sigkilled_node_is_healed(redis_server, tmp_path):
+    cfg = cluster_config(redis_server, prefix="kill")
+    nodes = [start_node(tmp_path, cfg) for _ in range(3)]
+    try:
+        (pa, porta, _), (pb, portb, _), (pc, portc, _) = nodes
+        ghost = await Client.connect(node_urls(porta)[1])
+        watcher = await Client.connect(node_urls(portb)[1])
+        await watcher.subscribe("presence-heal", "watcher")
+        await ghost.subscribe("presence-heal", "ghost")
+        assert (await watcher.recv_event("pusher_internal:member_added"))["channel"]
+        assert await users(node_urls(portc)[0], "presence-heal") == ["ghost", "watcher"]
+        pa.send_signal(signal.SIGKILL)
+        pa.wait()
+        killed_at = time.monotonic()
+        removed = await watcher.recv_event("pusher_internal:member_removed", timeout=TIMEOUT)
+        healed_s = time.monotonic() - killed_at
+        assert data(removed) == {"user_id": "ghost"}
+        # documented bound: node_timeout (2 s here) + heartbeat_interval (0.5 s) + slack
+        assert healed_s < 2.0 + 0.5 + 1.5, healed_s
+        print(f"healing time after SIGKILL: {healed_s:.2f} s")
+        assert await users(node_urls(portc)[0], "presence-heal") == ["watcher"]
+        status, body = await rest(
+            node_urls(portc)[0],
+            "GET",
+            "/apps/app-id/channels/presence-heal",
+            params={"info": "subscription_count,user_count"},
+        )
+        assert body == {"occupied": True, "subscription_count": 1, "user_count": 1}
+        await watcher.nothing(0.5)  # exactly once
+        await watcher.close()
+        await ghost.close()
+    finally:
+        for p, _, _ in nodes:
+            if p.poll() is None:
+                p.terminate()
+                p.wait()
+
+
+async def test_redis_restart_local_delivery_and_convergence(tmp_path):
+    redis = start_redis()
+    try:
+        cfg = cluster_config(redis, prefix="outage")
+        srv_a = start_node(tmp_path, cfg)
+        srv_b = start_node(tmp_path, cfg)
+        http_a, ws_a = node_urls(srv_a[1])
+        http_b, ws_b = node_urls(srv_b[1])
+        ca, cb = await Client.connect(ws_a), await Client.connect(ws_b)
+        await ca.subscribe("outage-chan")
+        await cb.subscribe("outage-chan")
+        await ca.subscribe("presence-out", "ua")
+        await cb.subscribe("presence-out", "ub")
+        await ca.recv_event("pusher_internal:member_added")
+        redis.stop()
+        await asyncio.sleep(0.5)
+        # local delivery keeps working, nobody is disconnected
+        status, _ = await rest(
+            http_a,
+            "POST",
+            "/apps/app-id/events",
+            {"name": "during", "channel": "outage-chan", "data": "x"},
+        )
+        assert status == 200
+        assert (await ca.recv_event("during"))["data"] == "x"
+        await ca.send({"event": "pusher:ping", "data": {}})
+        assert await ca.recv_event("pusher:pong")
+        redis.restart()  # comes back empty (no persistence): nodes must re-publish their state
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            status, body = await rest(
+                http_b,
+                "GET",
+                "/apps/app-id/channels/outage-chan",
+                params={"info": "subscription_count"},
+            )
+            if body.get("subscription_count") == 2:
+                break
+            assert time.monotonic() < deadline, body
+            await asyncio.sleep(0.2)
+        assert await users(http_a, "presence-out") == ["ua", "ub"]
+        status, _ = await rest(
+            http_a,
+            "POST",
+            "/apps/app-id/events",
+            {"name": "after", "channel": "outage-chan", "data": "y"},
+        )
+        assert (await cb.recv_event("after"))["data"] == "y"
+        for _, _, log in (srv_a, srv_b):
+            text = log.read_text()
+            assert text.count("Redis unreachable") == 1, text  # one line per outage
+            assert "re-publishing local state" in text
+        await ca.close(), await cb.close()
+        for p, _, _ in (srv_a, srv_b):
+            p.terminate()
+            p.wait()
+    finally:
+        redis.stop()
+
+
+async def test_late_node_sees_full_state(redis_server, tmp_path):
+    cfg = cluster_config(redis_server, prefix="late")
+    first = start_node(tmp_path, cfg)
+    try:
+        c = await Client.connect(node_urls(first[1])[1])
+        await c.subscribe("presence-late", "early-bird", {"n": 1})
+        late = start_node(tmp_path, cfg)
+        try:
+            http, ws = node_urls(late[1])
+            assert await users(http, "presence-late") == ["early-bird"]
+            d = await Client.connect(ws)
+            ok = await d.subscribe("presence-late", "late-comer")
+            assert data(ok)["presence"]["hash"] == {"early-bird": {"n": 1}, "late-comer": None}
+            assert await c.recv_event("pusher_internal:member_added")
+            await d.close()
+        finally:
+            late[0].terminate()
+            late[0].wait()
+        await c.close()
+    finally:
+        first[0].terminate()
+        first[0].wait()
+
+
+async def test_clean_shutdown_removes_state_at_once(redis_server, tmp_path):
+    cfg = cluster_config(redis_server, prefix="clean")
+    a, b = start_node(tmp_path, cfg), start_node(tmp_path, cfg)
+    try:
+        leaving = await Client.connect(node_urls(a[1])[1])
+        staying = await Client.connect(node_urls(b[1])[1])
+        await staying.subscribe("presence-clean", "stay")
+        await leaving.subscribe("presence-clean", "leave")
+        await staying.recv_event("pusher_internal:member_added")
+        a[0].terminate()
+        t0 = time.monotonic()
+        await staying.recv_event("pusher_internal:member_removed")
+        assert time.monotonic() - t0 < 1.5
+        await staying.close()
+        await leaving.close()
+    finally:
+        for p, _, _ in (a, b):
+            if p.poll() is None:
+                p.terminate()
+                p.wait()
+
+
+async def test_workers_share_one_port(redis_server, tmp_path):
+    port = free_port()
+    cfg = tmp_path / "w.toml"
+    cfg.write_text(cluster_config(redis_server, BASE_CONFIG, prefix="workers"))
+    log = tmp_path / "w.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pushwire",
+                "serve",
+                "--config",
+                str(cfg),
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    try:
+        r = aioredis.Redis.from_url(redis_server.url)
+        deadline = time.monotonic() + TIMEOUT
+        while await r.scard("workers:nodes") < 2:
+            assert time.monotonic() < deadline, log.read_text()
+            await asyncio.sleep(0.1)
+        await r.aclose()
+        http, ws = node_urls(port)
+        clients = [await Client.connect(ws) for _ in range(8)]
+        for c in clients:
+            await c.subscribe("w-chan")
+        status, body = await rest(
+            http, "GET", "/apps/app-id/channels/w-chan", params={"info": "subscription_count"}
+        )
+        assert body["subscription_count"] == 8
+        await rest(
+            http, "POST", "/apps/app-id/events", {"name": "e", "channel": "w-chan", "data": "all"}
+        )
+        for c in clients:
+            assert (await c.recv_event("e"))["data"] == "all"
+            await c.close()
+    finally:
+        proc.terminate()
+        proc.wait(TIMEOUT)
+
+
+def test_workers_without_redis_are_refused():
+    r = subprocess.run(
+        [sys.executable, "-m", "pushwire", "serve", "--workers", "2"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+    )
+    assert r.returncode == 2
+    assert "needs a Redis URL" in r.stderr
+
+
+@pytest.mark.parametrize("role", ["websocket", "api"])
+async def test_separated_roles(redis_server, tmp_path, role):
+    cfg = cluster_config(redis_server, prefix="roles")
+    srv = start_server(tmp_path, cfg, "--role", role)
+    other = start_server(tmp_path, cfg, "--role", "api" if role == "websocket" else "websocket")
+    try:
+        ws_srv = srv if role == "websocket" else other
+        api_srv = other if role == "websocket" else srv
+        async with aiohttp.ClientSession() as s:
+            async with s.get(ws_srv.http + "/apps/app-id/channels") as resp:
+                assert resp.status == 404  # no REST API on a websocket-only node
+            async with s.get(api_srv.http + "/app/app-key?protocol=7") as resp:
+                assert resp.status == 404  # no WebSocket on an api-only node
+        c = await Client.connect(ws_srv.ws_url())
+        await c.subscribe("role-chan")
+        status, _ = await rest(
+            api_srv.http,
+            "POST",
+            "/apps/app-id/events",
+            {"name": "e", "channel": "role-chan", "data": "via api node"},
+        )
+        assert status == 200
+        assert (await c.recv_event("e"))["data"] == "via api node"
+        await c.close()
+    finally:
+        srv.stop()
+        other.stop()
