@@ -151,8 +151,19 @@ def percentile(sorted_vals: list[int], p: float) -> float:
     return sorted_vals[k] / 1e6
 
 
-def measure(name: str, base: str, pid: int | None, args: argparse.Namespace) -> dict[str, Any]:
-    ws_url = base.replace("http", "ws", 1) + f"/app/{KEY}?protocol=7&client=bench&version=1.0"
+def measure(
+    name: str,
+    base: str,
+    pid: int | list[int] | None,
+    args: argparse.Namespace,
+    sub_bases: list[str] | None = None,
+) -> dict[str, Any]:
+    """Publish to `base`; subscribers connect round-robin to `sub_bases` (default: base)."""
+    sub_bases = sub_bases or [base]
+    ws_urls = [
+        b.replace("http", "ws", 1) + f"/app/{KEY}?protocol=7&client=bench&version=1.0"
+        for b in sub_bases
+    ]
     ctx = mp.get_context("spawn")
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     per = [
@@ -162,7 +173,7 @@ def measure(name: str, base: str, pid: int | None, args: argparse.Namespace) -> 
     procs = [
         ctx.Process(
             target=subscriber_proc,
-            args=(ws_url, n, i, ready, go, results, args.events, args.timeout),
+            args=(ws_urls[i % len(ws_urls)], n, i, ready, go, results, args.events, args.timeout),
         )
         for i, n in enumerate(per)
     ]
@@ -170,9 +181,11 @@ def measure(name: str, base: str, pid: int | None, args: argparse.Namespace) -> 
         p.start()
     for _ in procs:
         ready.get(timeout=args.timeout)
-    server = psutil.Process(pid) if pid else None
-    cpu0 = sum(server.cpu_times()[:2]) if server else 0.0
-    rss_peak = server.memory_info().rss if server else 0
+    pids = [] if pid is None else [pid] if isinstance(pid, int) else pid
+    servers = [psutil.Process(p) for p in pids]
+    server = bool(servers)
+    cpu0 = sum(sum(sv.cpu_times()[:2]) for sv in servers)
+    rss_peak = sum(sv.memory_info().rss for sv in servers)
     t0 = time.monotonic_ns()
     go.set()
     publish_s = asyncio.run(publish(base, args.events, args.size, args.concurrency, args.rate))
@@ -185,8 +198,8 @@ def measure(name: str, base: str, pid: int | None, args: argparse.Namespace) -> 
     # wall time until every worker reported, minus nothing (workers report right after the last
     # message), which slightly under-reports the rate.
     if server:
-        rss_peak = max(rss_peak, server.memory_info().rss)
-        cpu = sum(server.cpu_times()[:2]) - cpu0
+        rss_peak = max(rss_peak, sum(sv.memory_info().rss for sv in servers))
+        cpu = sum(sum(sv.cpu_times()[:2]) for sv in servers) - cpu0
     for p in procs:
         p.join(10)
     lat.sort()
@@ -211,9 +224,19 @@ def measure(name: str, base: str, pid: int | None, args: argparse.Namespace) -> 
     }
 
 
-def start_pushwire(port: int) -> subprocess.Popen[bytes]:
+def start_pushwire(port: int, *extra: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pushwire", "serve", "--port", str(port), "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "pushwire",
+            "serve",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            *extra,
+        ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -229,6 +252,43 @@ def start_soketi(port: int) -> int:
     wait_port(port, 120)
     # the started PID is node's; measure the whole process tree's main process
     return pid
+
+
+def measure_cluster(args: argparse.Namespace) -> dict[str, Any]:
+    import shutil
+    import socket
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        rport = sk.getsockname()[1]
+    redis = subprocess.Popen(
+        [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(rport),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--bind",
+            "127.0.0.1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(rport)
+    url = f"redis://127.0.0.1:{rport}/0"
+    a_port, b_port = args.port + 10, args.port + 11
+    nodes = [start_pushwire(p, "--redis-url", url) for p in (a_port, b_port)]
+    try:
+        a, b = f"http://127.0.0.1:{a_port}", f"http://127.0.0.1:{b_port}"
+        return measure("pushwire-2-nodes", a, [n.pid for n in nodes], args, [a, b])
+    finally:
+        for n in nodes:
+            n.send_signal(signal.SIGTERM)
+            n.wait(30)
+        redis.terminate()
+        redis.wait(10)
 
 
 def wait_port(port: int, timeout: float = 30) -> None:
@@ -267,6 +327,12 @@ def main() -> None:
     ap.add_argument("--server-pid", type=int)
     ap.add_argument("--port", type=int, default=6101)
     ap.add_argument("--soketi", action="store_true", help="also measure soketi side by side")
+    ap.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also measure 2 Pushwire nodes over a local redis-server: publisher "
+        "on node A, subscribers split over A and B",
+    )
     ap.add_argument("--soketi-port", type=int, default=6102)
     args = ap.parse_args()
 
@@ -280,6 +346,8 @@ def main() -> None:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
+        if args.cluster:
+            rows.append(measure_cluster(args))
         if args.soketi:
             pid = start_soketi(args.soketi_port)
             try:
@@ -288,15 +356,15 @@ def main() -> None:
                 os.kill(pid, signal.SIGTERM)
     for row in rows:
         print(json.dumps(row))
-    if len(rows) == 2:
-        a, b = rows
+    base = rows[0]
+    for other in rows[1:]:  # ratios against the first row (single-node Pushwire)
         print(
             json.dumps(
                 {
-                    "ratio": "pushwire/soketi",
-                    "msgs_per_s": round(a["msgs_per_s"] / b["msgs_per_s"], 2),
-                    "p50": round(a["p50_ms"] / b["p50_ms"], 2),
-                    "p99": round(a["p99_ms"] / b["p99_ms"], 2),
+                    "ratio": f"{other['server']}/{base['server']}",
+                    "msgs_per_s": round(other["msgs_per_s"] / base["msgs_per_s"], 2),
+                    "p50": round(other["p50_ms"] / base["p50_ms"], 2),
+                    "p99": round(other["p99_ms"] / base["p99_ms"], 2),
                 }
             )
         )
