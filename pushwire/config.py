@@ -71,6 +71,8 @@ class App:
     client_event_rate: float = 10.0  # client events per second per connection
     cache_ttl: float = 1800.0  # seconds a cache channel remembers its last event
     webhooks: tuple[Webhook, ...] = ()
+    webhook_delay: float = 3.0  # seconds channel_vacated / member_removed wait (and cancel)
+    webhook_batch_ms: float = 0.0  # > 0: wait this long so one POST carries many events
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,10 @@ class ServerConfig:
     max_request_body: int = 1024 * 1024
     timestamp_window: float = 600.0
     log_level: str = "info"
+    webhook_retry_for: float = 600.0  # seconds a failing webhook is retried (backoff <= 60 s)
+    webhook_queue_size: int = 100_000  # pending webhooks past which new ones are dropped
+    webhook_concurrency: int = 8
+    webhook_timeout: float = 10.0
     role: str = "all"  # all | websocket | api
     workers: int = 1  # processes sharing the port (SO_REUSEPORT); > 1 needs [cluster]
 

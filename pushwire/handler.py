@@ -21,6 +21,7 @@ from .protocol import errors, messages
 from .protocol.channels import USER_ID_RE, channel_type, validate_channel_name
 from .protocol.errors import PusherError
 from .protocol.signing import channel_string_to_sign, user_string_to_sign, verify_auth
+from .webhooks import Webhooks
 
 VERSION_RE = re.compile(r"^v?\d+(\.\d+)*([-+.~][0-9A-Za-z.\-+~]*)?$")
 MIN_PROTOCOL, MAX_PROTOCOL = 5, 7
@@ -32,12 +33,18 @@ def new_socket_id() -> str:
 
 
 class PusherHandler:
-    def __init__(self, config: Config, adapter: Adapter, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        adapter: Adapter,
+        clock: Callable[[], float],
+        webhooks: Webhooks | None = None,
+    ) -> None:
         self.config = config
         self.adapter = adapter
         self.clock = clock
-        # Optional observer of every client-event (used by webhooks later): (conn, msg dict).
-        self.on_client_event: list[Callable[[Connection, str, str, Any, str | None], None]] = []
+        self.webhooks = webhooks
+        self._count_sent: dict[tuple[str, str], float] = {}  # subscription_count throttle
 
     # Handshake ---------------------------------------------------------------------------
     def check_handshake(self, app_key: str, query: Mapping[str, str]) -> App:
@@ -73,7 +80,29 @@ class PusherHandler:
 
     async def on_close(self, conn: Connection) -> None:
         conn.closed = True
+        channels = list(conn.channels)
         await self.adapter.remove_connection(conn)
+        for name in channels:
+            await self._subscription_count_webhook(conn.app, name)
+
+    async def _subscription_count_webhook(self, app: App, channel: str) -> None:
+        """Pusher's subscription_count webhook: non-presence channels, on each (un)subscribe,
+        at most every 5 s per channel above 100 subscribers."""
+        wh = self.webhooks
+        if wh is None or not wh.wants(app, "subscription_count"):
+            return
+        if channel_type(channel).presence or channel.startswith("#"):
+            return
+        stats = await self.adapter.channel_stats(app, channel)
+        count = 0 if stats is None else stats.subscription_count
+        now = self.clock()
+        key = (app.id, channel)
+        if count > 100 and now - self._count_sent.get(key, float("-inf")) < 5.0:
+            return
+        self._count_sent[key] = now
+        if len(self._count_sent) > 100_000:
+            self._count_sent.clear()
+        wh.emit(app, "subscription_count", channel, subscription_count=count)
 
     # Inbound -----------------------------------------------------------------------------
     def on_binary(self, conn: Connection) -> None:
@@ -118,6 +147,7 @@ class PusherHandler:
                 raise errors.InvalidMessage("pusher:unsubscribe: 'channel' must be a string")
             if channel in conn.channels:
                 await self.adapter.unsubscribe(conn, channel)
+                await self._subscription_count_webhook(conn.app, channel)
         elif event == "pusher:signin":
             await self._signin(conn, _data_object(msg))
         elif event.startswith("client-"):
@@ -184,9 +214,21 @@ class PusherHandler:
                 stats = await self.adapter.channel_stats(app, name)
                 if stats is not None:
                     conn.send(messages.subscription_count(name, stats.subscription_count))
+        await self._subscription_count_webhook(app, name)
         if ctype.cache:
             cached = await self.adapter.cache_get(app, name)
-            conn.send(cached[0] if cached is not None else messages.cache_miss(name))
+            if cached is not None:
+                conn.send(cached[0])
+            else:
+                conn.send(messages.cache_miss(name))
+                wh = self.webhooks
+                # one cache_miss webhook for simultaneous subscribers, cluster-wide
+                if (
+                    wh is not None
+                    and wh.wants(app, "cache_miss")
+                    and await self.adapter.claim_once(f"cache_miss:{app.id}:{name}", 1.0)
+                ):
+                    wh.emit(app, "cache_miss", name)
 
     # Sign-in -----------------------------------------------------------------------------
     async def _signin(self, conn: Connection, data: dict[str, Any]) -> None:
@@ -278,8 +320,16 @@ class PusherHandler:
         user_id = conn.channels[channel]
         out = messages.channel_event(event, channel, data, user_id)
         await self.adapter.publish(app, channel, out, conn.socket_id)
-        for observer in self.on_client_event:
-            observer(conn, channel, event, data, user_id)
+        if self.webhooks is not None:
+            self.webhooks.emit(
+                app,
+                "client_event",
+                channel,
+                event=event,
+                data=data if isinstance(data, str) else orjson.dumps(data).decode(),
+                socket_id=conn.socket_id,
+                user_id=user_id,
+            )
 
     # Timers ------------------------------------------------------------------------------
     def sweep(self) -> None:

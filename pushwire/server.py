@@ -18,11 +18,13 @@ from .hub import Hub
 from .protocol.errors import ReconnectNow
 from .transport.rest import RestApi
 from .transport.ws import WsEndpoint
+from .webhooks import MemoryStore, Webhooks, WebhookStore
 
 log = logging.getLogger("pushwire")
 
 SHUTDOWN_GRACE = 5.0  # seconds for clients to be told and connections to finish on SIGTERM
 HANDLER_KEY = web.AppKey("pushwire_handler", PusherHandler)
+WEBHOOKS_KEY = web.AppKey("pushwire_webhooks", Webhooks)
 ADAPTER_KEY = web.AppKey("pushwire_adapter", Adapter)
 
 
@@ -51,6 +53,19 @@ def make_adapter(config: Config) -> Adapter:
     return LocalAdapter(Hub(clock))
 
 
+def make_webhooks(config: Config, adapter: Adapter) -> Webhooks:
+    """Webhook jobs live in Redis in a cluster (durable, sent once), else in memory."""
+    store: WebhookStore
+    if config.cluster.redis_url:
+        from .adapters.redis import RedisAdapter, RedisWebhookStore
+
+        assert isinstance(adapter, RedisAdapter)
+        store = RedisWebhookStore(adapter, config.server.webhook_queue_size)
+    else:
+        store = MemoryStore(config.server.webhook_queue_size)
+    return Webhooks(config, store)
+
+
 def create_app(config: Config, adapter: Adapter | None = None) -> web.Application:
     """Build the aiohttp application: WebSocket at /app/{key}, REST API under /apps/.
 
@@ -58,10 +73,15 @@ def create_app(config: Config, adapter: Adapter | None = None) -> web.Applicatio
     clock = time.monotonic
     if adapter is None:
         adapter = make_adapter(config)
-    handler = PusherHandler(config, adapter, clock)
+    webhooks = make_webhooks(config, adapter)
+    adapter.listeners.append(
+        lambda app, kind, channel, fields: webhooks.emit(app, kind, channel, **fields)
+    )
+    handler = PusherHandler(config, adapter, clock, webhooks)
     app = web.Application(client_max_size=config.server.max_request_body)
     app[HANDLER_KEY] = handler
     app[ADAPTER_KEY] = adapter
+    app[WEBHOOKS_KEY] = webhooks
     role = config.server.role
     if role in ("all", "api"):
         rest = RestApi(config, adapter)
@@ -92,9 +112,11 @@ def create_app(config: Config, adapter: Adapter | None = None) -> web.Applicatio
             timer = loop.call_later(interval, tick)
 
         await adapter.start()
+        await webhooks.start()
         timer = loop.call_later(interval, tick)
         yield
         timer.cancel()
+        await webhooks.stop(SHUTDOWN_GRACE)  # queued, due webhooks get the grace time
         await adapter.stop()
 
     async def goodbye(app: web.Application) -> None:

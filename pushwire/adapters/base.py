@@ -12,6 +12,7 @@ Guarantees every adapter gives:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..config import App
@@ -19,9 +20,15 @@ from ..connection import Connection
 from ..hub import ChannelStats, Hub
 from ..protocol.frames import Outbound
 
+# A deployment-wide happening: (app, kind, channel, fields). Kinds: channel_occupied,
+# channel_vacated, member_added (fields: user_id), member_removed (fields: user_id). Each is
+# reported once for the whole deployment, by the node that decided it.
+Happening = Callable[[App, str, str, dict[str, Any]], None]
+
 
 class Adapter(Protocol):
     hub: Hub  # this node's local state, used for local delivery
+    listeners: list[Happening]
 
     async def start(self) -> None: ...
 
@@ -68,3 +75,6 @@ class Adapter(Protocol):
         """The cached event of a cache channel and its remaining TTL in seconds."""
 
     async def online_users(self, app: App, user_ids: tuple[str, ...]) -> list[str]: ...
+
+    async def claim_once(self, key: str, ttl: float) -> bool:
+        """True for the first caller in the deployment within `ttl` seconds (de-duplication)."""

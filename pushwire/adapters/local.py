@@ -9,11 +9,30 @@ from ..connection import Connection
 from ..hub import ChannelStats, Hub
 from ..protocol.errors import ConnectionUnauthorized
 from ..protocol.frames import Outbound
+from .base import Happening
 
 
 class LocalAdapter:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        self.listeners: list[Happening] = []
+        self._claims: dict[str, float] = {}
+        hub.listeners.append(self._forward)
+
+    def _forward(self, kind: str, app_id: str, channel: str, details: dict[str, Any]) -> None:
+        st = self.hub.apps.get(app_id)
+        if st is not None:
+            for listener in self.listeners:
+                listener(st.app, kind, channel, details)
+
+    async def claim_once(self, key: str, ttl: float) -> bool:
+        now = self.hub.clock()
+        if len(self._claims) > 10_000:
+            self._claims = {k: t for k, t in self._claims.items() if t > now}
+        if self._claims.get(key, 0.0) > now:
+            return False
+        self._claims[key] = now + ttl
+        return True
 
     async def start(self) -> None:
         return None

@@ -50,6 +50,7 @@ from ..hub import ChannelStats, Hub
 from ..protocol import messages
 from ..protocol.errors import ConnectionUnauthorized, OverConnectionQuota, PresenceLimit
 from ..protocol.frames import Outbound
+from .base import Happening
 
 log = logging.getLogger("pushwire.cluster")
 T = TypeVar("T")
@@ -91,13 +92,33 @@ end
 return 1
 """
 
-# ARGV: prefix, dead node. Removes everything the node wrote; returns {app, channel, user, ...}
-# for presence members that no live node still has.
+# ARGV: prefix, app, channel, node, count. Writes this node's subscriber count of a channel and
+# returns {total before, total after} over the live nodes: occupied / vacated, decided once.
+COUNT = """
+local p, app, ch, node, count = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local before = 0
+local nodes = redis.call('SMEMBERS', p .. ':nodes')
+for _, n in ipairs(nodes) do
+  before = before + tonumber(redis.call('HGET', p .. ':cn:' .. app .. ':' .. n, ch) or '0')
+end
+local own = p .. ':cn:' .. app .. ':' .. node
+local mine = tonumber(redis.call('HGET', own, ch) or '0')
+if count > 0 then
+  redis.call('HSET', own, ch, count)
+  redis.call('SADD', p .. ':node:' .. node .. ':keys', cjson.encode({'cn', app}))
+else
+  redis.call('HDEL', own, ch)
+end
+return {before, before - mine + count}
+"""
+
+# ARGV: prefix, dead node. Removes everything the node wrote; returns {{app, channel, user, ...}
+# for presence members no live node still has, {app, channel, ...} for channels now empty}.
 REAP = """
 local p, dead = ARGV[1], ARGV[2]
 redis.call('SREM', p .. ':nodes', dead)
 local nodes = redis.call('SMEMBERS', p .. ':nodes')
-local gone = {}
+local gone, vacated = {}, {}
 for _, raw in ipairs(redis.call('SMEMBERS', p .. ':node:' .. dead .. ':keys')) do
   local k = cjson.decode(raw)
   if k[1] == 'pm' then
@@ -111,7 +132,15 @@ for _, raw in ipairs(redis.call('SMEMBERS', p .. ':node:' .. dead .. ':keys')) d
     end
     redis.call('DEL', prefix .. dead)
   elseif k[1] == 'cn' then
-    redis.call('DEL', p .. ':cn:' .. k[2] .. ':' .. dead)
+    local own = p .. ':cn:' .. k[2] .. ':' .. dead
+    for _, ch in ipairs(redis.call('HKEYS', own)) do
+      local others = 0
+      for _, n in ipairs(nodes) do
+        others = others + tonumber(redis.call('HGET', p .. ':cn:' .. k[2] .. ':' .. n, ch) or '0')
+      end
+      if others == 0 then vacated[#vacated + 1] = k[2]; vacated[#vacated + 1] = ch end
+    end
+    redis.call('DEL', own)
   elseif k[1] == 'conn' then
     redis.call('HDEL', p .. ':conn:' .. k[2], dead)
   elseif k[1] == 'us' then
@@ -119,7 +148,7 @@ for _, raw in ipairs(redis.call('SMEMBERS', p .. ':node:' .. dead .. ':keys')) d
   end
 end
 redis.call('DEL', p .. ':node:' .. dead .. ':keys', p .. ':lease:' .. dead)
-return gone
+return {gone, vacated}
 """
 
 
@@ -141,6 +170,8 @@ class RedisAdapter:
         self._join = self.redis.register_script(JOIN)
         self._leave = self.redis.register_script(LEAVE)
         self._reap = self.redis.register_script(REAP)
+        self._count = self.redis.register_script(COUNT)
+        self.listeners: list[Happening] = []
         self._stopping = False
 
     # Keys ----------------------------------------------------------------------------------
@@ -228,16 +259,25 @@ class RedisAdapter:
                 log.warning("node %s missed its lease: removing its state", n)
                 await self._reap_node(n)
 
+    def _tell(self, app: App, kind: str, channel: str, **fields: Any) -> None:
+        for listener in self.listeners:
+            listener(app, kind, channel, fields)
+
     async def _reap_node(self, node: str) -> None:
-        gone = await self._reap(args=[self.p, node])
+        gone, vacated = await self._reap(args=[self.p, node])
         for i in range(0, len(gone), 3):
-            app = self.config.app_by_id(gone[i].decode())
+            app = self.config.app_by_id(_s(gone[i]))
             if app is None:
                 continue
-            channel, uid = gone[i + 1].decode(), gone[i + 2].decode()
+            channel, uid = _s(gone[i + 1]), _s(gone[i + 2])
             msg = messages.member_removed(channel, uid)
             self.hub.broadcast(app, channel, msg, None)
             await self._send_bus(self._bus(app.id, channel), "pub", msg, a=app.id, c=channel)
+            self._tell(app, "member_removed", channel, user_id=uid)
+        for i in range(0, len(vacated), 2):
+            app = self.config.app_by_id(_s(vacated[i]))
+            if app is not None:
+                self._tell(app, "channel_vacated", _s(vacated[i + 1]))
 
     async def _resync(self) -> None:
         """Write this node's local truth again and re-subscribe (after an outage)."""
@@ -445,19 +485,20 @@ class RedisAdapter:
         return None
 
     async def _write_channel_count(self, app: App, channel: str) -> None:
+        """Write this node's count; announce occupied / vacated when the cluster total moves
+        from / to zero (decided atomically in Redis, so exactly once)."""
         ch = self.hub.channel(app, channel)
-        key = f"{self.p}:cn:{app.id}:{self.node}"
-
-        async def op() -> None:
-            pipe = self.redis.pipeline(transaction=False)
-            if ch is None:
-                pipe.hdel(key, channel)
-            else:
-                pipe.hset(key, channel, len(ch.subscribers))
-                pipe.sadd(f"{self.p}:node:{self.node}:keys", self._owned("cn", app.id))
-            await pipe.execute()
-
-        await self._safe("channel count", op, None)
+        n = 0 if ch is None else len(ch.subscribers)
+        res = await self._safe(
+            "channel count", lambda: self._count(args=[self.p, app.id, channel, self.node, n]), None
+        )
+        if res is None:
+            return
+        before, after = int(res[0]), int(res[1])
+        if before <= 0 < after:
+            self._tell(app, "channel_occupied", channel)
+        elif after <= 0 < before:
+            self._tell(app, "channel_vacated", channel)
 
     async def unsubscribe(self, conn: Connection, channel: str) -> None:
         hub, app = self.hub, conn.app
@@ -525,6 +566,17 @@ class RedisAdapter:
         n = self._terminate_local(app, user_id)
         await self._send_bus(self._ubus(app.id, user_id), "term", None, a=app.id, u=user_id)
         return n
+
+    async def claim_once(self, key: str, ttl: float) -> bool:
+        return bool(
+            await self._safe(
+                "claim",
+                lambda: self.redis.set(
+                    f"{self.p}:once:{key}", self.node, nx=True, px=int(ttl * 1000)
+                ),
+                True,
+            )
+        )
 
     async def online_users(self, app: App, user_ids: tuple[str, ...]) -> list[str]:
         async def op() -> list[str]:
@@ -646,3 +698,58 @@ class RedisAdapter:
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+# ARGV: prefix, now, limit. Claims due jobs atomically: each goes to exactly one node.
+TAKE_DUE = """
+local p, now, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local ids = redis.call('ZRANGEBYSCORE', p .. ':wh:due', '-inf', now, 'LIMIT', 0, limit)
+local out = {}
+for _, id in ipairs(ids) do
+  redis.call('ZREM', p .. ':wh:due', id)
+  local job = redis.call('HGET', p .. ':wh:jobs', id)
+  redis.call('HDEL', p .. ':wh:jobs', id)
+  if job then out[#out + 1] = job end
+end
+return out
+"""
+
+# ARGV: prefix, id, job, due, max. Returns 0 when the queue is full.
+ADD_JOB = """
+local p, id, job, due, max = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local jobs = p .. ':wh:jobs'
+if redis.call('HEXISTS', jobs, id) == 0 and redis.call('HLEN', jobs) >= max then
+  return 0
+end
+redis.call('HSET', p .. ':wh:jobs', id, job)
+redis.call('ZADD', p .. ':wh:due', due, id)
+return 1
+"""
+
+
+class RedisWebhookStore:
+    """Webhook jobs kept in Redis (a hash of jobs and a sorted set of due times), so queued
+    webhooks survive a node restart and each is sent by exactly one node of the cluster."""
+
+    def __init__(self, adapter: RedisAdapter, max_size: int) -> None:
+        self.redis = adapter.redis
+        self.p = adapter.p
+        self.max_size = max_size
+        self._take = self.redis.register_script(TAKE_DUE)
+        self._add = self.redis.register_script(ADD_JOB)
+
+    async def add(self, job_id: str, job: bytes, due: float) -> bool:
+        return bool(await self._add(args=[self.p, job_id, job, due, self.max_size]))
+
+    async def cancel(self, job_id: str) -> bool:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zrem(f"{self.p}:wh:due", job_id)
+        pipe.hdel(f"{self.p}:wh:jobs", job_id)
+        removed, _ = await pipe.execute()
+        return bool(removed)
+
+    async def take_due(self, now: float, limit: int) -> list[bytes]:
+        return list(await self._take(args=[self.p, now, limit]))
+
+    async def size(self) -> int:
+        return int(await self.redis.hlen(f"{self.p}:wh:jobs"))
