@@ -120,6 +120,9 @@ class Hub:
             return ch
         if ch is None:
             ch = Channel(name, channel_type(name))
+        if name not in st.channels:
+            st.channels[name] = ch
+            self._emit("channel_occupied", conn.app.id, name)
         user_id: str | None = None
         if member is not None:
             user_id, user_info = member
@@ -135,9 +138,6 @@ class Hub:
                 self._emit("member_added", conn.app.id, name, user_id=user_id)
             else:
                 m.connections += 1
-        if name not in st.channels:
-            st.channels[name] = ch
-            self._emit("channel_occupied", conn.app.id, name)
         ch.subscribers[conn.socket_id] = conn
         conn.channels[name] = user_id
         self._subscription_count(conn.app, ch, conn.socket_id)

@@ -125,6 +125,13 @@ class Webhooks:
         self.given_up = 0
         self._pending_adds: set[asyncio.Task[None]] = set()
 
+    _seq = 0
+
+    def _next_id(self) -> str:
+        """Ids that sort in creation order (stores break due-time ties by id)."""
+        Webhooks._seq += 1
+        return f"{time.time_ns():020d}-{Webhooks._seq:09d}-{uuid.uuid4().hex[:8]}"
+
     @property
     def enabled(self) -> bool:
         return any(a.webhooks for a in self.config.apps)
@@ -160,7 +167,7 @@ class Webhooks:
                 job_id = f"{name}|{app.id}|{channel}|{user}|{i}"
                 due += app.webhook_delay
             else:
-                job_id = uuid.uuid4().hex
+                job_id = self._next_id()
             job = orjson.dumps(
                 {
                     "app": app.id,
@@ -225,11 +232,15 @@ class Webhooks:
                 continue
             self._in_flight += 1
             try:
-                groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
-                for raw in jobs:
+                # one POST per event, or per app and webhook for apps that batch
+                posts: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+                for n, raw in enumerate(jobs):
                     job = orjson.loads(raw)
-                    groups.setdefault((job["app"], job["hook"]), []).append(job)
-                await asyncio.gather(*(self._post(k, g) for k, g in groups.items()))
+                    app = self.config.app_by_id(job["app"])
+                    batch = app is not None and app.webhook_batch_ms > 0
+                    posts.setdefault((job["app"], job["hook"], -1 if batch else n), []).append(job)
+                for (app_id, hook, _), group in posts.items():  # in order, per worker
+                    await self._post((app_id, hook), group)
             finally:
                 self._in_flight -= 1
 
@@ -276,7 +287,7 @@ class Webhooks:
                 job["attempt"],
                 backoff,
             )
-            await self.store.add(uuid.uuid4().hex, orjson.dumps(job), now + backoff)
+            await self.store.add(self._next_id(), orjson.dumps(job), now + backoff)
 
     async def queue_size(self) -> int:
         try:

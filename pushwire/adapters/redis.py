@@ -431,6 +431,7 @@ class RedisAdapter:
         if ch is not None and conn.socket_id in ch.subscribers:
             return await self.presence_members(app, channel) if member else None
         members: dict[str, Any] | None = None
+        announce: str | None = None  # member_added is told after channel_occupied
         if member is not None:
             uid, info = member
             if ch is None or uid not in ch.members:
@@ -474,12 +475,15 @@ class RedisAdapter:
                         c=channel,
                         x=conn.socket_id,
                     )
+                    announce = uid
             else:
                 members = await self.presence_members(app, channel)
         hub.subscribe(conn, channel, member)
         if ch is None:
             await self._bus_sub(self._bus(app.id, channel))
         await self._write_channel_count(app, channel)
+        if announce is not None:
+            self._tell(app, "member_added", channel, user_id=announce)
         if members is not None:
             return dict(sorted(members.items()))
         return None
@@ -522,6 +526,7 @@ class RedisAdapter:
                 msg = messages.member_removed(channel, uid)
                 hub.broadcast(app, channel, msg, None)
                 await self._send_bus(self._bus(app.id, channel), "pub", msg, a=app.id, c=channel)
+                self._tell(app, "member_removed", channel, user_id=uid)
         if hub.channel(app, channel) is None:
             await self._bus_unsub(self._bus(app.id, channel))
         await self._write_channel_count(app, channel)
