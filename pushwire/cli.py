@@ -80,12 +80,28 @@ async def _serve(config: Config, reuse_port: bool = False) -> None:
     await runner.cleanup()
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        import orjson
+
+        out = {
+            "time": self.formatTime(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(out).decode()
+
+
+def _configure_logging(level: str, fmt: str = "plain") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{method:5} {path}")
         print("GET   /app/{key}  (WebSocket, Pusher protocol 7)")
         return 0
-    _configure_logging(config.server.log_level)
+    _configure_logging(config.server.log_level, config.server.log_format)
     if config.server.workers > 1:
         return _run_workers(config, argv if argv is not None else sys.argv[1:])
     try:

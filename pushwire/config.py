@@ -88,6 +88,7 @@ class ServerConfig:
     max_request_body: int = 1024 * 1024
     timestamp_window: float = 600.0
     log_level: str = "info"
+    log_format: str = "plain"  # plain | json (one JSON object per line)
     webhook_retry_for: float = 600.0  # seconds a failing webhook is retried (backoff <= 60 s)
     webhook_queue_size: int = 100_000  # pending webhooks past which new ones are dropped
     webhook_concurrency: int = 8
@@ -269,6 +270,8 @@ def parse(data: Mapping[str, Any], source: str = "<config>") -> Config:
 def _check_server(server: ServerConfig, source: str) -> None:
     if server.role not in ("all", "websocket", "api"):
         raise ConfigError(f"{source}: [server]: key 'role' must be all, websocket or api")
+    if server.log_format not in ("plain", "json"):
+        raise ConfigError(f"{source}: [server]: key 'log_format' must be plain or json")
     if server.workers < 1:
         raise ConfigError(f"{source}: [server]: key 'workers' must be at least 1")
 

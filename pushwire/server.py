@@ -15,6 +15,7 @@ from .adapters.local import LocalAdapter
 from .config import Config
 from .handler import PusherHandler
 from .hub import Hub
+from .metrics import METRICS
 from .protocol.errors import ReconnectNow
 from .transport.rest import RestApi
 from .transport.ws import WsEndpoint
@@ -53,6 +54,52 @@ def make_adapter(config: Config) -> Adapter:
     return LocalAdapter(Hub(clock))
 
 
+def _gauges(adapter: Adapter, webhooks: Webhooks) -> list[tuple[str, str, dict[str, str], float]]:
+    out: list[tuple[str, str, dict[str, str], float]] = []
+    for app_id, st in adapter.hub.apps.items():
+        labels = {"app": app_id}
+        out.append(
+            ("pushwire_connections", "open connections on this node", labels, len(st.connections))
+        )
+        out.append(
+            ("pushwire_channels", "occupied channels on this node", labels, len(st.channels))
+        )
+        out.append(
+            (
+                "pushwire_subscriptions",
+                "channel subscriptions on this node",
+                labels,
+                sum(len(c.subscribers) for c in st.channels.values()),
+            )
+        )
+        out.append(
+            ("pushwire_signed_in_users", "signed-in users on this node", labels, len(st.users))
+        )
+    for name, value in (
+        ("sent", webhooks.sent),
+        ("failed", webhooks.failed),
+        ("dropped", webhooks.dropped),
+        ("given_up", webhooks.given_up),
+    ):
+        out.append(
+            (
+                "pushwire_webhooks",
+                "webhook deliveries by outcome (counter)",
+                {"outcome": name},
+                value,
+            )
+        )
+    out.append(
+        (
+            "pushwire_cluster_bus_up",
+            "1 when the cluster bus (Redis) is reachable or not used",
+            {},
+            1.0 if getattr(adapter, "healthy", True) else 0.0,
+        )
+    )
+    return out
+
+
 def make_webhooks(config: Config, adapter: Adapter) -> Webhooks:
     """Webhook jobs live in Redis in a cluster (durable, sent once), else in memory."""
     store: WebhookStore
@@ -89,10 +136,36 @@ def create_app(config: Config, adapter: Adapter | None = None) -> web.Applicatio
             app.router.add_route(method, path, fn)
 
     async def up(request: web.Request) -> web.Response:
+        """Liveness: the process answers."""
         return web.json_response({"status": "ok", "version": __version__})
 
+    async def ready(request: web.Request) -> web.Response:
+        """Readiness: not shutting down, and (in a cluster) Redis reachable."""
+        healthy = getattr(adapter, "healthy", True)
+        if state["stopping"] or not healthy:
+            reason = "shutting down" if state["stopping"] else "cluster bus (Redis) unreachable"
+            return web.json_response({"status": "unavailable", "reason": reason}, status=503)
+        return web.json_response({"status": "ready", "version": __version__})
+
+    async def metrics(request: web.Request) -> web.Response:
+        depth = await webhooks.queue_size()
+        extra = METRICS.render() + (
+            "# HELP pushwire_webhook_queue_depth webhooks waiting to be sent\n"
+            "# TYPE pushwire_webhook_queue_depth gauge\n"
+            f"pushwire_webhook_queue_depth {depth}\n"
+        )
+        return web.Response(
+            text=extra,
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
+
+    state = {"stopping": False}
     app.router.add_get("/up", up)
-    app.router.add_get("/ready", up)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics)
+    METRICS.gauges.append(lambda: _gauges(adapter, webhooks))
 
     endpoint = WsEndpoint(handler)
     if role in ("all", "websocket"):
@@ -122,6 +195,7 @@ def create_app(config: Config, adapter: Adapter | None = None) -> web.Applicatio
     async def goodbye(app: web.Application) -> None:
         """Graceful stop, before aiohttp closes sockets: tell every client to reconnect (4200)
         and let each connection's handler finish, so the cluster sees members leave now."""
+        state["stopping"] = True
         err = ReconnectNow("Server shutting down, reconnect")
         for st in adapter.hub.apps.values():
             for conn in list(st.connections.values()):

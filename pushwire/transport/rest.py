@@ -17,6 +17,7 @@ from aiohttp import web
 from .. import api
 from ..adapters.base import Adapter
 from ..config import App, Config
+from ..metrics import METRICS
 from ..protocol.signing import RestAuthError, verify_rest
 
 log = logging.getLogger("pushwire.rest")
@@ -58,6 +59,12 @@ class RestApi:
 
     def _wrap(self, action: Action) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
+            response = await run(request)
+            route = request.match_info.route.resource
+            METRICS.rest[(route.canonical if route else "?", response.status)] += 1
+            return response
+
+        async def run(request: web.Request) -> web.Response:
             try:
                 app = self._app(request)
                 body = await request.read()

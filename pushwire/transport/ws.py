@@ -18,6 +18,7 @@ from aiohttp import WSMsgType, web
 
 from ..connection import Connection
 from ..handler import PusherHandler, new_socket_id
+from ..metrics import METRICS
 from ..protocol import messages
 from ..protocol.errors import OverCapacity, PusherError
 from ..protocol.frames import Outbound
@@ -100,6 +101,7 @@ class WsConnection(Connection):
     def send(self, msg: Outbound) -> None:
         if self.closed:
             return
+        METRICS.frames_out += 1
         # One pending frame is kept as bytes, more as a list: most rounds carry one frame per
         # socket, and not allocating a list per recipient keeps the garbage collector quiet.
         pending = self._pending
@@ -119,7 +121,10 @@ class WsConnection(Connection):
         transport = self._transport
         if transport.is_closing():
             return
-        transport.write(pending if isinstance(pending, bytes) else b"".join(pending))
+        data = pending if isinstance(pending, bytes) else b"".join(pending)
+        transport.write(data)
+        METRICS.writes += 1
+        METRICS.bytes_out += len(data)
         if transport.get_write_buffer_size() > self._max_pending:
             self._overflow()
 
@@ -132,6 +137,7 @@ class WsConnection(Connection):
             self._max_pending,
         )
         self.closed = True
+        METRICS.slow_consumers_closed += 1
         transport = self._transport
         err = OverCapacity("Over capacity: the client is not reading its messages fast enough")
         transport.write(messages.error(err).wire + _close_frame(err.code or 4100, err.message))
@@ -183,6 +189,7 @@ class WsEndpoint:
         try:
             app = handler.check_handshake(request.match_info["key"], request.query)
         except PusherError as exc:
+            METRICS.connections_refused += 1
             await ws.send_str(messages.error(exc).payload.decode())
             await ws.close(code=exc.code or 4000, message=exc.message.encode()[:120])
             return ws
@@ -209,11 +216,15 @@ class WsEndpoint:
         try:
             await handler.open(conn)
         except PusherError:
+            METRICS.connections_refused += 1
             await asyncio.gather(*self.closing_tasks, return_exceptions=True)
             return ws
+        METRICS.connections_opened += 1
         try:
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT:
+                    METRICS.frames_in += 1
+                    METRICS.bytes_in += len(msg.data)
                     await handler.on_text(conn, msg.data)
                 elif msg.type is WSMsgType.BINARY:
                     handler.on_binary(conn)

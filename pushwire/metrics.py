@@ -1,0 +1,102 @@
+"""Prometheus metrics in the text exposition format, without a client library.
+
+Counters are plain integers bumped on hot paths (one attribute increment); gauges are read
+when `/metrics` is scraped.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.frames_in = 0
+        self.bytes_in = 0
+        self.frames_out = 0  # frames queued to sockets (one per recipient)
+        self.bytes_out = 0  # bytes written to sockets
+        self.writes = 0  # socket writes (several frames may share one)
+        self.connections_opened = 0
+        self.connections_refused = 0
+        self.slow_consumers_closed = 0
+        self.rest: Counter[tuple[str, int]] = Counter()  # (route, status) -> requests
+        self.gauges: list[Callable[[], Iterable[tuple[str, str, dict[str, str], float]]]] = []
+
+    def render(self) -> str:
+        lines: list[str] = []
+
+        def metric(
+            name: str, kind: str, help_: str, samples: Iterable[tuple[dict[str, str], float]]
+        ) -> None:
+            lines.append(f"# HELP {name} {help_}")
+            lines.append(f"# TYPE {name} {kind}")
+            for labels, value in samples:
+                lab = ",".join(f'{k}="{_esc(v)}"' for k, v in sorted(labels.items()))
+                lines.append(f"{name}{{{lab}}} {value:g}" if lab else f"{name} {value:g}")
+
+        metric(
+            "pushwire_frames_in_total",
+            "counter",
+            "WebSocket frames received",
+            [({}, self.frames_in)],
+        )
+        metric(
+            "pushwire_bytes_in_total", "counter", "WebSocket bytes received", [({}, self.bytes_in)]
+        )
+        metric(
+            "pushwire_frames_out_total",
+            "counter",
+            "frames queued to sockets",
+            [({}, self.frames_out)],
+        )
+        metric(
+            "pushwire_bytes_out_total",
+            "counter",
+            "bytes written to sockets",
+            [({}, self.bytes_out)],
+        )
+        metric(
+            "pushwire_socket_writes_total",
+            "counter",
+            "socket writes (coalesced frames)",
+            [({}, self.writes)],
+        )
+        metric(
+            "pushwire_connections_opened_total",
+            "counter",
+            "WebSocket connections accepted",
+            [({}, self.connections_opened)],
+        )
+        metric(
+            "pushwire_connections_refused_total",
+            "counter",
+            "connections refused at the handshake",
+            [({}, self.connections_refused)],
+        )
+        metric(
+            "pushwire_slow_consumers_closed_total",
+            "counter",
+            "sockets closed for not reading (4100)",
+            [({}, self.slow_consumers_closed)],
+        )
+        metric(
+            "pushwire_rest_requests_total",
+            "counter",
+            "REST API requests",
+            [({"route": r, "status": str(s)}, n) for (r, s), n in sorted(self.rest.items())],
+        )
+        grouped: dict[str, tuple[str, str, list[tuple[dict[str, str], float]]]] = {}
+        for gauge in self.gauges:
+            for name, help_, labels, value in gauge():
+                grouped.setdefault(name, ("gauge", help_, []))[2].append((labels, value))
+        for name, (kind, help_, samples) in grouped.items():
+            metric(name, kind, help_, samples)
+        return "\n".join(lines) + "\n"
+
+
+def _esc(v: str) -> str:
+    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+METRICS = Metrics()  # one per process; a process is one node
