@@ -15,6 +15,7 @@ import orjson
 from .adapters.base import Adapter
 from .config import App
 from .hub import ChannelStats
+from .monitor import TrafficMonitor
 from .protocol import messages
 from .protocol.channels import channel_type, server_to_user_id, validate_channel_name
 from .protocol.errors import InvalidChannel
@@ -103,10 +104,21 @@ def _info(stats: ChannelStats | None, attrs: set[str], presence: bool) -> dict[s
     return out
 
 
-async def _deliver(adapter: Adapter, app: App, ev: dict[str, Any]) -> dict[str, Any]:
+async def _deliver(
+    adapter: Adapter, app: App, ev: dict[str, Any], monitor: TrafficMonitor | None
+) -> dict[str, Any]:
     info: dict[str, Any] = {}
     for channel in ev["channels"]:
         msg = messages.channel_event(ev["name"], channel, ev["data"])
+        if monitor is not None and monitor.active:
+            monitor.emit(
+                "publish",
+                app.id,
+                event=ev["name"],
+                channel=channel,
+                source="api",
+                raw=msg.payload.decode(),
+            )
         user_id = server_to_user_id(channel)
         if user_id is not None:
             await adapter.send_to_user(app, user_id, msg, ev["socket_id"])
@@ -121,20 +133,24 @@ async def _deliver(adapter: Adapter, app: App, ev: dict[str, Any]) -> dict[str, 
     return info
 
 
-async def trigger(adapter: Adapter, app: App, body: object) -> dict[str, Any]:
+async def trigger(
+    adapter: Adapter, app: App, body: object, monitor: TrafficMonitor | None = None
+) -> dict[str, Any]:
     ev = _event(app, body, "trigger", multi=True)
-    info = await _deliver(adapter, app, ev)
+    info = await _deliver(adapter, app, ev, monitor)
     return {"channels": info} if ev["info"] else {}
 
 
-async def trigger_batch(adapter: Adapter, app: App, body: object) -> dict[str, Any]:
+async def trigger_batch(
+    adapter: Adapter, app: App, body: object, monitor: TrafficMonitor | None = None
+) -> dict[str, Any]:
     if not isinstance(body, dict) or not isinstance(body.get("batch"), list):
         raise ApiError(400, 'batch: expected {"batch": [...]}')
     batch = body["batch"]
     if len(batch) > app.max_batch_size:
         raise ApiError(400, f"batch: more than {app.max_batch_size} events in one batch")
     events = [_event(app, e, f"batch[{i}]", multi=False) for i, e in enumerate(batch)]
-    results = [await _deliver(adapter, app, ev) for ev in events]
+    results = [await _deliver(adapter, app, ev, monitor) for ev in events]
     if any(ev["info"] for ev in events):
         return {
             "batch": [r.get(ev["channels"][0], {}) for r, ev in zip(results, events, strict=True)]

@@ -110,6 +110,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     apps: tuple[App, ...] = ()
+    extensions: tuple[str, ...] = ()  # modules with a setup(ext) function
     demo_credentials: bool = False
     source: str = "<defaults>"
 
@@ -241,10 +242,17 @@ def _app(data: Any, where: str) -> App:
 def parse(data: Mapping[str, Any], source: str = "<config>") -> Config:
     """Build a Config from parsed TOML data, validating every key."""
     for key in data:
-        if key not in ("server", "cluster", "apps"):
+        if key not in ("server", "cluster", "apps", "extensions"):
             raise ConfigError(
-                f"{source}: unknown top-level key '{key}' (known: server, cluster, apps)"
+                f"{source}: unknown top-level key '{key}' "
+                "(known: server, cluster, apps, extensions)"
             )
+    ext = data.get("extensions", {})
+    if not isinstance(ext, Mapping) or set(ext) - {"modules"}:
+        raise ConfigError(f"{source}: [extensions]: only the key 'modules' is known")
+    modules = ext.get("modules", [])
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise ConfigError(f"{source}: [extensions]: key 'modules' must be a list of strings")
     server = _build(ServerConfig, data.get("server", {}), f"{source}: [server]")
     cluster = _build(ClusterConfig, data.get("cluster", {}), f"{source}: [cluster]")
     _check_cluster(cluster, source)
@@ -264,7 +272,9 @@ def parse(data: Mapping[str, Any], source: str = "<config>") -> Config:
                 raise ConfigError(f"{source}: apps[{i}]: duplicate app {attr} {v!r}")
             seen.add(v)
     _check_server(server, source)
-    return Config(server=server, cluster=cluster, apps=apps, source=source)
+    return Config(
+        server=server, cluster=cluster, apps=apps, extensions=tuple(modules), source=source
+    )
 
 
 def _check_server(server: ServerConfig, source: str) -> None:

@@ -17,9 +17,12 @@ import orjson
 from .adapters.base import Adapter
 from .config import App, Config
 from .connection import Connection
+from .extensions import Extensions
+from .monitor import TrafficMonitor
 from .protocol import errors, messages
 from .protocol.channels import USER_ID_RE, channel_type, validate_channel_name
 from .protocol.errors import PusherError
+from .protocol.frames import Outbound
 from .protocol.signing import channel_string_to_sign, user_string_to_sign, verify_auth
 from .webhooks import Webhooks
 
@@ -39,11 +42,16 @@ class PusherHandler:
         adapter: Adapter,
         clock: Callable[[], float],
         webhooks: Webhooks | None = None,
+        extensions: Extensions | None = None,
+        monitor: TrafficMonitor | None = None,
     ) -> None:
         self.config = config
         self.adapter = adapter
         self.clock = clock
         self.webhooks = webhooks
+        self.ext = extensions or Extensions()
+        self.monitor = monitor or TrafficMonitor("local")
+        self._entry = self.ext.chain(self._route)
         self._count_sent: dict[tuple[str, str], float] = {}  # subscription_count throttle
 
     # Handshake ---------------------------------------------------------------------------
@@ -74,12 +82,17 @@ class PusherHandler:
         except PusherError as exc:
             conn.send_error_and_close(exc)
             raise
-        conn.send(
-            messages.connection_established(conn.socket_id, self.config.server.activity_timeout)
+        if self.monitor.active:
+            self.monitor.emit("connect", conn.app.id, socket_id=conn.socket_id)
+        self._reply(
+            conn,
+            messages.connection_established(conn.socket_id, self.config.server.activity_timeout),
         )
 
     async def on_close(self, conn: Connection) -> None:
         conn.closed = True
+        if self.monitor.active:
+            self.monitor.emit("disconnect", conn.app.id, socket_id=conn.socket_id)
         channels = list(conn.channels)
         await self.adapter.remove_connection(conn)
         for name in channels:
@@ -107,7 +120,15 @@ class PusherHandler:
     # Inbound -----------------------------------------------------------------------------
     def on_binary(self, conn: Connection) -> None:
         self._touch(conn)
-        conn.send(messages.error(errors.InvalidMessage("Binary frames are not supported")))
+        self._reply(conn, messages.error(errors.InvalidMessage("Binary frames are not supported")))
+
+    def _reply(self, conn: Connection, msg: Outbound) -> None:
+        """Send a receipt to one client (and show it to the traffic monitor)."""
+        conn.send(msg)
+        if self.monitor.active:
+            self.monitor.emit(
+                "out", conn.app.id, socket_id=conn.socket_id, raw=msg.payload.decode()
+            )
 
     def _touch(self, conn: Connection) -> None:
         conn.last_seen = self.clock()
@@ -122,7 +143,7 @@ class PusherHandler:
             if exc.close:
                 conn.send_error_and_close(exc)
             else:
-                conn.send(messages.error(exc))
+                self._reply(conn, messages.error(exc))
 
     async def _dispatch(self, conn: Connection, text: str | bytes) -> None:
         try:
@@ -131,11 +152,25 @@ class PusherHandler:
             raise errors.InvalidMessage("Invalid message: not valid JSON") from None
         if not isinstance(msg, dict):
             raise errors.InvalidMessage("Invalid message: expected a JSON object")
+        if self.monitor.active:
+            self.monitor.emit(
+                "in",
+                conn.app.id,
+                socket_id=conn.socket_id,
+                event=msg.get("event"),
+                channel=msg.get("channel") or _channel_of(msg),
+                data=msg.get("data"),
+                raw=text if isinstance(text, str) else text.decode(errors="replace"),
+            )
+        await self._entry(conn, msg)
+
+    async def _route(self, conn: Connection, msg: dict[str, Any]) -> None:
+        """The protocol's own handling of one message (the end of the middleware chain)."""
         event = msg.get("event")
         if not isinstance(event, str) or not event:
             raise errors.InvalidMessage("Invalid message: 'event' must be a non-empty string")
         if event == "pusher:ping":
-            conn.send(messages.PONG)
+            self._reply(conn, messages.PONG)
         elif event == "pusher:pong":
             return
         elif event == "pusher:subscribe":
@@ -163,7 +198,7 @@ class PusherHandler:
             validate_channel_name(name, app.max_channel_name_length)
         except errors.InvalidChannel as exc:
             if isinstance(name, str):
-                conn.send(messages.subscription_error(name[:200], exc, 400))
+                self._reply(conn, messages.subscription_error(name[:200], exc, 400))
             raise
         assert isinstance(name, str)
         ctype = channel_type(name)
@@ -171,7 +206,7 @@ class PusherHandler:
             await self._authorize_and_join(conn, name, ctype, data)
         except (errors.Unauthorized, errors.PresenceLimit, errors.InvalidChannel) as exc:
             status = {errors.Unauthorized: 401, errors.PresenceLimit: 4100}.get(type(exc), 400)
-            conn.send(messages.subscription_error(name, exc, status))
+            self._reply(conn, messages.subscription_error(name, exc, status))
             raise
 
     async def _authorize_and_join(
@@ -184,7 +219,7 @@ class PusherHandler:
                 raise errors.Unauthorized(
                     f"Subscription to {name} refused: the connection is not signed in as {user_id}"
                 )
-            conn.send(messages.subscription_succeeded(name))
+            self._reply(conn, messages.subscription_succeeded(name))
             return
         member: tuple[str, Any] | None = None
         if ctype.authorized:
@@ -207,20 +242,20 @@ class PusherHandler:
             conn.authorized = True
         members = await self.adapter.subscribe(conn, name, member)
         if members is not None:
-            conn.send(messages.presence_subscription_succeeded(name, members))
+            self._reply(conn, messages.presence_subscription_succeeded(name, members))
         else:
-            conn.send(messages.subscription_succeeded(name))
+            self._reply(conn, messages.subscription_succeeded(name))
             if app.enable_subscription_count:
                 stats = await self.adapter.channel_stats(app, name)
                 if stats is not None:
-                    conn.send(messages.subscription_count(name, stats.subscription_count))
+                    self._reply(conn, messages.subscription_count(name, stats.subscription_count))
         await self._subscription_count_webhook(app, name)
         if ctype.cache:
             cached = await self.adapter.cache_get(app, name)
             if cached is not None:
-                conn.send(cached[0])
+                self._reply(conn, cached[0])
             else:
-                conn.send(messages.cache_miss(name))
+                self._reply(conn, messages.cache_miss(name))
                 wh = self.webhooks
                 # one cache_miss webhook for simultaneous subscribers, cluster-wide
                 if (
@@ -261,15 +296,16 @@ class PusherHandler:
         conn.watchlist = tuple(watchlist[: app.max_watchlist_size])
         await self.adapter.sign_in(conn, user_id, user_data)
         conn.authorized = True
-        conn.send(messages.signin_success(user_data))
+        self._reply(conn, messages.signin_success(user_data))
         if over:
-            conn.send(
+            self._reply(
+                conn,
                 messages.error(
                     errors.WatchlistLimit(
                         f"Watchlist limit exceeded: only the first {app.max_watchlist_size} "
                         "user ids are watched"
                     )
-                )
+                ),
             )
         if app.enable_watchlist_events and conn.watchlist:
             online = await self.adapter.online_users(app, conn.watchlist)
@@ -280,7 +316,7 @@ class PusherHandler:
                 events.append({"name": "online", "user_ids": online})
             if offline:
                 events.append({"name": "offline", "user_ids": offline})
-            conn.send(messages.watchlist_events(events))
+            self._reply(conn, messages.watchlist_events(events))
 
     # Client events -----------------------------------------------------------------------
     async def _client_event(self, conn: Connection, event: str, msg: dict[str, Any]) -> None:
@@ -318,8 +354,20 @@ class PusherHandler:
             )
         conn.bucket_tokens = tokens - 1.0
         user_id = conn.channels[channel]
+        custom = self.ext.client_events.get(event)
+        if custom is not None and await custom(conn, channel, data) is False:
+            return  # the extension handled it instead of the broadcast
         out = messages.channel_event(event, channel, data, user_id)
         await self.adapter.publish(app, channel, out, conn.socket_id)
+        if self.monitor.active:
+            self.monitor.emit(
+                "publish",
+                app.id,
+                socket_id=conn.socket_id,
+                event=event,
+                channel=channel,
+                raw=out.payload.decode(),
+            )
         if self.webhooks is not None:
             self.webhooks.emit(
                 app,
@@ -349,7 +397,7 @@ class PusherHandler:
                         )
                         continue
                 elif now - conn.last_seen >= server.activity_timeout:
-                    conn.send(messages.PING)
+                    self._reply(conn, messages.PING)
                     conn.ping_sent_at = now
                 if (
                     app.enable_user_authentication
@@ -363,6 +411,11 @@ class PusherHandler:
                         )
                     )
         self.adapter.hub.expire_caches()
+
+
+def _channel_of(msg: dict[str, Any]) -> Any:
+    data = msg.get("data")
+    return data.get("channel") if isinstance(data, dict) else None
 
 
 def _data_object(msg: dict[str, Any]) -> dict[str, Any]:

@@ -13,11 +13,15 @@ from . import __version__
 from .adapters.base import Adapter
 from .adapters.local import LocalAdapter
 from .config import Config
+from .extensions import Extensions
+from .extensions import load as load_extensions
 from .handler import PusherHandler
 from .hub import Hub
 from .metrics import METRICS
+from .monitor import TrafficMonitor
 from .protocol.errors import ReconnectNow
 from .transport.rest import RestApi
+from .transport.tap import TapEndpoint
 from .transport.ws import WsEndpoint
 from .webhooks import MemoryStore, Webhooks, WebhookStore
 
@@ -25,6 +29,7 @@ log = logging.getLogger("pushwire")
 
 SHUTDOWN_GRACE = 5.0  # seconds for clients to be told and connections to finish on SIGTERM
 HANDLER_KEY = web.AppKey("pushwire_handler", PusherHandler)
+MONITOR_KEY = web.AppKey("pushwire_monitor", TrafficMonitor)
 WEBHOOKS_KEY = web.AppKey("pushwire_webhooks", Webhooks)
 ADAPTER_KEY = web.AppKey("pushwire_adapter", Adapter)
 
@@ -52,6 +57,20 @@ def make_adapter(config: Config) -> Adapter:
 
         return RedisAdapter(Hub(clock, cluster_presence=True), config)
     return LocalAdapter(Hub(clock))
+
+
+def _api_only(mw: Any) -> Any:
+    """Run an extension's API middleware on the REST API routes only."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith(("/apps/", "/users/")):
+            response: web.StreamResponse = await mw(request, handler)
+            return response
+        inner: web.StreamResponse = await handler(request)
+        return inner
+
+    return middleware
 
 
 def _gauges(adapter: Adapter, webhooks: Webhooks) -> list[tuple[str, str, dict[str, str], float]]:
@@ -113,7 +132,9 @@ def make_webhooks(config: Config, adapter: Adapter) -> Webhooks:
     return Webhooks(config, store)
 
 
-def create_app(config: Config, adapter: Adapter | None = None) -> web.Application:
+def create_app(
+    config: Config, adapter: Adapter | None = None, extensions: Extensions | None = None
+) -> web.Application:
     """Build the aiohttp application: WebSocket at /app/{key}, REST API under /apps/.
 
     `server.role` = websocket or api serves only that side (separated deployment)."""
@@ -124,14 +145,24 @@ def create_app(config: Config, adapter: Adapter | None = None) -> web.Applicatio
     adapter.listeners.append(
         lambda app, kind, channel, fields: webhooks.emit(app, kind, channel, **fields)
     )
-    handler = PusherHandler(config, adapter, clock, webhooks)
-    app = web.Application(client_max_size=config.server.max_request_body)
+    ext = extensions or load_extensions(config.extensions)
+    monitor = TrafficMonitor("local")
+    for watcher, cluster in ext.monitors:
+        monitor.add(watcher, cluster)
+    adapter.bind_extensions(ext, monitor)
+    ext._publish_internal = adapter.publish_internal
+    handler = PusherHandler(config, adapter, clock, webhooks, ext, monitor)
+    app = web.Application(
+        client_max_size=config.server.max_request_body,
+        middlewares=[_api_only(mw) for mw in ext.api_middlewares],
+    )
+    app[MONITOR_KEY] = monitor
     app[HANDLER_KEY] = handler
     app[ADAPTER_KEY] = adapter
     app[WEBHOOKS_KEY] = webhooks
     role = config.server.role
     if role in ("all", "api"):
-        rest = RestApi(config, adapter)
+        rest = RestApi(config, adapter, monitor)
         for method, path, fn in rest.routes():
             app.router.add_route(method, path, fn)
 
@@ -170,6 +201,7 @@ def create_app(config: Config, adapter: Adapter | None = None) -> web.Applicatio
     endpoint = WsEndpoint(handler)
     if role in ("all", "websocket"):
         app.router.add_get("/app/{key}", endpoint.handle)
+    app.router.add_get("/tap", TapEndpoint(config, monitor).handle)
 
     async def lifecycle(app: web.Application) -> Any:
         loop = asyncio.get_running_loop()

@@ -13,12 +13,16 @@ Guarantees every adapter gives:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import App
 from ..connection import Connection
 from ..hub import ChannelStats, Hub
 from ..protocol.frames import Outbound
+
+if TYPE_CHECKING:
+    from ..extensions import Extensions
+    from ..monitor import TrafficMonitor
 
 # A deployment-wide happening: (app, kind, channel, fields). Kinds: channel_occupied,
 # channel_vacated, member_added (fields: user_id), member_removed (fields: user_id). Each is
@@ -78,3 +82,9 @@ class Adapter(Protocol):
 
     async def claim_once(self, key: str, ttl: float) -> bool:
         """True for the first caller in the deployment within `ttl` seconds (de-duplication)."""
+
+    def bind_extensions(self, ext: Extensions, monitor: TrafficMonitor) -> None:
+        """Deliver custom internal messages to `ext` and traffic to `monitor`, cluster-wide."""
+
+    async def publish_internal(self, kind: str, payload: dict[str, Any]) -> None:
+        """Run the handlers of custom internal message `kind` on every node (this one too)."""

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from ..config import App
 from ..connection import Connection
+from ..extensions import Extensions
 from ..hub import ChannelStats, Hub
+from ..monitor import TrafficMonitor
 from ..protocol.errors import ConnectionUnauthorized
 from ..protocol.frames import Outbound
 from .base import Happening
@@ -17,6 +21,7 @@ class LocalAdapter:
         self.hub = hub
         self.listeners: list[Happening] = []
         self._claims: dict[str, float] = {}
+        self._ext = Extensions()
         hub.listeners.append(self._forward)
 
     def _forward(self, kind: str, app_id: str, channel: str, details: dict[str, Any]) -> None:
@@ -24,6 +29,12 @@ class LocalAdapter:
         if st is not None:
             for listener in self.listeners:
                 listener(st.app, kind, channel, details)
+
+    def bind_extensions(self, ext: Extensions, monitor: TrafficMonitor) -> None:
+        self._ext = ext
+
+    async def publish_internal(self, kind: str, payload: dict[str, Any]) -> None:
+        await self._ext.run_internal(kind, orjson.loads(orjson.dumps(payload)), "local")
 
     async def claim_once(self, key: str, ttl: float) -> bool:
         now = self.hub.clock()

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -46,7 +47,9 @@ from redis.exceptions import RedisError
 
 from ..config import App, Config
 from ..connection import Connection
+from ..extensions import Extensions
 from ..hub import ChannelStats, Hub
+from ..monitor import TrafficMonitor
 from ..protocol import messages
 from ..protocol.errors import ConnectionUnauthorized, OverConnectionQuota, PresenceLimit
 from ..protocol.frames import Outbound
@@ -173,6 +176,51 @@ class RedisAdapter:
         self._count = self.redis.register_script(COUNT)
         self.listeners: list[Happening] = []
         self._stopping = False
+        self.ext = Extensions()
+        self.monitor = TrafficMonitor(self.node)
+        self.bus_channels.add(f"{self.p}:ext")  # custom internal messages reach every node
+        self._bg: set[asyncio.Task[Any]] = set()
+
+    def bind_extensions(self, ext: Extensions, monitor: TrafficMonitor) -> None:
+        self.ext = ext
+        self.monitor = monitor
+        monitor.node = self.node
+        monitor.forward = self._forward_traffic
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    def _forward_traffic(self, event: dict[str, Any]) -> None:
+        body = (
+            orjson.dumps({"v": WIRE_VERSION, "n": self.node, "k": "tap"})
+            + b"\n"
+            + orjson.dumps(event)
+        )
+        self._spawn(self._safe("tap", lambda: self.redis.publish(f"{self.p}:tap", body), 0))
+
+    async def publish_internal(self, kind: str, payload: dict[str, Any]) -> None:
+        body = orjson.dumps(payload)
+        await self.ext.run_internal(kind, orjson.loads(body), self.node)
+        head = orjson.dumps({"v": WIRE_VERSION, "n": self.node, "k": "ext", "t": kind})
+        await self._safe(
+            "publish", lambda: self.redis.publish(f"{self.p}:ext", head + b"\n" + body), 0
+        )
+
+    async def _tap_heartbeat(self) -> None:
+        """Who wants cluster-wide traffic: nodes with cluster monitors keep a key alive; every
+        node publishes its traffic only while that key says someone listens."""
+        c = self.config.cluster
+        key = f"{self.p}:tap-until"
+        now = time.time()
+        if self.monitor.cluster:
+            await self.redis.set(key, now + 3 * c.heartbeat_interval + 1)
+            await self._bus_sub(f"{self.p}:tap")
+        else:
+            await self._bus_unsub(f"{self.p}:tap")
+        until = await self.redis.get(key)
+        self.monitor.cluster_wanted = until is not None and float(until) > now
 
     # Keys ----------------------------------------------------------------------------------
     def _bus(self, app_id: str, channel: str) -> str:
@@ -242,6 +290,7 @@ class RedisAdapter:
                     self.healthy = True
                 backoff = c.heartbeat_interval
                 await self._reap_dead()
+                await self._tap_heartbeat()
             except (RedisError, OSError) as exc:
                 if self.healthy:
                     log.error("Redis unreachable (%s): serving local clients only", exc)
@@ -363,6 +412,12 @@ class RedisAdapter:
         head_raw, _, payload = raw.partition(b"\n")
         head = orjson.loads(head_raw)
         if head.get("v") != WIRE_VERSION or head.get("n") == self.node:
+            return
+        if head["k"] == "ext":
+            self._spawn(self.ext.run_internal(head["t"], orjson.loads(payload), head["n"]))
+            return
+        if head["k"] == "tap":
+            self.monitor.deliver(orjson.loads(payload), remote=True)
             return
         app = self.config.app_by_id(head.get("a", ""))
         if app is None:

@@ -18,6 +18,7 @@ from .. import api
 from ..adapters.base import Adapter
 from ..config import App, Config
 from ..metrics import METRICS
+from ..monitor import TrafficMonitor
 from ..protocol.signing import RestAuthError, verify_rest
 
 log = logging.getLogger("pushwire.rest")
@@ -37,9 +38,12 @@ Action = Callable[[web.Request, App, Any], Awaitable[dict[str, Any]]]
 
 
 class RestApi:
-    def __init__(self, config: Config, adapter: Adapter) -> None:
+    def __init__(
+        self, config: Config, adapter: Adapter, monitor: TrafficMonitor | None = None
+    ) -> None:
         self.config = config
         self.adapter = adapter
+        self.monitor = monitor
 
     def routes(self) -> list[tuple[str, str, Callable[[web.Request], Awaitable[web.Response]]]]:
         return [
@@ -125,10 +129,10 @@ class RestApi:
                     raise
 
     async def _events(self, request: web.Request, app: App, body: Any) -> dict[str, Any]:
-        return await api.trigger(self.adapter, app, body)
+        return await api.trigger(self.adapter, app, body, self.monitor)
 
     async def _batch(self, request: web.Request, app: App, body: Any) -> dict[str, Any]:
-        return await api.trigger_batch(self.adapter, app, body)
+        return await api.trigger_batch(self.adapter, app, body, self.monitor)
 
     async def _channels(self, request: web.Request, app: App, body: Any) -> dict[str, Any]:
         return await api.channels(self.adapter, app, dict(request.query))
