@@ -8,6 +8,7 @@ import gc
 import logging
 import signal
 import sys
+from typing import Any
 
 from aiohttp import web
 
@@ -34,15 +35,24 @@ def _parser() -> argparse.ArgumentParser:
         help="serve only the WebSocket side, only the REST API, or both",
     )
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    tap = sub.add_parser("tap", help="print the live traffic of an app (like a debug console)")
+    tap.add_argument("--url", default="http://127.0.0.1:6001", help="a Pushwire node")
+    tap.add_argument("--config", help="TOML configuration file (for the app's key and secret)")
+    tap.add_argument("--app", help="app id (default: the first configured app)")
+    tap.add_argument("--key", help="app key (default: from the config)")
+    tap.add_argument("--secret", help="app secret (default: from the config)")
+    tap.add_argument("--channel", default="", help="only events of channels with this prefix")
+    tap.add_argument("--count", type=int, default=0, help="stop after this many events")
+    tap.add_argument("--seconds", type=float, default=0, help="stop after this long")
     routes = sub.add_parser("routes", help="list the REST API routes")
     routes.add_argument("--config", help="TOML configuration file")
     return p
 
 
-async def _serve(config: Config, reuse_port: bool = False) -> None:
+async def _serve(config: Config, reuse_port: bool = False, ext: Any = None) -> None:
     from .server import create_app
 
-    app = create_app(config)
+    app = create_app(config, extensions=ext)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(
@@ -124,6 +134,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pushwire: configuration error: {exc}", file=sys.stderr)
         return 2
+    ext = None
+    if args.command == "serve" and config.extensions:
+        from .extensions import ExtensionError
+        from .extensions import load as load_extensions
+
+        try:
+            ext = load_extensions(config.extensions)  # fail fast, with one line
+        except ExtensionError as exc:
+            print(f"pushwire: {exc}", file=sys.stderr)
+            return 2
+    if args.command == "tap":
+        return _tap(args, config)
     if args.command == "routes":
         from .server import rest_routes
 
@@ -137,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
 
-        uvloop.run(_serve(config, args.reuse_port))
+        uvloop.run(_serve(config, args.reuse_port, ext))
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
-        asyncio.run(_serve(config, args.reuse_port))
+        asyncio.run(_serve(config, args.reuse_port, ext))
     except OSError as exc:
         print(
             f"pushwire: cannot listen on {config.server.host}:{config.server.port}: {exc}",
@@ -176,3 +198,59 @@ def _run_workers(config: Config, argv: list[str]) -> int:
     signal.signal(signal.SIGINT, forward)
     codes = [p.wait() for p in procs]
     return max(codes)
+
+
+def _tap(args: argparse.Namespace, config: Config) -> int:
+    import time
+
+    import aiohttp
+
+    from .protocol.signing import sign_rest
+
+    app = config.app_by_id(args.app) if args.app else config.apps[0]
+    app_id = args.app or app.id if app else args.app
+    key = args.key or (app.key if app else None)
+    secret = args.secret or (app.secret if app else None)
+    if not (app_id and key and secret):
+        print("pushwire tap: unknown app; give --app, --key and --secret", file=sys.stderr)
+        return 2
+    params = {"app": app_id}
+    if args.channel:
+        params["channel"] = args.channel
+    query = sign_rest(key, secret, "GET", "/tap", params)
+    url = args.url.rstrip("/").replace("http", "ws", 1) + "/tap"
+
+    async def run() -> int:
+        seen = 0
+        deadline = time.monotonic() + args.seconds if args.seconds else None
+        async with aiohttp.ClientSession() as session:
+            try:
+                ws = await session.ws_connect(url, params=query)
+            except aiohttp.WSServerHandshakeError as exc:
+                print(
+                    f"pushwire tap: refused ({exc.status}): check --app/--key/--secret",
+                    file=sys.stderr,
+                )
+                return 1
+            except aiohttp.ClientError as exc:
+                print(f"pushwire tap: cannot connect to {url}: {exc}", file=sys.stderr)
+                return 1
+            print(f"# tapping app {app_id} at {url}", file=sys.stderr, flush=True)
+            while True:
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    msg = await ws.receive(timeout=timeout)
+                except TimeoutError:
+                    return 0
+                if msg.type is not aiohttp.WSMsgType.TEXT:
+                    return 0
+                print(msg.data, flush=True)
+                seen += 1
+                if args.count and seen >= args.count:
+                    await ws.close()
+                    return 0
+
+    try:
+        return asyncio.run(run())
+    except KeyboardInterrupt:
+        return 0

@@ -365,4 +365,11 @@ def load(
     if not apps:
         apps = (App(*DEMO_APP),)
         demo = True
-    return Config(server=server, cluster=cluster, apps=apps, demo_credentials=demo, source=source)
+    return Config(
+        server=server,
+        cluster=cluster,
+        apps=apps,
+        extensions=cfg.extensions,
+        demo_credentials=demo,
+        source=source,
+    )

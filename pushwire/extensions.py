@@ -52,7 +52,10 @@ class Extensions:
         self.internal_handlers: dict[str, list[InternalHandler]] = {}
         self.api_middlewares: list[ApiMiddleware] = []
         self.monitors: list[tuple[Monitor, bool]] = []
-        # set by the server once the cluster adapter exists
+        # set by the server: the adapter (its `hub` is this node's state, for local delivery)
+        # and the configuration
+        self.adapter: Any = None
+        self.config: Any = None
         self._publish_internal: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
 
     def message_middleware(self, fn: MessageMiddleware) -> MessageMiddleware:

@@ -151,6 +151,7 @@ def create_app(
         monitor.add(watcher, cluster)
     adapter.bind_extensions(ext, monitor)
     ext._publish_internal = adapter.publish_internal
+    ext.adapter, ext.config = adapter, config
     handler = PusherHandler(config, adapter, clock, webhooks, ext, monitor)
     app = web.Application(
         client_max_size=config.server.max_request_body,
