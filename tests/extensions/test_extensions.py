@@ -88,9 +88,10 @@ async def test_monitor_sees_raw_and_processed(ext_server):
     await c.close()
     port = None
     for _ in range(len(ext_server.ports)):  # find the node that served the client
-        async with aiohttp.ClientSession() as s, s.get(
-            ext_server.http + "/apps/app-id/channels", headers={"X-Monitor-Dump": "1"}
-        ) as r:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(ext_server.http + "/apps/app-id/channels", headers={"X-Monitor-Dump": "1"}) as r,
+        ):
             seen = await r.json()
         ins = [e for e in seen if e["kind"] == "in" and e.get("channel") == "mon-chan"]
         if ins:

@@ -1,0 +1,90 @@
+"""Operations: metrics, readiness, JSON logs, and a graceful stop under load."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import aiohttp
+import orjson
+
+from tests.conftest import TIMEOUT, start_server
+from tests.server.helpers import Client, data, rest
+
+
+async def test_metrics_and_health(server):
+    c = await Client.connect(server.ws_url())
+    await c.subscribe("metrics-chan")
+    await rest(
+        server.http,
+        "POST",
+        "/apps/app-id/events",
+        {"name": "e", "channel": "metrics-chan", "data": "x"},
+    )
+    await c.recv()
+    async with aiohttp.ClientSession() as s:
+        text = ""
+        for port in server.ports:
+            async with s.get(f"http://127.0.0.1:{port}/metrics") as r:
+                assert r.status == 200
+                assert r.headers["Content-Type"].startswith("text/plain")
+                text += await r.text()
+        async with s.get(server.http + "/ready") as r:
+            assert r.status == 200 and (await r.json())["status"] == "ready"
+    assert "# TYPE pushwire_frames_in_total counter" in text
+    assert 'pushwire_connections{app="app-id"}' in text
+    assert 'pushwire_rest_requests_total{route="/apps/{app_id}/events",status="200"}' in text
+    assert "pushwire_cluster_bus_up 1" in text
+    assert "pushwire_webhook_queue_depth 0" in text
+    await c.close()
+
+
+async def test_graceful_stop_under_load_tells_every_client(tmp_path):
+    srv = start_server(tmp_path, '[server]\nport = 0\nlog_format = "json"\n')
+    try:
+        clients = [await Client.connect(srv.ws_url()) for _ in range(40)]
+        for c in clients:
+            await c.subscribe("load")
+        stop = asyncio.Event()
+
+        async def load() -> None:
+            while not stop.is_set():
+                try:
+                    await rest(
+                        srv.http,
+                        "POST",
+                        "/apps/app-id/events",
+                        {"name": "tick", "channel": "load", "data": "x"},
+                    )
+                except aiohttp.ClientError:
+                    return
+                await asyncio.sleep(0.005)
+
+        producer = asyncio.create_task(load())
+        await asyncio.sleep(0.5)
+        srv.procs[0].send_signal(signal.SIGTERM)
+
+        async def told(c: Client) -> int | None:
+            """Read until the close; return the close code seen after a 4200 error."""
+            got_error = False
+            async with asyncio.timeout(TIMEOUT):
+                while True:
+                    msg = await c.ws.receive()
+                    if msg.type is aiohttp.WSMsgType.TEXT:
+                        ev = orjson.loads(msg.data)
+                        if ev["event"] == "pusher:error":
+                            got_error = data(ev)["code"] == 4200
+                    else:
+                        return msg.data if got_error else None
+
+        codes = await asyncio.gather(*(told(c) for c in clients))
+        stop.set()
+        await producer
+        assert codes == [4200] * len(clients)  # every client was told to reconnect
+        assert srv.procs[0].wait(TIMEOUT) == 0
+        lines = [orjson.loads(line) for line in srv.log.read_text().splitlines() if line]
+        assert any(line["message"] == "shutting down" for line in lines)  # JSON logs
+        for c in clients:
+            await c.session.close()
+    finally:
+        srv.stop()
