@@ -1,0 +1,3 @@
+"""Shares the pusher-js driver fixture of the compatibility tests."""
+
+from tests.compat.conftest import js  # noqa: F401
