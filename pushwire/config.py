@@ -89,6 +89,7 @@ class ServerConfig:
     timestamp_window: float = 600.0
     log_level: str = "info"
     log_format: str = "plain"  # plain | json (one JSON object per line)
+    dashboard_token: str = ""  # admin token for /dashboard (else each app's secret)
     webhook_retry_for: float = 600.0  # seconds a failing webhook is retried (backoff <= 60 s)
     webhook_queue_size: int = 100_000  # pending webhooks past which new ones are dropped
     webhook_concurrency: int = 8

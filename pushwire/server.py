@@ -20,6 +20,7 @@ from .hub import Hub
 from .metrics import METRICS
 from .monitor import TrafficMonitor
 from .protocol.errors import ReconnectNow
+from .transport.dashboard import Dashboard
 from .transport.rest import RestApi
 from .transport.tap import TapEndpoint
 from .transport.ws import WsEndpoint
@@ -203,6 +204,7 @@ def create_app(
     if role in ("all", "websocket"):
         app.router.add_get("/app/{key}", endpoint.handle)
     app.router.add_get("/tap", TapEndpoint(config, monitor).handle)
+    Dashboard(config, adapter, monitor).routes(app.router)
 
     async def lifecycle(app: web.Application) -> Any:
         loop = asyncio.get_running_loop()

@@ -88,3 +88,26 @@ async def test_graceful_stop_under_load_tells_every_client(tmp_path):
             await c.session.close()
     finally:
         srv.stop()
+
+
+async def test_dashboard_api_needs_the_secret_and_browser_client_is_served(server):
+    async with aiohttp.ClientSession() as s:
+        async with s.get(server.http + "/pushwire.js") as r:
+            assert r.status == 200 and "application/javascript" in r.headers["Content-Type"]
+            assert "function Pushwire" in await r.text()
+        async with s.get(server.http + "/dashboard") as r:
+            assert r.status == 200 and "Pushwire dashboard" in await r.text()
+        url = server.http + "/dashboard/api/stats?app=app-id"
+        async with s.get(url) as r:
+            assert r.status == 401
+        async with s.get(url, headers={"Authorization": "Bearer py-secret"}) as r:
+            assert r.status == 401  # another app's secret
+        async with s.get(server.http + "/dashboard/api/stats?app=nope",
+                         headers={"Authorization": "Bearer x"}) as r:
+            assert r.status == 404
+        async with s.get(url, headers={"Authorization": "Bearer app-secret"}) as r:
+            assert r.status == 200 and "connections" in await r.json()
+        async with s.post(server.http + "/dashboard/api/trigger",
+                          headers={"Authorization": "Bearer app-secret"},
+                          data=b'{"app":"app-id","channel":"bad name","event":"e"}') as r:
+            assert r.status == 400

@@ -1,0 +1,148 @@
+"""`/pushwire.js` (the browser client) and `/dashboard` (live view of an app).
+
+The dashboard page itself holds no data. Its API answers only with a bearer token that is the
+app's secret (that app only) or the server's `dashboard_token` (every app), compared in
+constant time: `/dashboard/api/stats`, `/dashboard/api/trigger`, and the WebSocket
+`/dashboard/api/live` (token in the query: browsers cannot set WebSocket headers) that streams
+the traffic monitor, cluster-wide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .. import api
+from ..adapters.base import Adapter
+from ..config import App, Config
+from ..metrics import METRICS
+from ..monitor import TrafficMonitor
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+
+
+class Dashboard:
+    def __init__(self, config: Config, adapter: Adapter, monitor: TrafficMonitor) -> None:
+        self.config = config
+        self.adapter = adapter
+        self.monitor = monitor
+        self.js = (STATIC / "pushwire.js").read_bytes()
+        self.html = (STATIC / "dashboard.html").read_bytes()
+
+    def routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/pushwire.js", self.script)
+        router.add_get("/dashboard", self.page)
+        router.add_get("/dashboard/api/stats", self.stats)
+        router.add_post("/dashboard/api/trigger", self.trigger)
+        router.add_get("/dashboard/api/live", self.live)
+
+    async def script(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.js,
+            content_type="application/javascript",
+            headers={"Cache-Control": "public, max-age=300", "Access-Control-Allow-Origin": "*"},
+        )
+
+    async def page(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.html, content_type="text/html", headers={"X-Frame-Options": "DENY"}
+        )
+
+    def _auth(self, request: web.Request, app_id: str, token: str | None = None) -> App:
+        app = self.config.app_by_id(app_id)
+        if app is None:
+            raise web.HTTPNotFound(text='{"error": "Unknown app"}', content_type="application/json")
+        if token is None:
+            header = request.headers.get("Authorization", "")
+            token = header[7:] if header.startswith("Bearer ") else ""
+        admin = self.config.server.dashboard_token
+        ok = hmac.compare_digest(token.encode(), app.secret.encode()) or (
+            bool(admin) and hmac.compare_digest(token.encode(), admin.encode())
+        )
+        if not ok:
+            raise web.HTTPUnauthorized(
+                text='{"error": "Bad token: use the app secret or the dashboard token"}',
+                content_type="application/json",
+            )
+        return app
+
+    async def stats(self, request: web.Request) -> web.Response:
+        app = self._auth(request, request.query.get("app", ""))
+        channels = await self.adapter.channels(app)
+        presence: dict[str, list[dict[str, Any]]] = {}
+        for name in channels:
+            if name.startswith("presence-"):
+                members = await self.adapter.presence_members(app, name)
+                presence[name] = [{"id": k, "info": v} for k, v in list(members.items())[:100]]
+        body = {
+            "app": app.id,
+            "connections": await self.adapter.connection_count(app),
+            "channels": {
+                n: {
+                    "subscription_count": s.subscription_count,
+                    **({"user_count": s.user_count} if s.user_count is not None else {}),
+                }
+                for n, s in sorted(channels.items())
+            },
+            "presence": presence,
+            "node": {
+                "frames_in": METRICS.frames_in,
+                "frames_out": METRICS.frames_out,
+                "bytes_in": METRICS.bytes_in,
+                "bytes_out": METRICS.bytes_out,
+            },
+        }
+        return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())
+
+    async def trigger(self, request: web.Request) -> web.Response:
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return web.json_response({"error": "Request body is not valid JSON"}, status=400)
+        if not isinstance(body, dict):
+            return web.json_response({"error": "Expected a JSON object"}, status=400)
+        app = self._auth(request, str(body.get("app", "")))
+        event = {
+            "name": body.get("event"),
+            "channel": body.get("channel"),
+            "data": body.get("data", ""),
+        }
+        try:
+            result = await api.trigger(self.adapter, app, event, self.monitor)
+        except api.ApiError as exc:
+            return web.json_response({"error": exc.message}, status=exc.status)
+        return web.json_response(result)
+
+    async def live(self, request: web.Request) -> web.StreamResponse:
+        app = self._auth(request, request.query.get("app", ""), request.query.get("token", ""))
+        ws = web.WebSocketResponse(compress=False, heartbeat=30)
+        await ws.prepare(request)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+
+        def listener(event: dict[str, Any]) -> None:
+            if event.get("app") == app.id:
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait(event)
+
+        self.monitor.add(listener, cluster=True)
+
+        async def pump() -> None:
+            while True:
+                await ws.send_str(orjson.dumps(await queue.get()).decode())
+
+        sender = asyncio.create_task(pump())
+        try:
+            async for _ in ws:
+                pass
+        finally:
+            self.monitor.remove(listener)
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+        return ws

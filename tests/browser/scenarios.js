@@ -1,0 +1,80 @@
+// Browser scenarios in Debian's Chromium (playwright-core): prints one JSON result line.
+//   node scenarios.js chat <chatUrl> <screenshot.png>
+//   node scenarios.js dashboard <subscriberNodeUrl> <dashboardNodeUrl> <appSecret> <screenshot.png>
+'use strict';
+const { chromium } = require('playwright-core');
+
+const ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+
+async function chat(url, shot) {
+  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ARGS });
+  try {
+    const alice = await browser.newPage();
+    const bob = await browser.newPage();
+    await alice.goto(url + '/?name=Alice');
+    await bob.goto(url + '/?name=Bob');
+    await alice.waitForFunction(() => document.getElementById('count').textContent === '2');
+    await bob.waitForFunction(() => document.getElementById('count').textContent === '2');
+    const members = await bob.$$eval('#members li', (lis) => lis.map((l) => l.textContent).sort());
+    await alice.type('#text', 'hello bob', { delay: 20 });
+    await bob.waitForFunction(() => document.getElementById('typing').textContent.includes('Alice'));
+    const typing = await bob.textContent('#typing');
+    await alice.click('#send button');
+    await bob.waitForFunction(() => document.getElementById('messages').textContent.includes('hello bob'));
+    await bob.fill('#text', 'hi alice');
+    await bob.click('#send button');
+    await alice.waitForFunction(() => document.getElementById('messages').textContent.includes('hi alice'));
+    const aliceLog = await alice.textContent('#messages');
+    await alice.close();  // Bob sees Alice leave
+    await bob.waitForFunction(() => document.getElementById('count').textContent === '1');
+    await bob.screenshot({ path: shot });
+    return { members, typing, aliceLog, bobCountAfter: await bob.textContent('#count') };
+  } finally {
+    await browser.close();
+  }
+}
+
+async function dashboard(base, dashBase, secret, shot) {
+  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ARGS });
+  try {
+    const sub = await browser.newPage();
+    await sub.goto(base + '/dashboard');  // same origin; the page itself holds no data
+    await sub.setContent('<html><body><script src="' + base + '/pushwire.js"></script></body></html>');
+    await sub.evaluate((b) => {
+      window.got = [];
+      window.pw = new Pushwire({ url: b.replace(/^http/, 'ws'), key: 'app-key' });
+      const ch = window.pw.subscribe('test-channel');
+      ch.bind('pusher:subscription_succeeded', () => { window.subscribed = true; });
+      ch.bind('test-event', (d) => window.got.push(d));
+    }, base);
+    await sub.waitForFunction(() => window.subscribed === true);
+    const dash = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    await dash.goto(dashBase + '/dashboard');
+    await dash.fill('#app', 'app-id');
+    await dash.fill('#token', secret);
+    await dash.click('#login-form button');
+    await dash.waitForFunction(() => Number(document.getElementById('connections').textContent) >= 1);
+    await dash.waitForFunction(() => document.getElementById('channels').textContent.includes('test-channel'));
+    await dash.click('#trigger button');
+    await sub.waitForFunction(() => window.got.length > 0);
+    await dash.waitForFunction(() => document.getElementById('log').textContent.includes('test-event'));
+    await dash.waitForTimeout(1500);  // let the rate chart draw a few points
+    await dash.screenshot({ path: shot });
+    return {
+      got: await sub.evaluate(() => window.got),
+      connections: Number(await dash.textContent('#connections')),
+      channels: await dash.textContent('#channels'),
+      log: (await dash.textContent('#log')).slice(0, 2000),
+      state: await sub.evaluate(() => window.pw.state),
+    };
+  } finally {
+    await browser.close();
+  }
+}
+
+(async () => {
+  const [cmd, ...rest] = process.argv.slice(2);
+  const result = cmd === 'chat' ? await chat(...rest) : await dashboard(...rest);
+  process.stdout.write(JSON.stringify(result) + '\n');
+})().catch((e) => { console.error(e); process.exit(1); });

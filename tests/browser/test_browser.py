@@ -1,0 +1,105 @@
+"""The browser client (/pushwire.js), the dashboard and the chat example in real headless
+Chromium (Debian's package, driven by playwright-core). Screenshots land in docs/."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, TIMEOUT, free_port
+
+HERE = Path(__file__).resolve().parent
+CHROMIUM = Path("/usr/bin/chromium")
+
+if not CHROMIUM.exists() or shutil.which("node") is None:
+    if os.environ.get("CI"):
+        raise RuntimeError("CI must install chromium (apt-get install chromium) and node")
+    pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+
+def node_modules() -> None:
+    if not (HERE / "node_modules" / "playwright-core").exists():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=HERE, check=True)
+
+
+def scenario(*args: str) -> dict:
+    node_modules()
+    r = subprocess.run(
+        ["node", str(HERE / "scenarios.js"), *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 9,
+        cwd=HERE,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def keep_screenshot(shot: Path, name: str) -> None:
+    """`PUSHWIRE_SCREENSHOTS=1 make test` refreshes the screenshots in docs/."""
+    if os.environ.get("PUSHWIRE_SCREENSHOTS"):
+        shutil.copy(shot, ROOT / "docs" / name)
+
+
+def test_dashboard_shows_connection_and_triggered_event(server, tmp_path):
+    """In a cluster the page's socket and the dashboard are on different nodes."""
+    shot = tmp_path / "dashboard.png"
+    result = scenario("dashboard", server.http, server.http, "app-secret", str(shot))
+    assert result["got"] == [{"hello": "world"}]  # the form's JSON data reached the page
+    assert result["connections"] >= 1
+    assert "test-channel" in result["channels"]
+    assert "test-event" in result["log"]
+    assert result["state"] == "connected"
+    assert shot.stat().st_size > 10_000
+    if len(server.ports) == 1:
+        keep_screenshot(shot, "dashboard.png")
+
+
+def test_two_pages_chat(server, tmp_path):
+    if len(server.ports) > 1:
+        pytest.skip("the chat scenario runs against the single node")
+    port = free_port()
+    log = open(tmp_path / "chat.log", "w")  # noqa: SIM115 - closed in finally
+    chat = subprocess.Popen(
+        [
+            sys.executable,
+            "examples/chat/app.py",
+            "--port",
+            str(port),
+            "--pushwire-url",
+            server.http,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        import socket
+        import time
+
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        shot = tmp_path / "chat.png"
+        result = scenario("chat", f"http://127.0.0.1:{port}", str(shot))
+        assert result["members"] == ["Alice", "Bob"]
+        assert "Alice is typing" in result["typing"]
+        assert "Alice: hello bob" in result["aliceLog"] and "Bob: hi alice" in result["aliceLog"]
+        assert result["bobCountAfter"] == "1"
+        keep_screenshot(shot, "chat.png")
+    finally:
+        chat.terminate()
+        chat.wait(10)
+        log.close()
