@@ -73,8 +73,33 @@ async function dashboard(base, dashBase, secret, shot) {
   }
 }
 
+// Subscribes, says so, then waits until an event arrives again after the server restarted.
+async function reconnect(base) {
+  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ARGS });
+  try {
+    const page = await browser.newPage();
+    await page.goto(base + '/dashboard');
+    await page.setContent('<html><body><script src="' + base + '/pushwire.js"></script></body></html>');
+    await page.evaluate((b) => {
+      window.states = []; window.got = [];
+      window.pw = new Pushwire({ url: b.replace(/^http/, 'ws'), key: 'app-key' });
+      window.pw.bind('state_change', (s) => window.states.push(s.current));
+      window.pw.subscribe('restart-channel').bind('after', (d) => window.got.push(d));
+    }, base);
+    await page.waitForFunction(() => window.pw.channel('restart-channel').subscribed);
+    const firstSocket = await page.evaluate(() => window.pw.socket_id);
+    process.stdout.write(JSON.stringify({ stage: 'subscribed' }) + '\n');
+    await page.waitForFunction(() => window.got.length > 0, null, { timeout: 60000 });
+    return { got: await page.evaluate(() => window.got), states: await page.evaluate(() => window.states),
+             changedSocket: firstSocket !== await page.evaluate(() => window.pw.socket_id) };
+  } finally {
+    await browser.close();
+  }
+}
+
 (async () => {
   const [cmd, ...rest] = process.argv.slice(2);
-  const result = cmd === 'chat' ? await chat(...rest) : await dashboard(...rest);
+  const result = cmd === 'chat' ? await chat(...rest)
+    : cmd === 'reconnect' ? await reconnect(...rest) : await dashboard(...rest);
   process.stdout.write(JSON.stringify(result) + '\n');
 })().catch((e) => { console.error(e); process.exit(1); });

@@ -103,3 +103,49 @@ def test_two_pages_chat(server, tmp_path):
         chat.terminate()
         chat.wait(10)
         log.close()
+
+
+async def test_browser_client_reconnects_and_resubscribes(tmp_path):
+    import asyncio
+
+    from pushwire.client import AsyncRestClient
+    from tests.conftest import start_server
+
+    node_modules()
+    port = free_port()
+    cfg = f"[server]\nport = {port}\n"
+    srv = start_server(tmp_path, cfg)
+    proc = await asyncio.create_subprocess_exec(
+        "node",
+        str(HERE / "scenarios.js"),
+        "reconnect",
+        f"http://127.0.0.1:{port}",
+        stdout=asyncio.subprocess.PIPE,
+        cwd=HERE,
+    )
+    try:
+        assert proc.stdout is not None
+        first = await asyncio.wait_for(proc.stdout.readline(), TIMEOUT * 3)
+        assert json.loads(first) == {"stage": "subscribed"}
+        srv.stop()  # the page is told 4200, then finds the port closed and backs off
+        await asyncio.sleep(1.0)
+        srv = start_server(tmp_path, cfg)
+        async with AsyncRestClient("app-id", "app-key", "app-secret", port=port) as rest:
+            line = b""
+            for _ in range(int(TIMEOUT * 4)):
+                await rest.trigger("restart-channel", "after", {"ok": True})
+                try:
+                    line = await asyncio.wait_for(proc.stdout.readline(), 0.5)
+                    break
+                except TimeoutError:
+                    continue
+        result = json.loads(line)
+        assert result["got"][0] == {"ok": True}
+        assert result["changedSocket"] is True
+        assert "unavailable" in result["states"] and result["states"][-1] == "connected"
+        assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        srv.stop()

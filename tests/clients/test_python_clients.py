@@ -224,3 +224,66 @@ def test_authorize_encrypted_needs_master_key():
         authorize_channel(KEY, SECRET, "1.2", "private-encrypted-x")
     out = authorize_channel(KEY, SECRET, "1.2", "private-encrypted-x", None, b"k" * 32)
     assert set(out) == {"auth", "shared_secret"}
+
+
+async def test_auth_endpoints_over_http(server):
+    """authorizer-less client: the app's auth endpoints sign, as a browser's would."""
+    from aiohttp import web
+
+    async def auth(request: web.Request) -> web.Response:
+        form = await request.post()
+        assert request.headers["X-Token"] == "t"
+        return web.json_response(
+            authorize_channel(
+                KEY,
+                SECRET,
+                str(form["socket_id"]),
+                str(form["channel_name"]),
+                {"user_id": "via-http"},
+            )
+        )
+
+    async def user_auth(request: web.Request) -> web.Response:
+        form = await request.post()
+        return web.json_response(
+            authenticate_user(KEY, SECRET, str(form["socket_id"]), {"id": "via-http"})
+        )
+
+    app = web.Application()
+    app.router.add_post("/auth", auth)
+    app.router.add_post("/user-auth", user_auth)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        c = PushwireClient(
+            KEY,
+            port=server.port,
+            auth_endpoint=f"http://127.0.0.1:{port}/auth",
+            user_auth_endpoint=f"http://127.0.0.1:{port}/user-auth",
+            auth_headers={"X-Token": "t"},
+        )
+        await c.connect()
+        ch = await c.subscribe("presence-http")
+        assert ch.members.me["id"] == "via-http"
+        assert (await c.signin())["id"] == "via-http"
+        await c.close()
+    finally:
+        await runner.cleanup()
+
+
+async def test_client_pings_when_idle(tmp_path):
+    srv = start_server(tmp_path, "[server]\nport = 0\nactivity_timeout = 1\npong_timeout = 5\n")
+    try:
+        c = PushwireClient(KEY, port=srv.ports[0])
+        pongs = Inbox()
+        c.bind_global(lambda event, data: pongs(event) if event == "pusher:pong" else None)
+        await c.connect()
+        assert c.activity_timeout == 1.0  # min(own 120 s, the server's 1 s)
+        assert (await pongs.get())[0] == "pusher:pong"  # it pinged when idle
+        await asyncio.sleep(2.5)
+        assert c.state == "connected"  # the server never had to drop it
+        await c.close()
+    finally:
+        srv.stop()

@@ -102,12 +102,15 @@ async def test_dashboard_api_needs_the_secret_and_browser_client_is_served(serve
             assert r.status == 401
         async with s.get(url, headers={"Authorization": "Bearer py-secret"}) as r:
             assert r.status == 401  # another app's secret
-        async with s.get(server.http + "/dashboard/api/stats?app=nope",
-                         headers={"Authorization": "Bearer x"}) as r:
+        async with s.get(
+            server.http + "/dashboard/api/stats?app=nope", headers={"Authorization": "Bearer x"}
+        ) as r:
             assert r.status == 404
         async with s.get(url, headers={"Authorization": "Bearer app-secret"}) as r:
             assert r.status == 200 and "connections" in await r.json()
-        async with s.post(server.http + "/dashboard/api/trigger",
-                          headers={"Authorization": "Bearer app-secret"},
-                          data=b'{"app":"app-id","channel":"bad name","event":"e"}') as r:
+        async with s.post(
+            server.http + "/dashboard/api/trigger",
+            headers={"Authorization": "Bearer app-secret"},
+            data=b'{"app":"app-id","channel":"bad name","event":"e"}',
+        ) as r:
             assert r.status == 400
