@@ -9,8 +9,6 @@ the traffic monitor, cluster-wide.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from ..adapters.base import Adapter
 from ..config import App, Config
 from ..metrics import METRICS
 from ..monitor import TrafficMonitor
+from .tap import stream_traffic
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
@@ -121,28 +120,6 @@ class Dashboard:
 
     async def live(self, request: web.Request) -> web.StreamResponse:
         app = self._auth(request, request.query.get("app", ""), request.query.get("token", ""))
-        ws = web.WebSocketResponse(compress=False, heartbeat=30)
-        await ws.prepare(request)
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
-
-        def listener(event: dict[str, Any]) -> None:
-            if event.get("app") == app.id:
-                with contextlib.suppress(asyncio.QueueFull):
-                    queue.put_nowait(event)
-
-        self.monitor.add(listener, cluster=True)
-
-        async def pump() -> None:
-            while True:
-                await ws.send_str(orjson.dumps(await queue.get()).decode())
-
-        sender = asyncio.create_task(pump())
-        try:
-            async for _ in ws:
-                pass
-        finally:
-            self.monitor.remove(listener)
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
-        return ws
+        return await stream_traffic(
+            request, self.monitor, lambda event: event.get("app") == app.id, 1000
+        )

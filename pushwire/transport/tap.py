@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -44,32 +45,44 @@ class TapEndpoint:
         except RestAuthError as exc:
             return web.json_response({"error": f"Authentication failed: {exc}"}, status=401)
         prefix = request.query.get("channel", "")
-        ws = web.WebSocketResponse(compress=False, heartbeat=30)
-        await ws.prepare(request)
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10_000)
 
-        def listener(event: dict[str, Any]) -> None:
+        def accept(event: dict[str, Any]) -> bool:
             if event.get("app") != app.id:
-                return
-            if prefix and not str(event.get("channel") or "").startswith(prefix):
-                return
+                return False
+            return not prefix or str(event.get("channel") or "").startswith(prefix)
+
+        return await stream_traffic(request, self.monitor, accept, 10_000)
+
+
+async def stream_traffic(
+    request: web.Request,
+    monitor: TrafficMonitor,
+    accept: Callable[[dict[str, Any]], bool],
+    maxsize: int,
+) -> web.WebSocketResponse:
+    """Stream the accepted traffic events (cluster-wide) as JSON text frames until the client
+    goes; a reader that falls `maxsize` events behind loses events instead of slowing us."""
+    ws = web.WebSocketResponse(compress=False, heartbeat=30)
+    await ws.prepare(request)
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=maxsize)
+
+    def listener(event: dict[str, Any]) -> None:
+        if accept(event):
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(event)
 
-        self.monitor.add(listener, cluster=True)
-        sender = asyncio.create_task(self._send(ws, queue))
-        try:
-            async for _ in ws:  # the tap client sends nothing; wait for it to go
-                pass
-        finally:
-            self.monitor.remove(listener)
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
-        return ws
-
-    @staticmethod
-    async def _send(ws: web.WebSocketResponse, queue: asyncio.Queue[dict[str, Any]]) -> None:
+    async def pump() -> None:
         while True:
-            event = await queue.get()
-            await ws.send_str(orjson.dumps(event).decode())
+            await ws.send_str(orjson.dumps(await queue.get()).decode())
+
+    monitor.add(listener, cluster=True)
+    sender = asyncio.create_task(pump())
+    try:
+        async for _ in ws:  # the client sends nothing; wait for it to go
+            pass
+    finally:
+        monitor.remove(listener)
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+    return ws
