@@ -79,10 +79,12 @@ async def test_sigkilled_node_is_healed(redis_server, tmp_path):
 
 async def test_redis_restart_local_delivery_and_convergence(tmp_path):
     redis = start_redis()
+    nodes: list = []
     try:
         cfg = cluster_config(redis, prefix="outage")
         srv_a = start_node(tmp_path, cfg)
         srv_b = start_node(tmp_path, cfg)
+        nodes.extend([srv_a, srv_b])
         http_a, ws_a = node_urls(srv_a[1])
         http_b, ws_b = node_urls(srv_b[1])
         ca, cb = await Client.connect(ws_a), await Client.connect(ws_b)
@@ -102,6 +104,15 @@ async def test_redis_restart_local_delivery_and_convergence(tmp_path):
         )
         assert status == 200
         assert (await ca.recv_event("during"))["data"] == "x"
+        async with aiohttp.ClientSession() as s:  # readiness reports the outage
+            for _ in range(int(TIMEOUT * 10)):
+                async with s.get(http_a + "/ready") as r:
+                    if r.status == 503:
+                        assert "Redis" in (await r.json())["reason"]
+                        break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("/ready never reported the Redis outage")
         await ca.send({"event": "pusher:ping", "data": {}})
         assert await ca.recv_event("pusher:pong")
         redis.restart()  # comes back empty (no persistence): nodes must re-publish their state
@@ -118,6 +129,8 @@ async def test_redis_restart_local_delivery_and_convergence(tmp_path):
             assert time.monotonic() < deadline, body
             await asyncio.sleep(0.2)
         assert await users(http_a, "presence-out") == ["ua", "ub"]
+        async with aiohttp.ClientSession() as s, s.get(http_a + "/ready") as r:
+            assert r.status == 200
         status, _ = await rest(
             http_a,
             "POST",
@@ -134,6 +147,10 @@ async def test_redis_restart_local_delivery_and_convergence(tmp_path):
             p.terminate()
             p.wait()
     finally:
+        for p, _, _ in nodes:
+            if p.poll() is None:
+                p.terminate()
+                p.wait()
         redis.stop()
 
 

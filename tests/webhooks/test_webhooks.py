@@ -269,3 +269,49 @@ async def test_cluster_queued_webhook_survives_node_death(receiver, redis_server
             if p.poll() is None:
                 p.terminate()
                 p.wait()
+
+
+async def test_webhooks_from_pusher_js_clients(receiver, tmp_path):
+    """The official client drives the happenings; the SDK helper checks every signature."""
+    from tests.compat.conftest import HERE as COMPAT
+    from tests.compat.conftest import Driver
+
+    srv = start_server(tmp_path, config(receiver))
+    app = {"id": "1", "key": "hook-key", "secret": "hook-secret"}
+    proc = await asyncio.create_subprocess_exec(
+        "node",
+        str(COMPAT / "driver.js"),
+        str(srv.ports[0]),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=COMPAT,
+    )
+    js = Driver(proc, srv)
+    try:
+        await js.connect("a", app=app, presence={"user_id": "js-a"})
+        await js.connect("b", app=app, presence={"user_id": "js-b"})
+        await js.subscribe("a", "presence-js-wh")
+        await js.subscribe("b", "presence-js-wh")
+        await js.cmd(
+            "trigger", name="a", channel="presence-js-wh", event="client-hi", data={"x": 1}
+        )
+        ce = await receiver.wait_for(lambda e: e["name"] == "client_event", "client_event")
+        assert ce["user_id"] == "js-a" and ce["event"] == "client-hi"
+        await js.cmd("disconnect", name="a")
+        await js.cmd("disconnect", name="b")
+        await receiver.wait_for(lambda e: e["name"] == "channel_vacated", "vacated")
+        names = [n for n in receiver.names("presence-js-wh") if n != "client_event"]
+        assert names == [
+            "channel_occupied",
+            "member_added",
+            "member_added",
+            "member_removed",
+            "member_removed",
+            "channel_vacated",
+        ]
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        await proc.wait()
+        await js.reader
+        srv.stop()
