@@ -288,3 +288,40 @@ async def test_separated_roles(redis_server, tmp_path, role):
     finally:
         srv.stop()
         other.stop()
+
+
+async def test_cross_node_order_and_bus_subscriptions(redis_server, tmp_path):
+    """Events triggered on node A reach node B in order; B listens on a channel's bus only
+    while it has local subscribers."""
+    cfg = cluster_config(redis_server, prefix="order")
+    a, b = start_node(tmp_path, cfg), start_node(tmp_path, cfg)
+    r = aioredis.Redis.from_url(redis_server.url)
+    try:
+        c = await Client.connect(node_urls(b[1])[1])
+        await c.subscribe("ordered")
+        bus = "order:bus:app-id:ordered"
+        assert (await r.pubsub_numsub(bus))[0][1] == 1  # only node B listens
+        n = 200
+        http_a = node_urls(a[1])[0]
+        for i in range(n):
+            status, _ = await rest(
+                http_a,
+                "POST",
+                "/apps/app-id/events",
+                {"name": "seq", "channel": "ordered", "data": str(i)},
+            )
+            assert status == 200
+        got = [int((await c.recv_event("seq"))["data"]) for _ in range(n)]
+        assert got == list(range(n))
+        await c.send({"event": "pusher:unsubscribe", "data": {"channel": "ordered"}})
+        for _ in range(50):
+            if (await r.pubsub_numsub(bus))[0][1] == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert (await r.pubsub_numsub(bus))[0][1] == 0
+        await c.close()
+    finally:
+        await r.aclose()
+        for p, _, _ in (a, b):
+            p.terminate()
+            p.wait()
