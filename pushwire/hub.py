@@ -147,6 +147,8 @@ class Hub:
         """Opt-in `pusher_internal:subscription_count` for non-presence channels; above 100
         subscribers at most every 5 seconds, as Pusher throttles it. A joining socket is
         left out here: it gets the count after its subscription_succeeded (handler)."""
+        if self.cluster_presence:  # the cluster adapter sends cluster-wide counts
+            return
         if not app.enable_subscription_count or ch.ctype.presence or not ch.subscribers:
             return
         n = len(ch.subscribers)

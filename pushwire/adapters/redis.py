@@ -180,6 +180,7 @@ class RedisAdapter:
         self.monitor = TrafficMonitor(self.node)
         self.bus_channels.add(f"{self.p}:ext")  # custom internal messages reach every node
         self._bg: set[asyncio.Task[Any]] = set()
+        self._count_sent: dict[tuple[str, str], float] = {}
 
     def bind_extensions(self, ext: Extensions, monitor: TrafficMonitor) -> None:
         self.ext = ext
@@ -536,16 +537,18 @@ class RedisAdapter:
         hub.subscribe(conn, channel, member)
         if ch is None:
             await self._bus_sub(self._bus(app.id, channel))
-        await self._write_channel_count(app, channel)
+        await self._write_channel_count(app, channel, conn.socket_id)
         if announce is not None:
             self._tell(app, "member_added", channel, user_id=announce)
         if members is not None:
             return dict(sorted(members.items()))
         return None
 
-    async def _write_channel_count(self, app: App, channel: str) -> None:
+    async def _write_channel_count(self, app: App, channel: str, joiner: str | None = None) -> None:
         """Write this node's count; announce occupied / vacated when the cluster total moves
-        from / to zero (decided atomically in Redis, so exactly once)."""
+        from / to zero (decided atomically in Redis, so exactly once), and the cluster-wide
+        `pusher_internal:subscription_count` when the app enables it (the joining socket
+        gets its count from the handler, after its subscription_succeeded)."""
         ch = self.hub.channel(app, channel)
         n = 0 if ch is None else len(ch.subscribers)
         res = await self._safe(
@@ -558,6 +561,16 @@ class RedisAdapter:
             self._tell(app, "channel_occupied", channel)
         elif after <= 0 < before:
             self._tell(app, "channel_vacated", channel)
+        if app.enable_subscription_count and after > 0 and not channel.startswith("presence-"):
+            now = time.monotonic()
+            key = (app.id, channel)
+            if after <= 100 or now - self._count_sent.get(key, float("-inf")) >= 5.0:
+                self._count_sent[key] = now
+                msg = messages.subscription_count(channel, after)
+                self.hub.broadcast(app, channel, msg, joiner)
+                await self._send_bus(
+                    self._bus(app.id, channel), "pub", msg, a=app.id, c=channel, x=joiner
+                )
 
     async def unsubscribe(self, conn: Connection, channel: str) -> None:
         hub, app = self.hub, conn.app

@@ -325,3 +325,44 @@ async def test_cross_node_order_and_bus_subscriptions(redis_server, tmp_path):
         for p, _, _ in (a, b):
             p.terminate()
             p.wait()
+
+
+async def test_subscription_count_is_cluster_wide(redis_server, tmp_path):
+    cfg = cluster_config(
+        redis_server,
+        """
+[server]
+port = 0
+
+[[apps]]
+id = "app-id"
+key = "app-key"
+secret = "app-secret"
+enable_subscription_count = true
+""",
+        prefix="subcount",
+    )
+    a, b = start_node(tmp_path, cfg), start_node(tmp_path, cfg)
+    try:
+        ca = await Client.connect(node_urls(a[1])[1])
+        cb = await Client.connect(node_urls(b[1])[1])
+        await ca.subscribe("counted")
+        assert data(await ca.recv_event("pusher_internal:subscription_count")) == {
+            "subscription_count": 1
+        }
+        await cb.subscribe("counted")
+        assert data(await cb.recv_event("pusher_internal:subscription_count")) == {
+            "subscription_count": 2
+        }
+        assert data(await ca.recv_event("pusher_internal:subscription_count")) == {
+            "subscription_count": 2
+        }  # counted across nodes
+        await cb.close()
+        assert data(await ca.recv_event("pusher_internal:subscription_count")) == {
+            "subscription_count": 1
+        }
+        await ca.close()
+    finally:
+        for p, _, _ in (a, b):
+            p.terminate()
+            p.wait()
