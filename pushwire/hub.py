@@ -219,7 +219,7 @@ class Hub:
         socks[conn.socket_id] = conn
         for watched in conn.watchlist:
             st.watchers.setdefault(watched, {})[conn.socket_id] = conn
-        if first:
+        if first and not self.cluster_presence:  # in a cluster the adapter decides
             self._notify_watchers(st, user_id, "online")
 
     def _drop_user(self, st: AppState, conn: Connection) -> None:
@@ -235,7 +235,11 @@ class Hub:
             socks.pop(conn.socket_id, None)
             if not socks:
                 del st.users[conn.user_id]
-                self._notify_watchers(st, conn.user_id, "offline")
+                if not self.cluster_presence:
+                    self._notify_watchers(st, conn.user_id, "offline")
+
+    def notify_watchers(self, app: App, user_id: str, status: str) -> None:
+        self._notify_watchers(self.state(app), user_id, status)
 
     def _notify_watchers(self, st: AppState, user_id: str, status: str) -> None:
         """Watchlist events: a user came online (first socket) or went offline (last one)."""

@@ -27,8 +27,7 @@ works; cross-node delivery and cluster figures pause), logs the outage once, ret
 backoff, and on return re-registers, re-subscribes and re-writes its local truth (announcing
 members that are new to the cluster again).
 
-Limits: one Redis server (not Redis Cluster); watchlist online/offline changes are announced to
-watchers on the same node only (initial statuses are cluster-wide).
+Limits: one Redis server (not Redis Cluster): the Lua scripts read keys they compute.
 """
 
 from __future__ import annotations
@@ -95,6 +94,28 @@ end
 return 1
 """
 
+# ARGV: prefix, app, node, user, op ("in" | "out"). Adds / removes the user from this node's
+# signed-in set; returns 1 when the user just came online / went offline cluster-wide.
+PRESENCE_OF_USER = """
+local p, app, node, uid, op = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local own = p .. ':us:' .. app .. ':' .. node
+local elsewhere = false
+for _, n in ipairs(redis.call('SMEMBERS', p .. ':nodes')) do
+  if n ~= node and redis.call('SISMEMBER', p .. ':us:' .. app .. ':' .. n, uid) == 1 then
+    elsewhere = true; break
+  end
+end
+if op == 'in' then
+  local added = redis.call('SADD', own, uid)
+  redis.call('SADD', p .. ':node:' .. node .. ':keys', cjson.encode({'us', app}))
+  if added == 1 and not elsewhere then return 1 end
+  return 0
+end
+local removed = redis.call('SREM', own, uid)
+if removed == 1 and not elsewhere then return 1 end
+return 0
+"""
+
 # ARGV: prefix, app, channel, node, count. Writes this node's subscriber count of a channel and
 # returns {total before, total after} over the live nodes: occupied / vacated, decided once.
 COUNT = """
@@ -121,7 +142,7 @@ REAP = """
 local p, dead = ARGV[1], ARGV[2]
 redis.call('SREM', p .. ':nodes', dead)
 local nodes = redis.call('SMEMBERS', p .. ':nodes')
-local gone, vacated = {}, {}
+local gone, vacated, offline = {}, {}, {}
 for _, raw in ipairs(redis.call('SMEMBERS', p .. ':node:' .. dead .. ':keys')) do
   local k = cjson.decode(raw)
   if k[1] == 'pm' then
@@ -147,11 +168,21 @@ for _, raw in ipairs(redis.call('SMEMBERS', p .. ':node:' .. dead .. ':keys')) d
   elseif k[1] == 'conn' then
     redis.call('HDEL', p .. ':conn:' .. k[2], dead)
   elseif k[1] == 'us' then
-    redis.call('DEL', p .. ':us:' .. k[2] .. ':' .. dead)
+    local own = p .. ':us:' .. k[2] .. ':' .. dead
+    for _, uid in ipairs(redis.call('SMEMBERS', own)) do
+      local found = false
+      for _, n in ipairs(nodes) do
+        if redis.call('SISMEMBER', p .. ':us:' .. k[2] .. ':' .. n, uid) == 1 then
+          found = true; break
+        end
+      end
+      if not found then offline[#offline + 1] = k[2]; offline[#offline + 1] = uid end
+    end
+    redis.call('DEL', own)
   end
 end
 redis.call('DEL', p .. ':node:' .. dead .. ':keys', p .. ':lease:' .. dead)
-return {gone, vacated}
+return {gone, vacated, offline}
 """
 
 
@@ -174,6 +205,7 @@ class RedisAdapter:
         self._leave = self.redis.register_script(LEAVE)
         self._reap = self.redis.register_script(REAP)
         self._count = self.redis.register_script(COUNT)
+        self._user_presence = self.redis.register_script(PRESENCE_OF_USER)
         self.listeners: list[Happening] = []
         self._stopping = False
         self.ext = Extensions()
@@ -314,7 +346,11 @@ class RedisAdapter:
             listener(app, kind, channel, fields)
 
     async def _reap_node(self, node: str) -> None:
-        gone, vacated = await self._reap(args=[self.p, node])
+        gone, vacated, offline = await self._reap(args=[self.p, node])
+        for i in range(0, len(offline), 2):
+            app = self.config.app_by_id(_s(offline[i]))
+            if app is not None:
+                await self._announce_status(app, _s(offline[i + 1]), "offline")
         for i in range(0, len(gone), 3):
             app = self.config.app_by_id(_s(gone[i]))
             if app is None:
@@ -430,6 +466,8 @@ class RedisAdapter:
             self.hub.send_to_user(app, head["u"], Outbound(payload), head.get("x"))
         elif kind == "term":
             self._terminate_local(app, head["u"])
+        elif kind == "watch":
+            self.hub.notify_watchers(app, head["u"], head["s"])
 
     # Connections -----------------------------------------------------------------------------
     async def add_connection(self, conn: Connection) -> None:
@@ -471,11 +509,13 @@ class RedisAdapter:
         self.hub.remove_connection(conn)
         if user_id is not None and not self.hub.user_connections(conn.app, user_id):
             await self._bus_unsub(self._ubus(conn.app.id, user_id))
-            await self._safe(
+            offline = await self._safe(
                 "users",
-                lambda: self.redis.srem(f"{self.p}:us:{conn.app.id}:{self.node}", user_id),
+                lambda: self._user_presence(args=[self.p, conn.app.id, self.node, user_id, "out"]),
                 0,
             )
+            if offline == 1:
+                await self._announce_status(conn.app, user_id, "offline")
         await self._write_conn_count(conn.app)
 
     # Channels --------------------------------------------------------------------------------
@@ -609,16 +649,30 @@ class RedisAdapter:
 
     # Users -----------------------------------------------------------------------------------
     async def sign_in(self, conn: Connection, user_id: str, user_data: str) -> None:
+        app = conn.app
+        first_local = not self.hub.user_connections(app, user_id)
         self.hub.sign_in(conn, user_id, user_data)
-        await self._bus_sub(self._ubus(conn.app.id, user_id))
+        await self._bus_sub(self._ubus(app.id, user_id))
+        if conn.watchlist and app.enable_watchlist_events:
+            await self._bus_sub(self._wbus(app.id))
+        if first_local:
+            online = await self._safe(
+                "sign-in",
+                lambda: self._user_presence(args=[self.p, app.id, self.node, user_id, "in"]),
+                0,
+            )
+            if online == 1:
+                await self._announce_status(app, user_id, "online")
 
-        async def op() -> None:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.sadd(f"{self.p}:us:{conn.app.id}:{self.node}", user_id)
-            pipe.sadd(f"{self.p}:node:{self.node}:keys", self._owned("us", conn.app.id))
-            await pipe.execute()
+    def _wbus(self, app_id: str) -> str:
+        return f"{self.p}:watch:{app_id}"
 
-        await self._safe("sign-in", op, None)
+    async def _announce_status(self, app: App, user_id: str, status: str) -> None:
+        """Watchlist events for a user who came online / went offline cluster-wide."""
+        if not app.enable_watchlist_events:
+            return
+        self.hub.notify_watchers(app, user_id, status)
+        await self._send_bus(self._wbus(app.id), "watch", None, a=app.id, u=user_id, s=status)
 
     async def send_to_user(
         self, app: App, user_id: str, msg: Outbound, except_socket_id: str | None = None

@@ -366,3 +366,36 @@ enable_subscription_count = true
         for p, _, _ in (a, b):
             p.terminate()
             p.wait()
+
+
+async def test_watchlist_events_cross_nodes(redis_server, tmp_path):
+    from pushwire.protocol.signing import sign_auth, user_string_to_sign
+
+    async def signin(c: Client, user_data: str) -> None:
+        auth = sign_auth("app-key", "app-secret", user_string_to_sign(c.socket_id, user_data))
+        await c.send({"event": "pusher:signin", "data": {"user_data": user_data, "auth": auth}})
+        await c.recv_event("pusher:signin_success")
+
+    cfg = cluster_config(redis_server, prefix="watch")
+    a, b = start_node(tmp_path, cfg), start_node(tmp_path, cfg)
+    try:
+        alice = await Client.connect(node_urls(a[1])[1])
+        await signin(alice, '{"id":"alice","watchlist":["bob"]}')
+        first = await alice.recv_event("pusher_internal:watchlist_events")
+        assert data(first) == {"events": [{"name": "offline", "user_ids": ["bob"]}]}
+        bob = await Client.connect(node_urls(b[1])[1])
+        await signin(bob, '{"id":"bob"}')
+        online = await alice.recv_event("pusher_internal:watchlist_events")
+        assert data(online) == {"events": [{"name": "online", "user_ids": ["bob"]}]}
+        bob2 = await Client.connect(node_urls(a[1])[1])  # a second socket: no new event
+        await signin(bob2, '{"id":"bob"}')
+        await bob.close()
+        await alice.nothing(0.5)
+        await bob2.close()
+        offline = await alice.recv_event("pusher_internal:watchlist_events")
+        assert data(offline) == {"events": [{"name": "offline", "user_ids": ["bob"]}]}
+        await alice.close()
+    finally:
+        for p, _, _ in (a, b):
+            p.terminate()
+            p.wait()
