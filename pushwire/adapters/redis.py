@@ -474,16 +474,12 @@ class RedisAdapter:
         app = conn.app
         if app.max_connections:
             counts = await self._safe(
-                "quota", lambda: self.redis.hvals(f"{self.p}:conn:{app.id}"), None
+                "quota", lambda: self.redis.hgetall(f"{self.p}:conn:{app.id}"), None
             )
             if counts is not None:
-                others = sum(int(v) for v in counts)
-                mine = self.hub.connection_count(app)
-                # the hash holds this node's last written count: use the local live figure
-                mine_written = await self._safe(
-                    "quota", lambda: self.redis.hget(f"{self.p}:conn:{app.id}", self.node), None
-                )
-                total = others - int(mine_written or 0) + mine
+                # other nodes' written counts, plus this node's live figure
+                others = sum(int(v) for n, v in counts.items() if _s(n) != self.node)
+                total = others + self.hub.connection_count(app)
                 if total >= app.max_connections:
                     raise OverConnectionQuota(
                         f"Application is over its connection quota ({app.max_connections})"
