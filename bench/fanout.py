@@ -41,19 +41,11 @@ CHANNEL = "bench"
 
 
 # ---------------------------------------------------------------------------- subscribers
-def subscriber_proc(
-    ws_url: str,
-    n: int,
-    index: int,
-    ready: Any,
-    go: Any,
-    results: Any,
-    expected: int,
-    timeout: float,
-) -> None:
+def subscriber_proc(*args: Any) -> None:
+    """Process entry point: run `_subscribers(*args)` on uvloop."""
     import uvloop
 
-    uvloop.run(_subscribers(ws_url, n, index, ready, go, results, expected, timeout))
+    uvloop.run(_subscribers(*args))
 
 
 async def _subscribers(

@@ -115,22 +115,18 @@ class Config:
     demo_credentials: bool = False
     source: str = "<defaults>"
 
+    _by_key: dict[str, App] = field(init=False, repr=False, compare=False, default_factory=dict)
+    _by_id: dict[str, App] = field(init=False, repr=False, compare=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_key", {a.key: a for a in self.apps})
+        object.__setattr__(self, "_by_id", {a.id: a for a in self.apps})
+
     def app_by_key(self, key: str) -> App | None:
-        return _index(self.apps, "key").get(key)
+        return self._by_key.get(key)
 
     def app_by_id(self, app_id: str) -> App | None:
-        return _index(self.apps, "id").get(app_id)
-
-
-_index_cache: dict[tuple[int, str], dict[str, App]] = {}
-
-
-def _index(apps: tuple[App, ...], attr: str) -> dict[str, App]:
-    k = (id(apps), attr)
-    idx = _index_cache.get(k)
-    if idx is None:
-        idx = _index_cache[k] = {getattr(a, attr): a for a in apps}
-    return idx
+        return self._by_id.get(app_id)
 
 
 def _check_type(where: str, key: str, value: Any, expected: Any) -> Any:

@@ -20,7 +20,13 @@ from .connection import Connection
 from .extensions import Extensions
 from .monitor import TrafficMonitor
 from .protocol import errors, messages
-from .protocol.channels import USER_ID_RE, channel_type, validate_channel_name
+from .protocol.channels import (
+    USER_ID_RE,
+    ChannelType,
+    channel_type,
+    server_to_user_id,
+    validate_channel_name,
+)
 from .protocol.errors import PusherError
 from .protocol.frames import Outbound
 from .protocol.signing import channel_string_to_sign, user_string_to_sign, verify_auth
@@ -210,11 +216,11 @@ class PusherHandler:
             raise
 
     async def _authorize_and_join(
-        self, conn: Connection, name: str, ctype: Any, data: dict[str, Any]
+        self, conn: Connection, name: str, ctype: ChannelType, data: dict[str, Any]
     ) -> None:
         app = conn.app
-        if ctype.kind.value == "server-to-user":
-            user_id = name.split("#server-to-user-", 1)[1]
+        user_id = server_to_user_id(name)
+        if user_id is not None:
             if conn.user_id != user_id:
                 raise errors.Unauthorized(
                     f"Subscription to {name} refused: the connection is not signed in as {user_id}"

@@ -124,6 +124,7 @@ class Webhooks:
         self.dropped = 0
         self.given_up = 0
         self._pending_adds: set[asyncio.Task[None]] = set()
+        self._in_flight = 0  # workers sending right now
 
     _seq = 0
 
@@ -211,8 +212,6 @@ class Webhooks:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         if self.session is not None:
             await self.session.close()
-
-    _in_flight = 0
 
     def _busy(self) -> bool:
         return self._in_flight > 0

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from ..protocol.channels import channel_type
+from ..protocol.channels import Kind, channel_type
 from ..protocol.signing import (
     channel_string_to_sign,
     shared_secret,
@@ -41,7 +41,7 @@ def authorize_channel(
         channel_data = orjson.dumps(dict(presence_data)).decode()
         out["channel_data"] = channel_data
     out["auth"] = sign_auth(key, secret, channel_string_to_sign(socket_id, channel, channel_data))
-    if ctype.kind.value == "private-encrypted":
+    if ctype.kind is Kind.ENCRYPTED:
         if encryption_master_key is None:
             raise ValueError("private-encrypted channels need the encryption master key")
         mk = encryption_master_key

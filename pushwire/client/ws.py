@@ -253,8 +253,6 @@ class PushwireClient:
                 self._signin.set_result(self.user)
         if channel is not None and channel in self.channels:
             await self._channel_event(self.channels[channel], event, data, msg)
-        elif channel is not None and self.user and channel == f"#server-to-user-{self.user['id']}":
-            pass
         if not event.startswith("pusher_internal:"):
             for g in list(self._global):
                 await _maybe(g(event, data))

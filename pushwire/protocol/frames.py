@@ -24,6 +24,12 @@ def text_frame(payload: bytes) -> bytes:
     return struct.pack("!BBQ", 0x81, 127, n) + payload
 
 
+def close_frame(code: int, reason: str) -> bytes:
+    """An unmasked close frame (RFC 6455 section 5.5.1); the reason is cut to fit 125 bytes."""
+    payload = code.to_bytes(2, "big") + reason.encode()[:120]
+    return bytes((0x88, len(payload))) + payload
+
+
 class Outbound:
     """One server-to-client message. `payload` is the JSON; `wire` the frame, made once."""
 

@@ -21,7 +21,7 @@ from ..handler import PusherHandler, new_socket_id
 from ..metrics import METRICS
 from ..protocol import messages
 from ..protocol.errors import OverCapacity, PusherError
-from ..protocol.frames import Outbound
+from ..protocol.frames import Outbound, close_frame
 
 if TYPE_CHECKING:
     from ..config import App
@@ -140,7 +140,7 @@ class WsConnection(Connection):
         METRICS.slow_consumers_closed += 1
         transport = self._transport
         err = OverCapacity("Over capacity: the client is not reading its messages fast enough")
-        transport.write(messages.error(err).wire + _close_frame(err.code or 4100, err.message))
+        transport.write(messages.error(err).wire + close_frame(err.code or 4100, err.message))
         transport.close()  # flushes what it can; abort if the peer never reads it
         asyncio.get_running_loop().call_later(2.0, transport.abort)
 
@@ -158,11 +158,6 @@ class WsConnection(Connection):
             await self._ws.close(code=code, message=reason.encode()[:120])
         except Exception:  # the peer may already be gone
             self._transport.abort()
-
-
-def _close_frame(code: int, reason: str) -> bytes:
-    payload = code.to_bytes(2, "big") + reason.encode()[:120]
-    return bytes((0x88, len(payload))) + payload
 
 
 class WsEndpoint:

@@ -3,7 +3,7 @@ import pytest
 from pushwire.protocol import messages
 from pushwire.protocol.channels import Kind, channel_type, validate_channel_name
 from pushwire.protocol.errors import InvalidChannel, Unauthorized
-from pushwire.protocol.frames import text_frame
+from pushwire.protocol.frames import close_frame, text_frame
 
 
 @pytest.mark.parametrize(
@@ -45,6 +45,11 @@ def test_text_frame_headers():
     assert text_frame(b"hi") == b"\x81\x02hi"
     assert text_frame(b"a" * 126)[:4] == b"\x81\x7e\x00\x7e"
     assert text_frame(b"a" * 70000)[:10] == b"\x81\x7f" + (70000).to_bytes(8, "big")
+
+
+def test_close_frame():
+    assert close_frame(4100, "slow") == b"\x88\x06\x10\x04slow"
+    assert len(close_frame(4100, "x" * 500)) == 2 + 2 + 120  # fits a control frame
 
 
 def test_exact_wire_strings():
