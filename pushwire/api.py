@@ -1,8 +1,9 @@
-"""The Pusher REST API's logic, independent of HTTP: validate, act through the adapter, answer.
+"""The Pusher REST API's logic, independent of HTTP: validate, act through the engine, answer.
 
 Each function takes the already authenticated app and parsed input and returns the JSON
-answer, or raises `ApiError` carrying the HTTP status. The aiohttp layer (transport/rest.py)
-only parses requests, checks signatures and renders results.
+answer, or raises `ApiError` carrying the HTTP status: 503 when an event could not be confirmed
+delivered to every node (the cluster bus or state is unavailable), never a silent 200. The
+aiohttp layer (transport/rest.py) only parses requests, checks signatures and renders results.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from typing import Any
 
 import orjson
 
-from .adapters.base import Adapter
+from .cluster.base import ChannelStats, Unavailable
 from .config import App
-from .hub import ChannelStats
+from .engine import Engine
 from .monitor import TrafficMonitor
 from .protocol import messages
 from .protocol.channels import channel_type, server_to_user_id, validate_channel_name
@@ -105,7 +106,7 @@ def _info(stats: ChannelStats | None, attrs: set[str], presence: bool) -> dict[s
 
 
 async def _deliver(
-    adapter: Adapter, app: App, ev: dict[str, Any], monitor: TrafficMonitor | None
+    engine: Engine, app: App, ev: dict[str, Any], monitor: TrafficMonitor | None
 ) -> dict[str, Any]:
     info: dict[str, Any] = {}
     for channel in ev["channels"]:
@@ -121,28 +122,39 @@ async def _deliver(
             )
         user_id = server_to_user_id(channel)
         if user_id is not None:
-            await adapter.send_to_user(app, user_id, msg, ev["socket_id"])
+            await engine.send_to_user(app, user_id, msg, ev["socket_id"])
             continue
         ctype = channel_type(channel)
         if ctype.cache:
-            await adapter.cache_set(app, channel, msg)
-        await adapter.publish(app, channel, msg, ev["socket_id"])
+            await engine.cache_set(app, channel, msg)
+        await engine.publish(app, channel, msg, ev["socket_id"])
         if ev["info"]:
-            stats = await adapter.channel_stats(app, channel)
+            stats = await engine.channel_stats(app, channel)
             info[channel] = _info(stats, ev["info"], ctype.presence)
     return info
 
 
+async def _delivered(
+    engine: Engine, app: App, ev: dict[str, Any], monitor: TrafficMonitor | None
+) -> dict[str, Any]:
+    try:
+        return await _deliver(engine, app, ev, monitor)
+    except Unavailable as exc:
+        raise ApiError(
+            503, f"Event not accepted: delivery to every node could not be confirmed ({exc})"
+        ) from None
+
+
 async def trigger(
-    adapter: Adapter, app: App, body: object, monitor: TrafficMonitor | None = None
+    engine: Engine, app: App, body: object, monitor: TrafficMonitor | None = None
 ) -> dict[str, Any]:
     ev = _event(app, body, "trigger", multi=True)
-    info = await _deliver(adapter, app, ev, monitor)
+    info = await _delivered(engine, app, ev, monitor)
     return {"channels": info} if ev["info"] else {}
 
 
 async def trigger_batch(
-    adapter: Adapter, app: App, body: object, monitor: TrafficMonitor | None = None
+    engine: Engine, app: App, body: object, monitor: TrafficMonitor | None = None
 ) -> dict[str, Any]:
     if not isinstance(body, dict) or not isinstance(body.get("batch"), list):
         raise ApiError(400, 'batch: expected {"batch": [...]}')
@@ -150,7 +162,7 @@ async def trigger_batch(
     if len(batch) > app.max_batch_size:
         raise ApiError(400, f"batch: more than {app.max_batch_size} events in one batch")
     events = [_event(app, e, f"batch[{i}]", multi=False) for i, e in enumerate(batch)]
-    results = [await _deliver(adapter, app, ev, monitor) for ev in events]
+    results = [await _delivered(engine, app, ev, monitor) for ev in events]
     if any(ev["info"] for ev in events):
         return {
             "batch": [r.get(ev["channels"][0], {}) for r, ev in zip(results, events, strict=True)]
@@ -158,14 +170,14 @@ async def trigger_batch(
     return {}
 
 
-async def channels(adapter: Adapter, app: App, query: dict[str, str]) -> dict[str, Any]:
+async def channels(engine: Engine, app: App, query: dict[str, str]) -> dict[str, Any]:
     prefix = query.get("filter_by_prefix", "")
     attrs = _attrs(query.get("info"), TRIGGER_INFO, "channels")
     if "user_count" in attrs and not prefix.startswith("presence-"):
         raise ApiError(
             400, "channels: info=user_count needs filter_by_prefix starting with presence-"
         )
-    found = await adapter.channels(app, prefix)
+    found = await engine.channels(app, prefix)
     return {
         "channels": {
             name: _info(stats, attrs, channel_type(name).presence)
@@ -174,7 +186,7 @@ async def channels(adapter: Adapter, app: App, query: dict[str, str]) -> dict[st
     }
 
 
-async def channel(adapter: Adapter, app: App, name: str, query: dict[str, str]) -> dict[str, Any]:
+async def channel(engine: Engine, app: App, name: str, query: dict[str, str]) -> dict[str, Any]:
     name = _channel(app, name, "channel")
     ctype = channel_type(name)
     attrs = _attrs(query.get("info"), CHANNEL_INFO, "channel")
@@ -182,27 +194,30 @@ async def channel(adapter: Adapter, app: App, name: str, query: dict[str, str]) 
         raise ApiError(400, "channel: info=user_count is only for presence channels")
     if "cache" in attrs and not ctype.cache:
         raise ApiError(400, "channel: info=cache is only for cache channels")
-    stats = await adapter.channel_stats(app, name)
+    stats = await engine.channel_stats(app, name)
     out: dict[str, Any] = {"occupied": stats is not None and stats.subscription_count > 0}
     out.update(_info(stats, attrs, ctype.presence))
     if "cache" in attrs:
-        cached = await adapter.cache_get(app, name)
+        cached = await engine.cache_get(app, name)
         if cached is not None:
             msg, ttl = cached
             out["cache"] = {"data": msg.json()["data"], "ttl": int(ttl)}
     return out
 
 
-async def users(adapter: Adapter, app: App, name: str) -> dict[str, Any]:
+async def users(engine: Engine, app: App, name: str) -> dict[str, Any]:
     name = _channel(app, name, "users")
     if not channel_type(name).presence:
         raise ApiError(400, "users: only presence channels have users")
-    members = await adapter.presence_members(app, name)
+    members = await engine.members(app, name)
     return {"users": [{"id": uid} for uid in members]}
 
 
-async def terminate(adapter: Adapter, app: App, user_id: str) -> dict[str, Any]:
+async def terminate(engine: Engine, app: App, user_id: str) -> dict[str, Any]:
     if not user_id or len(user_id) > app.max_presence_user_id_length:
         raise ApiError(400, "terminate_connections: invalid user id")
-    await adapter.terminate_user(app, user_id)
+    try:
+        await engine.terminate_user(app, user_id)
+    except Unavailable as exc:
+        raise ApiError(503, f"terminate_connections not confirmed on every node ({exc})") from None
     return {}

@@ -8,7 +8,6 @@ import gc
 import logging
 import signal
 import sys
-from typing import Any
 
 from aiohttp import web
 
@@ -49,10 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _serve(config: Config, reuse_port: bool = False, ext: Any = None) -> None:
+async def _serve(config: Config, reuse_port: bool = False) -> None:
     from .server import create_app
 
-    app = create_app(config, extensions=ext)
+    app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(
@@ -134,13 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pushwire: configuration error: {exc}", file=sys.stderr)
         return 2
-    ext = None
     if args.command == "serve" and config.extensions:
         from .extensions import ExtensionError
-        from .extensions import load as load_extensions
+        from .extensions import check as check_extensions
 
         try:
-            ext = load_extensions(config.extensions)  # fail fast, with one line
+            check_extensions(config.extensions)  # fail fast, with one line
         except ExtensionError as exc:
             print(f"pushwire: {exc}", file=sys.stderr)
             return 2
@@ -159,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
 
-        uvloop.run(_serve(config, args.reuse_port, ext))
+        uvloop.run(_serve(config, args.reuse_port))
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
-        asyncio.run(_serve(config, args.reuse_port, ext))
+        asyncio.run(_serve(config, args.reuse_port))
     except OSError as exc:
         print(
             f"pushwire: cannot listen on {config.server.host}:{config.server.port}: {exc}",

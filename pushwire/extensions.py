@@ -13,6 +13,9 @@ Each module defines `setup(ext: Extensions) -> None` and registers what it needs
 - `ext.internal(kind)(fn)`: `fn(payload, origin_node)` (sync or async) handles a custom
   internal message type on every node; `await ext.publish_internal(kind, payload)` sends one
   from anywhere (payload: a JSON-serialisable dict; it crosses the cluster bus as JSON).
+- `ext.api` (an `ExtensionApi`): what an extension may do to the server: look up apps,
+  deliver to this node's subscribers of a channel, publish to a channel or a user on every
+  node. Extensions never see the engine, the hub or the backends.
 - `ext.api_middleware(fn)`: an aiohttp middleware `async fn(request, handler)` around the REST
   API routes (`/apps/...` and `/users/...`), before signature checks: auth, quotas, logging.
 - `ext.monitor(fn, cluster=False)`: `fn(event)` receives the traffic: every inbound client
@@ -24,18 +27,19 @@ Each module defines `setup(ext: Extensions) -> None` and registers what it needs
 from __future__ import annotations
 
 import importlib
-import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from .config import App, Config
 from .connection import Connection
+from .engine import Engine, InternalHandler
+from .protocol.frames import Outbound
 
 NextFn = Callable[[Connection, dict[str, Any]], Awaitable[None]]
 MessageMiddleware = Callable[[NextFn, Connection, dict[str, Any]], Awaitable[None]]
 ClientEventHandler = Callable[[Connection, str, Any], Awaitable[bool | None]]
-InternalHandler = Callable[[dict[str, Any], str], Any]
 ApiHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ApiMiddleware = Callable[[web.Request, ApiHandler], Awaitable[web.StreamResponse]]
 Monitor = Callable[[dict[str, Any]], None]
@@ -45,18 +49,51 @@ class ExtensionError(Exception):
     """An extension module could not be loaded (start-up stops with this message)."""
 
 
+class ExtensionApi:
+    """The small, typed surface extensions get (built by the server around its engine)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.config = engine.config
+        self.node = engine.node
+
+    def app(self, app_id: str) -> App | None:
+        return self.config.app_by_id(app_id)
+
+    def broadcast_local(self, app: App, channel: str, msg: Outbound) -> int:
+        """Deliver to this node's subscribers of `channel`; returns how many got it."""
+        return self._engine.hub.broadcast(app, channel, msg, None)
+
+    async def publish(self, app: App, channel: str, msg: Outbound) -> None:
+        """Deliver to every subscriber of `channel` on every node (raises Unavailable)."""
+        await self._engine.publish(app, channel, msg, None)
+
+    async def send_to_user(self, app: App, user_id: str, msg: Outbound) -> None:
+        await self._engine.send_to_user(app, user_id, msg)
+
+    async def publish_internal(self, kind: str, payload: dict[str, Any]) -> None:
+        await self._engine.publish_internal(kind, payload)
+
+    def on_internal(self, kind: str, fn: InternalHandler) -> None:
+        self._engine.internal.setdefault(kind, []).append(fn)
+
+
 class Extensions:
-    def __init__(self) -> None:
+    def __init__(self, api: ExtensionApi | None = None) -> None:
+        self.api = api
         self.message_middlewares: list[MessageMiddleware] = []
         self.client_events: dict[str, ClientEventHandler] = {}
-        self.internal_handlers: dict[str, list[InternalHandler]] = {}
         self.api_middlewares: list[ApiMiddleware] = []
         self.monitors: list[tuple[Monitor, bool]] = []
-        # set by the server: the adapter (its `hub` is this node's state, for local delivery)
-        # and the configuration
-        self.adapter: Any = None
-        self.config: Any = None
-        self._publish_internal: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
+
+    @property
+    def config(self) -> Config:
+        return self._api().config
+
+    def _api(self) -> ExtensionApi:
+        if self.api is None:
+            raise RuntimeError("this needs a server: build Extensions with an ExtensionApi")
+        return self.api
 
     def message_middleware(self, fn: MessageMiddleware) -> MessageMiddleware:
         self.message_middlewares.append(fn)
@@ -74,7 +111,7 @@ class Extensions:
 
     def internal(self, kind: str) -> Callable[[InternalHandler], InternalHandler]:
         def register(fn: InternalHandler) -> InternalHandler:
-            self.internal_handlers.setdefault(kind, []).append(fn)
+            self._api().on_internal(kind, fn)
             return fn
 
         return register
@@ -89,15 +126,7 @@ class Extensions:
 
     async def publish_internal(self, kind: str, payload: dict[str, Any]) -> None:
         """Deliver `payload` to the handlers of `kind` on every node (this one included)."""
-        if self._publish_internal is None:
-            raise RuntimeError("publish_internal is available once the server has started")
-        await self._publish_internal(kind, payload)
-
-    async def run_internal(self, kind: str, payload: dict[str, Any], origin: str) -> None:
-        for fn in self.internal_handlers.get(kind, []):
-            result = fn(payload, origin)
-            if inspect.isawaitable(result):
-                await result
+        await self._api().publish_internal(kind, payload)
 
     def chain(self, final: NextFn) -> NextFn:
         """The middleware chain ending in `final` (the protocol's own dispatch)."""
@@ -114,15 +143,24 @@ def _link(mw: MessageMiddleware, nxt: NextFn) -> NextFn:
     return step
 
 
-def load(modules: tuple[str, ...] | list[str], ext: Extensions | None = None) -> Extensions:
-    ext = ext or Extensions()
+def _setup_of(name: str) -> Callable[[Extensions], None]:
+    try:
+        module = importlib.import_module(name)
+    except Exception as exc:
+        raise ExtensionError(f"extension module {name!r} cannot be imported: {exc}") from None
+    setup = getattr(module, "setup", None)
+    if not callable(setup):
+        raise ExtensionError(f"extension module {name!r} has no setup(ext) function")
+    return setup  # type: ignore[no-any-return]
+
+
+def check(modules: tuple[str, ...] | list[str]) -> None:
+    """Fail fast (ExtensionError) if a module cannot be imported or has no setup."""
     for name in modules:
-        try:
-            module = importlib.import_module(name)
-        except Exception as exc:
-            raise ExtensionError(f"extension module {name!r} cannot be imported: {exc}") from None
-        setup = getattr(module, "setup", None)
-        if not callable(setup):
-            raise ExtensionError(f"extension module {name!r} has no setup(ext) function")
-        setup(ext)
+        _setup_of(name)
+
+
+def load(modules: tuple[str, ...] | list[str], ext: Extensions) -> Extensions:
+    for name in modules:
+        _setup_of(name)(ext)
     return ext

@@ -14,10 +14,12 @@ from typing import Any
 
 import orjson
 
-from .adapters.base import Adapter
+from .cluster.base import Unavailable
 from .config import App, Config
 from .connection import Connection
+from .engine import Engine
 from .extensions import Extensions
+from .happenings import Happening, HappeningSink, NoSink
 from .monitor import TrafficMonitor
 from .protocol import errors, messages
 from .protocol.channels import (
@@ -30,7 +32,6 @@ from .protocol.channels import (
 from .protocol.errors import PusherError
 from .protocol.frames import Outbound
 from .protocol.signing import channel_string_to_sign, user_string_to_sign, verify_auth
-from .webhooks import Webhooks
 
 VERSION_RE = re.compile(r"^v?\d+(\.\d+)*([-+.~][0-9A-Za-z.\-+~]*)?$")
 MIN_PROTOCOL, MAX_PROTOCOL = 5, 7
@@ -45,20 +46,19 @@ class PusherHandler:
     def __init__(
         self,
         config: Config,
-        adapter: Adapter,
+        engine: Engine,
         clock: Callable[[], float],
-        webhooks: Webhooks | None = None,
+        monitor: TrafficMonitor,
+        sink: HappeningSink | None = None,
         extensions: Extensions | None = None,
-        monitor: TrafficMonitor | None = None,
     ) -> None:
         self.config = config
-        self.adapter = adapter
+        self.engine = engine
         self.clock = clock
-        self.webhooks = webhooks
+        self.monitor = monitor
+        self.sink: HappeningSink = sink or NoSink()
         self.ext = extensions or Extensions()
-        self.monitor = monitor or TrafficMonitor("local")
         self._entry = self.ext.chain(self._route)
-        self._count_sent: dict[tuple[str, str], float] = {}  # subscription_count throttle
 
     # Handshake ---------------------------------------------------------------------------
     def check_handshake(self, app_key: str, query: Mapping[str, str]) -> App:
@@ -84,7 +84,7 @@ class PusherHandler:
     async def open(self, conn: Connection) -> None:
         """Register the connection and greet it; closes it (4004) when over quota."""
         try:
-            await self.adapter.add_connection(conn)
+            await self.engine.connect(conn)
         except PusherError as exc:
             conn.send_error_and_close(exc)
             raise
@@ -99,29 +99,7 @@ class PusherHandler:
         conn.closed = True
         if self.monitor.active:
             self.monitor.emit("disconnect", conn.app.id, socket_id=conn.socket_id)
-        channels = list(conn.channels)
-        await self.adapter.remove_connection(conn)
-        for name in channels:
-            await self._subscription_count_webhook(conn.app, name)
-
-    async def _subscription_count_webhook(self, app: App, channel: str) -> None:
-        """Pusher's subscription_count webhook: non-presence channels, on each (un)subscribe,
-        at most every 5 s per channel above 100 subscribers."""
-        wh = self.webhooks
-        if wh is None or not wh.wants(app, "subscription_count"):
-            return
-        if channel_type(channel).presence or channel.startswith("#"):
-            return
-        stats = await self.adapter.channel_stats(app, channel)
-        count = 0 if stats is None else stats.subscription_count
-        now = self.clock()
-        key = (app.id, channel)
-        if count > 100 and now - self._count_sent.get(key, float("-inf")) < 5.0:
-            return
-        self._count_sent[key] = now
-        if len(self._count_sent) > 100_000:
-            self._count_sent.clear()
-        wh.emit(app, "subscription_count", channel, subscription_count=count)
+        await self.engine.disconnect(conn)
 
     # Inbound -----------------------------------------------------------------------------
     def on_binary(self, conn: Connection) -> None:
@@ -129,12 +107,7 @@ class PusherHandler:
         self._reply(conn, messages.error(errors.InvalidMessage("Binary frames are not supported")))
 
     def _reply(self, conn: Connection, msg: Outbound) -> None:
-        """Send a receipt to one client (and show it to the traffic monitor)."""
-        conn.send(msg)
-        if self.monitor.active:
-            self.monitor.emit(
-                "out", conn.app.id, socket_id=conn.socket_id, raw=msg.payload.decode()
-            )
+        self.monitor.reply(conn, msg)
 
     def _touch(self, conn: Connection) -> None:
         conn.last_seen = self.clock()
@@ -186,9 +159,7 @@ class PusherHandler:
             channel = data.get("channel")
             if not isinstance(channel, str):
                 raise errors.InvalidMessage("pusher:unsubscribe: 'channel' must be a string")
-            if channel in conn.channels:
-                await self.adapter.unsubscribe(conn, channel)
-                await self._subscription_count_webhook(conn.app, channel)
+            await self.engine.unsubscribe(conn, channel)
         elif event == "pusher:signin":
             await self._signin(conn, _data_object(msg))
         elif event.startswith("client-"):
@@ -246,30 +217,18 @@ class PusherHandler:
                 assert isinstance(channel_data, str)
                 member = _parse_member(app, name, channel_data)
             conn.authorized = True
-        members = await self.adapter.subscribe(conn, name, member)
-        if members is not None:
-            self._reply(conn, messages.presence_subscription_succeeded(name, members))
-        else:
-            self._reply(conn, messages.subscription_succeeded(name))
-            if app.enable_subscription_count:
-                stats = await self.adapter.channel_stats(app, name)
-                if stats is not None:
-                    self._reply(conn, messages.subscription_count(name, stats.subscription_count))
-        await self._subscription_count_webhook(app, name)
+        await self.engine.subscribe(conn, name, member)
         if ctype.cache:
-            cached = await self.adapter.cache_get(app, name)
+            cached = await self.engine.cache_get(app, name)
             if cached is not None:
                 self._reply(conn, cached[0])
             else:
                 self._reply(conn, messages.cache_miss(name))
-                wh = self.webhooks
-                # one cache_miss webhook for simultaneous subscribers, cluster-wide
-                if (
-                    wh is not None
-                    and wh.wants(app, "cache_miss")
-                    and await self.adapter.claim_once(f"cache_miss:{app.id}:{name}", 1.0)
+                # one cache_miss webhook for simultaneous subscribers, deployment-wide
+                if self.sink.wants(app, Happening.CACHE_MISS) and await self.engine.claim_once(
+                    f"cache_miss:{app.id}:{name}", 1.0
                 ):
-                    wh.emit(app, "cache_miss", name)
+                    self.sink.emit(app, Happening.CACHE_MISS, name)
 
     # Sign-in -----------------------------------------------------------------------------
     async def _signin(self, conn: Connection, data: dict[str, Any]) -> None:
@@ -300,7 +259,7 @@ class PusherHandler:
             raise errors.InvalidMessage("pusher:signin: 'watchlist' must be a list of user ids")
         over = len(watchlist) > app.max_watchlist_size
         conn.watchlist = tuple(watchlist[: app.max_watchlist_size])
-        await self.adapter.sign_in(conn, user_id, user_data)
+        await self.engine.sign_in(conn, user_id, user_data)
         conn.authorized = True
         self._reply(conn, messages.signin_success(user_data))
         if over:
@@ -314,7 +273,7 @@ class PusherHandler:
                 ),
             )
         if app.enable_watchlist_events and conn.watchlist:
-            online = await self.adapter.online_users(app, conn.watchlist)
+            online = await self.engine.online_users(app, conn.watchlist)
             online_set = set(online)
             offline = [u for u in conn.watchlist if u not in online_set]
             events = []
@@ -364,7 +323,13 @@ class PusherHandler:
         if custom is not None and await custom(conn, channel, data) is False:
             return  # the extension handled it instead of the broadcast
         out = messages.channel_event(event, channel, data, user_id)
-        await self.adapter.publish(app, channel, out, conn.socket_id)
+        try:
+            await self.engine.publish(app, channel, out, conn.socket_id)
+        except Unavailable:
+            raise errors.ClientEventRejected(
+                "Client event reached this server's subscribers only: the cluster bus is "
+                "unavailable"
+            ) from None
         if self.monitor.active:
             self.monitor.emit(
                 "publish",
@@ -374,10 +339,10 @@ class PusherHandler:
                 channel=channel,
                 raw=out.payload.decode(),
             )
-        if self.webhooks is not None:
-            self.webhooks.emit(
+        if self.sink.wants(app, Happening.CLIENT_EVENT):
+            self.sink.emit(
                 app,
-                "client_event",
+                Happening.CLIENT_EVENT,
                 channel,
                 event=event,
                 data=data if isinstance(data, str) else orjson.dumps(data).decode(),
@@ -391,32 +356,30 @@ class PusherHandler:
         authenticated when the app requires it (4009). Called by one timer for all sockets."""
         now = self.clock()
         server = self.config.server
-        for st in list(self.adapter.hub.apps.values()):
-            app = st.app
-            for conn in list(st.connections.values()):
-                if conn.closed:
-                    continue
-                if conn.ping_sent_at is not None:
-                    if now - conn.ping_sent_at >= server.pong_timeout:
-                        conn.send_error_and_close(
-                            errors.PongTimeout("Pong reply not received in time")
-                        )
-                        continue
-                elif now - conn.last_seen >= server.activity_timeout:
-                    self._reply(conn, messages.PING)
-                    conn.ping_sent_at = now
-                if (
-                    app.enable_user_authentication
-                    and not conn.authorized
-                    and now - conn.opened_at >= app.user_authentication_timeout
-                ):
+        for conn in self.engine.connections():
+            app = conn.app
+            if conn.closed:
+                continue
+            if conn.ping_sent_at is not None:
+                if now - conn.ping_sent_at >= server.pong_timeout:
                     conn.send_error_and_close(
-                        errors.ConnectionUnauthorized(
-                            "Connection is unauthorized: sign in or subscribe to a private "
-                            "channel in time"
-                        )
+                        errors.PongTimeout("Pong reply not received in time")
                     )
-        self.adapter.hub.expire_caches()
+                    continue
+            elif now - conn.last_seen >= server.activity_timeout:
+                self._reply(conn, messages.PING)
+                conn.ping_sent_at = now
+            if (
+                app.enable_user_authentication
+                and not conn.authorized
+                and now - conn.opened_at >= app.user_authentication_timeout
+            ):
+                conn.send_error_and_close(
+                    errors.ConnectionUnauthorized(
+                        "Connection is unauthorized: sign in or subscribe to a private "
+                        "channel in time"
+                    )
+                )
 
 
 def _channel_of(msg: dict[str, Any]) -> Any:

@@ -1,7 +1,7 @@
 """Prometheus metrics in the text exposition format, without a client library.
 
 Counters are plain integers bumped on hot paths (one attribute increment); gauges are read
-when `/metrics` is scraped.
+when `/metrics` is scraped. One `Metrics` per server instance, passed to what counts.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ class Metrics:
         self.connections_opened = 0
         self.connections_refused = 0
         self.slow_consumers_closed = 0
+        self.bus_published = 0  # messages sent to the other nodes
+        self.bus_publish_failures = 0  # sends the bus could not confirm (strict ones: 503)
+        self.bus_received = 0
         self.rest: Counter[tuple[str, int]] = Counter()  # (route, status) -> requests
         self.gauges: list[Callable[[], Iterable[tuple[str, str, dict[str, str], float]]]] = []
 
@@ -81,6 +84,24 @@ class Metrics:
             [({}, self.slow_consumers_closed)],
         )
         metric(
+            "pushwire_bus_published_total",
+            "counter",
+            "messages published to the other nodes",
+            [({}, self.bus_published)],
+        )
+        metric(
+            "pushwire_bus_publish_failures_total",
+            "counter",
+            "publishes the bus could not confirm (a REST trigger among them answers 503)",
+            [({}, self.bus_publish_failures)],
+        )
+        metric(
+            "pushwire_bus_received_total",
+            "counter",
+            "messages received from the other nodes",
+            [({}, self.bus_received)],
+        )
+        metric(
             "pushwire_rest_requests_total",
             "counter",
             "REST API requests",
@@ -98,5 +119,3 @@ class Metrics:
 def _esc(v: str) -> str:
     return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
-
-METRICS = Metrics()  # one per process; a process is one node

@@ -5,19 +5,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from . import __version__
-from .adapters.base import Adapter
-from .adapters.local import LocalAdapter
+from .cluster.base import Broker, ClusterState, Liveness
+from .cluster.memory import Backplane, MemoryBroker, MemoryLiveness, MemoryState
 from .config import Config
-from .extensions import Extensions
+from .engine import Engine
+from .extensions import ExtensionApi, Extensions
 from .extensions import load as load_extensions
 from .handler import PusherHandler
 from .hub import Hub
-from .metrics import METRICS
+from .metrics import Metrics
 from .monitor import TrafficMonitor
 from .protocol.errors import ReconnectNow
 from .transport.dashboard import Dashboard
@@ -29,10 +33,6 @@ from .webhooks import MemoryStore, Webhooks, WebhookStore
 log = logging.getLogger("pushwire")
 
 SHUTDOWN_GRACE = 5.0  # seconds for clients to be told and connections to finish on SIGTERM
-HANDLER_KEY = web.AppKey("pushwire_handler", PusherHandler)
-MONITOR_KEY = web.AppKey("pushwire_monitor", TrafficMonitor)
-WEBHOOKS_KEY = web.AppKey("pushwire_webhooks", Webhooks)
-ADAPTER_KEY = web.AppKey("pushwire_adapter", Adapter)
 
 
 def sweep_interval(config: Config) -> float:
@@ -46,18 +46,106 @@ def sweep_interval(config: Config) -> float:
 
 
 def rest_routes(config: Config) -> list[tuple[str, str]]:
-    api = RestApi(config, LocalAdapter(Hub(time.monotonic)))
+    node = build_node(config)
+    api = RestApi(config, node.engine, node.monitor, node.metrics)
     return [(method, path) for method, path, _ in api.routes()]
 
 
-def make_adapter(config: Config) -> Adapter:
-    """Single node (in-memory) unless a Redis URL is configured."""
-    clock = time.monotonic
-    if config.cluster.redis_url:
-        from .adapters.redis import RedisAdapter  # the only place redis is imported
+@dataclass
+class Backends:
+    broker: Broker
+    state: ClusterState
+    liveness: Liveness
+    webhook_store: WebhookStore
+    close: Callable[[], Awaitable[None]]
 
-        return RedisAdapter(Hub(clock, cluster_presence=True), config)
-    return LocalAdapter(Hub(clock))
+
+async def _nothing() -> None:
+    return None
+
+
+def memory_backends(config: Config, node: str, plane: Backplane) -> Backends:
+    """The single-node backend (or one node of an in-process cluster sharing `plane`)."""
+    return Backends(
+        MemoryBroker(plane, node),
+        MemoryState(plane, node),
+        MemoryLiveness(plane, node),
+        MemoryStore(config.server.webhook_queue_size),
+        _nothing,
+    )
+
+
+def make_backends(config: Config, node: str, clock: Callable[[], float]) -> Backends:
+    """Redis when a URL is configured (the only place that picks it), else memory."""
+    c = config.cluster
+    if c.redis_url:
+        from .cluster.redis import RedisBackend
+
+        rb = RedisBackend(c.redis_url, c.key_prefix, node, c.node_timeout)
+        return Backends(
+            rb.broker,
+            rb.state,
+            rb.liveness,
+            rb.webhook_store(config.server.webhook_queue_size),
+            rb.aclose,
+        )
+    return memory_backends(config, node, Backplane(clock, c.node_timeout))
+
+
+@dataclass
+class Node:
+    """Everything one server instance is made of, wired through constructors."""
+
+    config: Config
+    engine: Engine
+    handler: PusherHandler
+    monitor: TrafficMonitor
+    metrics: Metrics
+    webhooks: Webhooks
+    extensions: Extensions
+    backends: Backends
+
+    async def start(self) -> None:
+        await self.engine.start()
+        await self.webhooks.start()
+
+    async def stop(self) -> None:
+        await self.webhooks.stop(SHUTDOWN_GRACE)  # queued, due webhooks get the grace time
+        await self.engine.stop()
+        await self.backends.close()
+
+
+NODE_KEY = web.AppKey("pushwire_node", Node)
+
+
+def build_node(
+    config: Config,
+    backends: Backends | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    node_id: str | None = None,
+) -> Node:
+    node = node_id or uuid.uuid4().hex[:12]
+    if backends is None:
+        backends = make_backends(config, node, clock)
+    metrics = Metrics()
+    monitor = TrafficMonitor(node, backends.broker)
+    webhooks = Webhooks(config, backends.webhook_store)
+    engine = Engine(
+        config,
+        Hub(),
+        backends.broker,
+        backends.state,
+        backends.liveness,
+        webhooks,
+        monitor,
+        metrics,
+        clock,
+    )
+    ext = load_extensions(config.extensions, Extensions(ExtensionApi(engine)))
+    for watcher, cluster in ext.monitors:
+        monitor.add(watcher, cluster)
+    handler = PusherHandler(config, engine, clock, monitor, webhooks, ext)
+    return Node(config, engine, handler, monitor, metrics, webhooks, ext, backends)
 
 
 def _api_only(mw: Any) -> Any:
@@ -74,9 +162,9 @@ def _api_only(mw: Any) -> Any:
     return middleware
 
 
-def _gauges(adapter: Adapter, webhooks: Webhooks) -> list[tuple[str, str, dict[str, str], float]]:
+def _gauges(node: Node) -> list[tuple[str, str, dict[str, str], float]]:
     out: list[tuple[str, str, dict[str, str], float]] = []
-    for app_id, st in adapter.hub.apps.items():
+    for app_id, st in node.engine.hub.apps.items():
         labels = {"app": app_id}
         out.append(
             ("pushwire_connections", "open connections on this node", labels, len(st.connections))
@@ -95,6 +183,7 @@ def _gauges(adapter: Adapter, webhooks: Webhooks) -> list[tuple[str, str, dict[s
         out.append(
             ("pushwire_signed_in_users", "signed-in users on this node", labels, len(st.users))
         )
+    webhooks = node.webhooks
     for name, value in (
         ("sent", webhooks.sent),
         ("failed", webhooks.failed),
@@ -112,59 +201,29 @@ def _gauges(adapter: Adapter, webhooks: Webhooks) -> list[tuple[str, str, dict[s
     out.append(
         (
             "pushwire_cluster_bus_up",
-            "1 when the cluster bus (Redis) is reachable or not used",
+            "1 when the shared state and bus (Redis) are reachable or not used",
             {},
-            1.0 if getattr(adapter, "healthy", True) else 0.0,
+            1.0 if node.engine.ready else 0.0,
         )
     )
     return out
 
 
-def make_webhooks(config: Config, adapter: Adapter) -> Webhooks:
-    """Webhook jobs live in Redis in a cluster (durable, sent once), else in memory."""
-    store: WebhookStore
-    if config.cluster.redis_url:
-        from .adapters.redis import RedisAdapter, RedisWebhookStore
-
-        assert isinstance(adapter, RedisAdapter)
-        store = RedisWebhookStore(adapter, config.server.webhook_queue_size)
-    else:
-        store = MemoryStore(config.server.webhook_queue_size)
-    return Webhooks(config, store)
-
-
-def create_app(
-    config: Config, adapter: Adapter | None = None, extensions: Extensions | None = None
-) -> web.Application:
+def create_app(config: Config, node: Node | None = None) -> web.Application:
     """Build the aiohttp application: WebSocket at /app/{key}, REST API under /apps/.
 
     `server.role` = websocket or api serves only that side (separated deployment)."""
-    clock = time.monotonic
-    if adapter is None:
-        adapter = make_adapter(config)
-    webhooks = make_webhooks(config, adapter)
-    adapter.listeners.append(
-        lambda app, kind, channel, fields: webhooks.emit(app, kind, channel, **fields)
-    )
-    ext = extensions or load_extensions(config.extensions)
-    monitor = TrafficMonitor("local")
-    for watcher, cluster in ext.monitors:
-        monitor.add(watcher, cluster)
-    adapter.bind_extensions(ext, monitor)
-    ext._publish_internal = adapter.publish_internal
-    ext.adapter, ext.config = adapter, config
-    handler = PusherHandler(config, adapter, clock, webhooks, ext, monitor)
+    if node is None:
+        node = build_node(config)
+    engine, monitor, metrics, handler = node.engine, node.monitor, node.metrics, node.handler
     app = web.Application(
         client_max_size=config.server.max_request_body,
-        middlewares=[_api_only(mw) for mw in ext.api_middlewares],
+        middlewares=[_api_only(mw) for mw in node.extensions.api_middlewares],
     )
-    app[MONITOR_KEY] = monitor
-    app[HANDLER_KEY] = handler
-    app[ADAPTER_KEY] = adapter
-    app[WEBHOOKS_KEY] = webhooks
+    app[NODE_KEY] = node
     role = config.server.role
     if role in ("all", "api"):
-        rest = RestApi(config, adapter, monitor)
+        rest = RestApi(config, engine, monitor, metrics)
         for method, path, fn in rest.routes():
             app.router.add_route(method, path, fn)
 
@@ -174,15 +233,14 @@ def create_app(
 
     async def ready(request: web.Request) -> web.Response:
         """Readiness: not shutting down, and (in a cluster) Redis reachable."""
-        healthy = getattr(adapter, "healthy", True)
-        if state["stopping"] or not healthy:
+        if state["stopping"] or not engine.ready:
             reason = "shutting down" if state["stopping"] else "cluster bus (Redis) unreachable"
             return web.json_response({"status": "unavailable", "reason": reason}, status=503)
         return web.json_response({"status": "ready", "version": __version__})
 
-    async def metrics(request: web.Request) -> web.Response:
-        depth = await webhooks.queue_size()
-        extra = METRICS.render() + (
+    async def metrics_page(request: web.Request) -> web.Response:
+        depth = await node.webhooks.queue_size()
+        extra = metrics.render() + (
             "# HELP pushwire_webhook_queue_depth webhooks waiting to be sent\n"
             "# TYPE pushwire_webhook_queue_depth gauge\n"
             f"pushwire_webhook_queue_depth {depth}\n"
@@ -197,14 +255,14 @@ def create_app(
     state = {"stopping": False}
     app.router.add_get("/up", up)
     app.router.add_get("/ready", ready)
-    app.router.add_get("/metrics", metrics)
-    METRICS.gauges.append(lambda: _gauges(adapter, webhooks))
+    app.router.add_get("/metrics", metrics_page)
+    metrics.gauges.append(lambda: _gauges(node))
 
-    endpoint = WsEndpoint(handler)
+    endpoint = WsEndpoint(handler, metrics)
     if role in ("all", "websocket"):
         app.router.add_get("/app/{key}", endpoint.handle)
     app.router.add_get("/tap", TapEndpoint(config, monitor).handle)
-    Dashboard(config, adapter, monitor).routes(app.router)
+    Dashboard(config, engine, monitor, metrics).routes(app.router)
 
     async def lifecycle(app: web.Application) -> Any:
         loop = asyncio.get_running_loop()
@@ -219,22 +277,19 @@ def create_app(
                 log.exception("heartbeat sweep failed")
             timer = loop.call_later(interval, tick)
 
-        await adapter.start()
-        await webhooks.start()
+        await node.start()
         timer = loop.call_later(interval, tick)
         yield
         timer.cancel()
-        await webhooks.stop(SHUTDOWN_GRACE)  # queued, due webhooks get the grace time
-        await adapter.stop()
+        await node.stop()
 
     async def goodbye(app: web.Application) -> None:
         """Graceful stop, before aiohttp closes sockets: tell every client to reconnect (4200)
         and let each connection's handler finish, so the cluster sees members leave now."""
         state["stopping"] = True
         err = ReconnectNow("Server shutting down, reconnect")
-        for st in adapter.hub.apps.values():
-            for conn in list(st.connections.values()):
-                conn.send_error_and_close(err)
+        for conn in engine.connections():
+            conn.send_error_and_close(err)
         deadline = asyncio.get_running_loop().time() + SHUTDOWN_GRACE
         while endpoint.active and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)

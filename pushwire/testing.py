@@ -1,15 +1,19 @@
-"""Helpers that tests and users share: a connection that records frames, a fake clock."""
+"""Helpers that tests and users share: a connection that records frames, a fake clock, and
+nodes on the memory backend: one alone, or several sharing one backplane (an in-process
+cluster: the same engine and decisions as over Redis, deterministic and without sockets)."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from typing import Any
 
-from .adapters.local import LocalAdapter
+from .cluster.memory import Backplane
 from .config import App, Config
 from .connection import Connection
 from .handler import PusherHandler, new_socket_id
-from .hub import Hub
 from .protocol.frames import Outbound
+from .server import Node, build_node, memory_backends
 
 
 class FakeClock:
@@ -57,6 +61,42 @@ class FakeConnection(Connection):
         return out
 
 
-def make_handler(config: Config, clock: FakeClock | None = None) -> PusherHandler:
+_ids = itertools.count(1)
+
+
+def make_node(
+    config: Config,
+    clock: FakeClock | None = None,
+    plane: Backplane | None = None,
+    node_id: str | None = None,
+) -> Node:
+    """A node on the memory backend, registered at once (no need to start it)."""
     clock = clock or FakeClock()
-    return PusherHandler(config, LocalAdapter(Hub(clock)), clock)
+    plane = plane or Backplane(clock, config.cluster.node_timeout)
+    node_id = node_id or f"node-{next(_ids)}"
+    plane.nodes[node_id] = clock() + config.cluster.node_timeout
+    return build_node(config, memory_backends(config, node_id, plane), clock, node_id)
+
+
+def make_handler(config: Config, clock: FakeClock | None = None) -> PusherHandler:
+    return make_node(config, clock).handler
+
+
+class InProcessCluster:
+    """`n` nodes in one process over one shared memory backplane."""
+
+    def __init__(self, config: Config, n: int = 2, clock: FakeClock | None = None) -> None:
+        self.clock = clock or FakeClock()
+        self.plane = Backplane(self.clock, config.cluster.node_timeout)
+        self.nodes = [
+            make_node(config, self.clock, self.plane, f"n{i}") for i in range(n)
+        ]
+
+    @property
+    def handlers(self) -> list[PusherHandler]:
+        return [n.handler for n in self.nodes]
+
+    async def settle(self) -> None:
+        """Let bus deliveries (scheduled with call_soon) run."""
+        for _ in range(5):
+            await asyncio.sleep(0)

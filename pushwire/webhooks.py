@@ -1,9 +1,9 @@
 """Webhooks (Pusher's seven kinds), queued, delayed, batched, signed and retried.
 
-Flow: `Webhooks.emit(app, name, channel, **fields)` is called where a happening is decided
-(once for the whole deployment: the cluster adapter decides occupied/vacated and member
-changes cluster-wide). For every webhook of the app whose `event_types` and `filter` match, a
-job goes into a `WebhookStore` with a due time:
+Flow: `Webhooks.emit(app, kind, channel, **fields)` is called where a happening is decided:
+once for the whole deployment, by the engine (occupied/vacated, member changes) or the
+protocol handler (client events, cache misses). For every webhook of the app whose
+`event_types` and `filter` match, a job goes into a `WebhookStore` with a due time:
 - `channel_vacated` and `member_removed` are due `delay` seconds later, under a fixed job id;
   a `channel_occupied` / `member_added` for the same channel (and user) within the delay
   cancels that job and is not sent either: a client that reconnects in time causes neither.
@@ -32,11 +32,15 @@ import aiohttp
 import orjson
 
 from .config import App, Config, Webhook
+from .happenings import Happening
 from .protocol.signing import webhook_signature
 
 log = logging.getLogger("pushwire.webhooks")
 
-DEBOUNCED = {"channel_vacated": "channel_occupied", "member_removed": "member_added"}
+DEBOUNCED = {
+    Happening.CHANNEL_VACATED: Happening.CHANNEL_OCCUPIED,
+    Happening.MEMBER_REMOVED: Happening.MEMBER_ADDED,
+}
 CANCELS = {v: k for k, v in DEBOUNCED.items()}
 
 
@@ -93,7 +97,7 @@ class MemoryStore:
         return len(self.jobs)
 
 
-def _matches(hook: Webhook, name: str, channel: str | None) -> bool:
+def _matches(hook: Webhook, name: Happening, channel: str | None) -> bool:
     if name not in hook.event_types:
         return False
     f = hook.filter
@@ -138,14 +142,15 @@ class Webhooks:
         return any(a.webhooks for a in self.config.apps)
 
     # Producing ---------------------------------------------------------------------------
-    def wants(self, app: App, name: str) -> bool:
-        return any(name in h.event_types for h in app.webhooks)
+    def wants(self, app: App, kind: Happening) -> bool:
+        return any(kind in h.event_types for h in app.webhooks)
 
-    def emit(self, app: App, name: str, channel: str | None = None, **fields: Any) -> None:
+    def emit(self, app: App, kind: Happening, channel: str | None = None, **fields: Any) -> None:
         """Record a happening; returns at once (the job is stored by a background task)."""
-        if not self.wants(app, name):
+        if not self.wants(app, kind):
             return
-        event: dict[str, Any] = {"name": name}
+        name = kind
+        event: dict[str, Any] = {"name": name.value}
         if channel is not None:
             event["channel"] = channel
         event.update({k: v for k, v in fields.items() if v is not None})
@@ -153,7 +158,9 @@ class Webhooks:
         self._pending_adds.add(task)
         task.add_done_callback(self._pending_adds.discard)
 
-    async def _add(self, app: App, name: str, channel: str | None, event: dict[str, Any]) -> None:
+    async def _add(
+        self, app: App, name: Happening, channel: str | None, event: dict[str, Any]
+    ) -> None:
         now = time.time()
         user = event.get("user_id", "")
         for i, hook in enumerate(app.webhooks):

@@ -40,9 +40,11 @@ def setup(ext: Extensions) -> None:
     # 3. A custom internal message type, handled on every node of the cluster.
     @ext.internal("announce")
     def announce(payload: dict[str, Any], origin: str) -> None:
-        app = ext.config.app_by_id(payload["app"])
+        app = ext.api.app(payload["app"]) if ext.api else None
+        if app is None:
+            return
         msg = messages.channel_event("announcement", payload["channel"], payload["text"])
-        ext.adapter.hub.broadcast(app, payload["channel"], msg, None)  # this node's sockets
+        ext.api.broadcast_local(app, payload["channel"], msg)  # this node's sockets
 
     @ext.client_event("client-announce")
     async def client_announce(conn: Any, channel: str, data: Any) -> bool:

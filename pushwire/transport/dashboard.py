@@ -17,9 +17,9 @@ import orjson
 from aiohttp import web
 
 from .. import api
-from ..adapters.base import Adapter
 from ..config import App, Config
-from ..metrics import METRICS
+from ..engine import Engine
+from ..metrics import Metrics
 from ..monitor import TrafficMonitor
 from .tap import stream_traffic
 
@@ -27,10 +27,13 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
 class Dashboard:
-    def __init__(self, config: Config, adapter: Adapter, monitor: TrafficMonitor) -> None:
+    def __init__(
+        self, config: Config, engine: Engine, monitor: TrafficMonitor, metrics: Metrics
+    ) -> None:
         self.config = config
-        self.adapter = adapter
+        self.engine = engine
         self.monitor = monitor
+        self.metrics = metrics
         self.js = (STATIC / "pushwire.js").read_bytes()
         self.html = (STATIC / "dashboard.html").read_bytes()
 
@@ -73,15 +76,15 @@ class Dashboard:
 
     async def stats(self, request: web.Request) -> web.Response:
         app = self._auth(request, request.query.get("app", ""))
-        channels = await self.adapter.channels(app)
+        channels = await self.engine.channels(app)
         presence: dict[str, list[dict[str, Any]]] = {}
         for name in channels:
             if name.startswith("presence-"):
-                members = await self.adapter.presence_members(app, name)
+                members = await self.engine.members(app, name)
                 presence[name] = [{"id": k, "info": v} for k, v in list(members.items())[:100]]
         body = {
             "app": app.id,
-            "connections": await self.adapter.connection_count(app),
+            "connections": await self.engine.connection_count(app),
             "channels": {
                 n: {
                     "subscription_count": s.subscription_count,
@@ -91,10 +94,10 @@ class Dashboard:
             },
             "presence": presence,
             "node": {
-                "frames_in": METRICS.frames_in,
-                "frames_out": METRICS.frames_out,
-                "bytes_in": METRICS.bytes_in,
-                "bytes_out": METRICS.bytes_out,
+                "frames_in": self.metrics.frames_in,
+                "frames_out": self.metrics.frames_out,
+                "bytes_in": self.metrics.bytes_in,
+                "bytes_out": self.metrics.bytes_out,
             },
         }
         return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())
@@ -113,7 +116,7 @@ class Dashboard:
             "data": body.get("data", ""),
         }
         try:
-            result = await api.trigger(self.adapter, app, event, self.monitor)
+            result = await api.trigger(self.engine, app, event, self.monitor)
         except api.ApiError as exc:
             return web.json_response({"error": exc.message}, status=exc.status)
         return web.json_response(result)

@@ -1,6 +1,6 @@
 """The Pusher REST API over aiohttp: parse, authenticate, call `pushwire.api`, render.
 
-Errors are JSON `{"error": "..."}` with their status (400, 401, 403, 404, 413); never a 200
+Errors are JSON `{"error": "..."}` with their status (400, 401, 403, 404, 413, 503); never a 200
 for a failure.
 """
 
@@ -15,9 +15,9 @@ import orjson
 from aiohttp import web
 
 from .. import api
-from ..adapters.base import Adapter
 from ..config import App, Config
-from ..metrics import METRICS
+from ..engine import Engine
+from ..metrics import Metrics
 from ..monitor import TrafficMonitor
 from ..protocol.signing import RestAuthError, verify_rest
 
@@ -39,11 +39,12 @@ Action = Callable[[web.Request, App, Any], Awaitable[dict[str, Any]]]
 
 class RestApi:
     def __init__(
-        self, config: Config, adapter: Adapter, monitor: TrafficMonitor | None = None
+        self, config: Config, engine: Engine, monitor: TrafficMonitor, metrics: Metrics
     ) -> None:
         self.config = config
-        self.adapter = adapter
+        self.engine = engine
         self.monitor = monitor
+        self.metrics = metrics
 
     def routes(self) -> list[tuple[str, str, Callable[[web.Request], Awaitable[web.Response]]]]:
         return [
@@ -65,7 +66,7 @@ class RestApi:
         async def handler(request: web.Request) -> web.Response:
             response = await run(request)
             route = request.match_info.route.resource
-            METRICS.rest[(route.canonical if route else "?", response.status)] += 1
+            self.metrics.rest[(route.canonical if route else "?", response.status)] += 1
             return response
 
         async def run(request: web.Request) -> web.Response:
@@ -129,20 +130,20 @@ class RestApi:
                     raise
 
     async def _events(self, request: web.Request, app: App, body: Any) -> dict[str, Any]:
-        return await api.trigger(self.adapter, app, body, self.monitor)
+        return await api.trigger(self.engine, app, body, self.monitor)
 
     async def _batch(self, request: web.Request, app: App, body: Any) -> dict[str, Any]:
-        return await api.trigger_batch(self.adapter, app, body, self.monitor)
+        return await api.trigger_batch(self.engine, app, body, self.monitor)
 
     async def _channels(self, request: web.Request, app: App, body: Any) -> dict[str, Any]:
-        return await api.channels(self.adapter, app, dict(request.query))
+        return await api.channels(self.engine, app, dict(request.query))
 
     async def _channel(self, request: web.Request, app: App, body: Any) -> dict[str, Any]:
         name = request.match_info["channel_name"]
-        return await api.channel(self.adapter, app, name, dict(request.query))
+        return await api.channel(self.engine, app, name, dict(request.query))
 
     async def _users(self, request: web.Request, app: App, body: Any) -> dict[str, Any]:
-        return await api.users(self.adapter, app, request.match_info["channel_name"])
+        return await api.users(self.engine, app, request.match_info["channel_name"])
 
     async def _terminate(self, request: web.Request, app: App, body: Any) -> dict[str, Any]:
-        return await api.terminate(self.adapter, app, request.match_info["user_id"])
+        return await api.terminate(self.engine, app, request.match_info["user_id"])

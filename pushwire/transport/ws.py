@@ -18,7 +18,7 @@ from aiohttp import WSMsgType, web
 
 from ..connection import Connection
 from ..handler import PusherHandler, new_socket_id
-from ..metrics import METRICS
+from ..metrics import Metrics
 from ..protocol import messages
 from ..protocol.errors import OverCapacity, PusherError
 from ..protocol.frames import Outbound, close_frame
@@ -40,7 +40,8 @@ class Flusher:
     share each write, with no timer and no added delay when the server is idle.
     """
 
-    def __init__(self, slice_s: float = 0.0005) -> None:
+    def __init__(self, metrics: Metrics, slice_s: float = 0.0005) -> None:
+        self.metrics = metrics
         self.dirty: list[WsConnection] = []
         self.current: list[WsConnection] = []
         self.index = 0
@@ -101,7 +102,7 @@ class WsConnection(Connection):
     def send(self, msg: Outbound) -> None:
         if self.closed:
             return
-        METRICS.frames_out += 1
+        self._flusher.metrics.frames_out += 1
         # One pending frame is kept as bytes, more as a list: most rounds carry one frame per
         # socket, and not allocating a list per recipient keeps the garbage collector quiet.
         pending = self._pending
@@ -123,8 +124,9 @@ class WsConnection(Connection):
             return
         data = pending if isinstance(pending, bytes) else b"".join(pending)
         transport.write(data)
-        METRICS.writes += 1
-        METRICS.bytes_out += len(data)
+        metrics = self._flusher.metrics
+        metrics.writes += 1
+        metrics.bytes_out += len(data)
         if transport.get_write_buffer_size() > self._max_pending:
             self._overflow()
 
@@ -137,7 +139,7 @@ class WsConnection(Connection):
             self._max_pending,
         )
         self.closed = True
-        METRICS.slow_consumers_closed += 1
+        self._flusher.metrics.slow_consumers_closed += 1
         transport = self._transport
         err = OverCapacity("Over capacity: the client is not reading its messages fast enough")
         transport.write(messages.error(err).wire + close_frame(err.code or 4100, err.message))
@@ -161,10 +163,11 @@ class WsConnection(Connection):
 
 
 class WsEndpoint:
-    def __init__(self, handler: PusherHandler) -> None:
+    def __init__(self, handler: PusherHandler, metrics: Metrics) -> None:
         self.handler = handler
+        self.metrics = metrics
         server = handler.config.server
-        self.flusher = Flusher(server.flush_slice)
+        self.flusher = Flusher(metrics, server.flush_slice)
         self.closing_tasks: set[asyncio.Task[None]] = set()
         self.active = 0  # connections whose handler is running
         server = handler.config.server
@@ -184,7 +187,7 @@ class WsEndpoint:
         try:
             app = handler.check_handshake(request.match_info["key"], request.query)
         except PusherError as exc:
-            METRICS.connections_refused += 1
+            self.metrics.connections_refused += 1
             await ws.send_str(messages.error(exc).payload.decode())
             await ws.close(code=exc.code or 4000, message=exc.message.encode()[:120])
             return ws
@@ -211,15 +214,15 @@ class WsEndpoint:
         try:
             await handler.open(conn)
         except PusherError:
-            METRICS.connections_refused += 1
+            self.metrics.connections_refused += 1
             await asyncio.gather(*self.closing_tasks, return_exceptions=True)
             return ws
-        METRICS.connections_opened += 1
+        self.metrics.connections_opened += 1
         try:
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT:
-                    METRICS.frames_in += 1
-                    METRICS.bytes_in += len(msg.data)
+                    self.metrics.frames_in += 1
+                    self.metrics.bytes_in += len(msg.data)
                     await handler.on_text(conn, msg.data)
                 elif msg.type is WSMsgType.BINARY:
                     handler.on_binary(conn)

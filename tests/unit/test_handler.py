@@ -1,4 +1,4 @@
-"""The protocol session logic without sockets: FakeConnection + LocalAdapter + FakeClock."""
+"""The protocol session logic without sockets: FakeConnection, a memory-backend node, a clock."""
 
 import orjson
 import pytest
@@ -117,10 +117,10 @@ async def test_public_subscribe_and_publish(handler):
         "channel": "news",
         "data": "{}",
     }
-    stats = await handler.adapter.channel_stats(APP, "news")
+    stats = await handler.engine.channel_stats(APP, "news")
     assert stats.subscription_count == 2
     await send(handler, a, {"event": "pusher:unsubscribe", "data": {"channel": "news"}})
-    assert (await handler.adapter.channel_stats(APP, "news")).subscription_count == 1
+    assert (await handler.engine.channel_stats(APP, "news")).subscription_count == 1
 
 
 async def test_private_auth(handler):
@@ -159,7 +159,7 @@ async def test_presence_members_first_and_last_connection(handler):
     (ev,) = b.take()
     assert ev["event"] == "pusher_internal:member_removed"
     assert data(ev) == {"user_id": "alice"}
-    assert list(await handler.adapter.presence_members(APP, "presence-r")) == ["bob"]
+    assert list(await handler.engine.members(APP, "presence-r")) == ["bob"]
 
 
 async def test_presence_numeric_user_id_and_limits(handler):
@@ -170,7 +170,7 @@ async def test_presence_numeric_user_id_and_limits(handler):
     evs = conns[2].take()
     assert evs[-2]["event"] == "pusher:subscription_error"
     assert data(evs[-1])["code"] == 4100
-    assert list(await handler.adapter.presence_members(APP, "presence-x")) == ["1", "2"]
+    assert list(await handler.engine.members(APP, "presence-x")) == ["1", "2"]
 
 
 async def test_presence_channel_data_must_be_string(handler):
@@ -244,7 +244,7 @@ async def test_signin_and_server_to_user(handler):
     assert conn.take()[0]["event"] == "pusher_internal:subscription_succeeded"
     await subscribe(handler, other, "#server-to-user-u1")
     assert data(other.take()[-1])["code"] == 4009
-    assert await handler.adapter.terminate_user(APP, "u1") == 1
+    assert await handler.engine.terminate_user(APP, "u1") == 1
     assert conn.close_code == 4009
 
 
@@ -281,7 +281,7 @@ async def test_cache_channel_replay_and_miss(handler):
     a = await connect(handler)
     await subscribe(handler, a, "cache-x")
     assert a.take()[-1] == {"event": "pusher:cache_miss", "channel": "cache-x"}
-    await api.trigger(handler.adapter, APP, {"name": "e", "channel": "cache-x", "data": "d"})
+    await api.trigger(handler.engine, APP, {"name": "e", "channel": "cache-x", "data": "d"})
     b = await connect(handler)
     b.take()
     await subscribe(handler, b, "cache-x")

@@ -1,0 +1,290 @@
+"""The three narrow interfaces behind the engine, each with the guarantees it gives.
+
+The engine (`pushwire.engine`) is the one decision path, for one node and for a cluster
+alike: the hub does this node's bookkeeping and says what changed locally; the engine asks
+these interfaces what that means for the deployment, and announces it. The memory backend
+(`cluster/memory.py`) implements all three for one process (one node, or an in-process
+cluster for tests); the Redis backend (`cluster/redis/`) for many processes.
+
+- `Broker`: publish/subscribe per topic (a channel, a user, an app, every node).
+- `ClusterState`: atomic presence join/leave, channel counts, user online/offline,
+  connection quota, cache, once-only claims; resync and reaping of a node's records.
+- `Liveness`: leases; which nodes are registered and which are dead.
+
+Names of kinds are enums (`BusKind`, `Happening`); nothing is pickled between nodes: a bus
+message is one versioned JSON header line and the raw frame bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+WIRE_VERSION = 2
+
+
+class Unavailable(Exception):
+    """The shared store or bus cannot be reached (or could not confirm an operation)."""
+
+
+class BusKind(enum.StrEnum):
+    CHANNEL = "pub"  # a frame for a channel's subscribers
+    MEMBER = "mem"  # a presence membership frame, with its membership version
+    USER = "user"  # a frame for a signed-in user's sockets
+    TERMINATE = "term"  # close a user's sockets
+    WATCH = "watch"  # a watched user came online / went offline (tag)
+    INTERNAL = "ext"  # an extension's internal message (tag = its kind), JSON payload
+    TAP = "tap"  # one traffic-monitor event, JSON payload
+
+
+@dataclass(frozen=True, slots=True)
+class BusMessage:
+    kind: BusKind
+    app: str = ""
+    channel: str = ""
+    user: str = ""
+    except_socket: str | None = None
+    version: int = 0  # MEMBER: the membership version (orders changes of one user)
+    tag: str = ""  # WATCH: "online" | "offline"; INTERNAL: the extension's kind
+    payload: bytes = b""
+    origin: str = ""  # the sending node (filled in on receipt)
+
+
+class BadBusMessage(ValueError):
+    pass
+
+
+def encode(msg: BusMessage, node: str) -> bytes:
+    head: dict[str, Any] = {"v": WIRE_VERSION, "n": node, "k": msg.kind.value}
+    if msg.app:
+        head["a"] = msg.app
+    if msg.channel:
+        head["c"] = msg.channel
+    if msg.user:
+        head["u"] = msg.user
+    if msg.except_socket:
+        head["x"] = msg.except_socket
+    if msg.version:
+        head["pv"] = msg.version
+    if msg.tag:
+        head["t"] = msg.tag
+    return orjson.dumps(head) + b"\n" + msg.payload
+
+
+def decode(raw: bytes) -> BusMessage | None:
+    """The message in `raw`; None for another wire version. Raises BadBusMessage."""
+    head_raw, sep, payload = raw.partition(b"\n")
+    try:
+        head = orjson.loads(head_raw)
+    except orjson.JSONDecodeError:
+        raise BadBusMessage("bus header is not JSON") from None
+    if not sep or not isinstance(head, dict):
+        raise BadBusMessage("bus message without a header line")
+    if head.get("v") != WIRE_VERSION:
+        return None
+    try:
+        return BusMessage(
+            kind=BusKind(head["k"]),
+            app=str(head.get("a", "")),
+            channel=str(head.get("c", "")),
+            user=str(head.get("u", "")),
+            except_socket=head.get("x"),
+            version=int(head.get("pv", 0)),
+            tag=str(head.get("t", "")),
+            payload=payload,
+            origin=str(head.get("n", "")),
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise BadBusMessage(f"bad bus header: {exc}") from None
+
+
+# Topics: what a node subscribes to. The broker maps them to its own names.
+def channel_topic(app_id: str, channel: str) -> str:
+    return f"c:{app_id}:{channel}"
+
+
+def user_topic(app_id: str, user_id: str) -> str:
+    return f"u:{app_id}:{user_id}"
+
+
+def app_topic(app_id: str) -> str:
+    return f"a:{app_id}"
+
+
+NODES_TOPIC = "n"  # every node listens: internal messages and the cluster tap
+
+
+class Broker(Protocol):
+    """Publish/subscribe between the nodes.
+
+    - `subscribe` returns once the subscription is in effect: every `publish` that starts
+      after it returns reaches this node (while its connection stays up).
+    - Order: messages one node publishes to one topic arrive in `publish` order.
+    - Echo suppression: a node never receives its own messages (it delivers locally itself).
+    - `publish` raises `Unavailable` when it cannot confirm that every node subscribed to the
+      topic (as recorded in the cluster state) received the message: the caller must not
+      report success. It never raises for a topic nobody else listens to.
+    - `deliver`, given to `start`, is called for every received message, in order, from the
+      event loop; it must not block.
+    """
+
+    node: str
+
+    async def start(self, deliver: Callable[[BusMessage], None]) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    @property
+    def healthy(self) -> bool:
+        """False while the bus is known to be unreachable."""
+
+    async def subscribe(self, topic: str) -> None:
+        """Subscribe (confirmed). On Unavailable the topic stays wanted and is subscribed
+        again when the bus returns."""
+
+    async def unsubscribe(self, topic: str) -> None: ...
+
+    async def resubscribed(self) -> None:
+        """Wait until every wanted topic is subscribed again (after a reconnection)."""
+
+    async def publish(self, topic: str, msg: BusMessage) -> None: ...
+
+
+# Cluster state ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ChannelStats:
+    subscription_count: int
+    user_count: int | None  # presence channels only
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """What a subscribe changed, deployment-wide."""
+
+    count: int  # subscribers of the channel after it
+    occupied: bool  # the channel went from 0 to 1 subscriber
+    member_added: bool  # presence: the user's first socket in the channel
+    version: int = 0  # presence: membership version of `members` (and of member_added)
+    members: dict[str, Any] | None = None  # presence: every member, the joiner included
+
+
+@dataclass(frozen=True, slots=True)
+class Left:
+    count: int
+    vacated: bool  # the channel went to 0 subscribers
+    member_removed: bool  # presence: the user's last socket in the channel
+    version: int = 0  # presence: membership version of member_removed
+
+
+@dataclass
+class AppSnapshot:
+    """One node's local truth for one app (what resync writes)."""
+
+    connections: int = 0
+    channels: dict[str, int] = field(default_factory=dict)  # channel -> local subscribers
+    # presence channel -> user id -> (user_info, local sockets)
+    members: dict[str, dict[str, tuple[Any, int]]] = field(default_factory=dict)
+    users: dict[str, int] = field(default_factory=dict)  # signed-in user -> local sockets
+
+
+@dataclass
+class Changes:
+    """Deployment-wide transitions found by `resync` or `reap`, to be announced once."""
+
+    occupied: list[tuple[str, str]] = field(default_factory=list)  # (app, channel)
+    vacated: list[tuple[str, str]] = field(default_factory=list)
+    added: list[tuple[str, str, str, Any, int]] = field(default_factory=list)  # app, ch, uid,
+    removed: list[tuple[str, str, str, int]] = field(default_factory=list)  # info?, version
+    online: list[tuple[str, str]] = field(default_factory=list)  # (app, user)
+    offline: list[tuple[str, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return any(
+            (self.occupied, self.vacated, self.added, self.removed, self.online, self.offline)
+        )
+
+
+class ClusterState(Protocol):
+    """State shared by the deployment. Every method is one atomic step of the store, so two
+    nodes never both see themselves first (or last); figures count every registered node
+    (a dead node's records count until it is reaped). Methods raise `Unavailable` when the
+    store cannot be reached, or when this node is not registered (it was reaped, or the
+    store lost its data): the caller decides locally and `resync` repairs it later.
+
+    Membership versions increase per presence channel across the deployment and survive
+    a restart of the store (they are taken from its clock), so a node can drop a stale
+    membership message by comparing versions.
+    """
+
+    node: str
+
+    async def connect(self, app_id: str, limit: int) -> bool:
+        """Count one more connection unless `limit` (> 0) are open; False when refused."""
+
+    async def disconnect(self, app_id: str) -> None: ...
+
+    async def subscribe(
+        self, app_id: str, channel: str, member: tuple[str, Any] | None, limit: int
+    ) -> Joined:
+        """One socket joins. Presence (`member` given): raises PresenceLimit when a new
+        member would exceed `limit`."""
+
+    async def unsubscribe(self, app_id: str, channel: str, user_id: str | None) -> Left: ...
+
+    async def sign_in(self, app_id: str, user_id: str) -> bool:
+        """True when this is the user's first socket in the deployment."""
+
+    async def sign_out(self, app_id: str, user_id: str) -> bool:
+        """True when that was the user's last socket."""
+
+    async def channels(self, app_id: str, prefix: str) -> dict[str, ChannelStats]: ...
+
+    async def channel_stats(self, app_id: str, channel: str) -> ChannelStats | None: ...
+
+    async def members(self, app_id: str, channel: str) -> dict[str, Any]: ...
+
+    async def connection_count(self, app_id: str) -> int: ...
+
+    async def online_users(self, app_id: str, user_ids: tuple[str, ...]) -> list[str]: ...
+
+    async def cache_set(self, app_id: str, channel: str, payload: bytes, ttl: float) -> None: ...
+
+    async def cache_get(self, app_id: str, channel: str) -> tuple[bytes, float] | None:
+        """The cached frame payload and its remaining seconds."""
+
+    async def claim_once(self, key: str, ttl: float) -> bool:
+        """True for the first caller in the deployment within `ttl` seconds."""
+
+    async def resync(self, snapshot: dict[str, AppSnapshot]) -> Changes:
+        """Make this node's records equal `snapshot` (per app id; apps missing from it have
+        no records of this node afterwards) and return what that changed deployment-wide.
+        Works whether or not this node is registered (it runs before `Liveness.register`)."""
+
+    async def reap(self, node: str) -> Changes:
+        """Unregister `node` (a node whose lease ran out, or this node on a clean stop),
+        remove its records and return what that changed. Once only: a node reaped already,
+        or whose lease is valid again, gives empty Changes."""
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    registered: bool  # False: this node was reaped or the store lost it; resync, then register
+    alive: frozenset[str]  # registered nodes with a valid lease
+    dead: tuple[str, ...]  # registered nodes whose lease ran out
+
+
+class Liveness(Protocol):
+    """Leases. A node that calls `beat` every `heartbeat_interval` stays alive; one that has
+    not renewed for `node_timeout` is reported in `dead` to every caller, which reaps it
+    through `ClusterState.reap` (once only). `beat` never re-registers a node that is not
+    registered: that node must resync first, then `register`."""
+
+    async def beat(self) -> Heartbeat: ...
+
+    async def register(self) -> None: ...
+
+    async def deregister(self) -> None: ...

@@ -1,0 +1,423 @@
+"""The memory backend: `Broker`, `ClusterState` and `Liveness` over one shared `Backplane`.
+
+One node (the default single-node server) uses a backplane of its own. Several nodes in one
+process share one, which makes an in-process cluster for tests: same engine, same decisions,
+no sockets, deterministic. The records mirror the Redis backend's (per-node counts beside
+deployment totals) so reaping and resync behave the same way, and `cut(node)` simulates a
+node that cannot reach the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..protocol.errors import PresenceLimit
+from .base import (
+    AppSnapshot,
+    BusKind,
+    BusMessage,
+    Changes,
+    ChannelStats,
+    Heartbeat,
+    Joined,
+    Left,
+    Unavailable,
+)
+
+
+@dataclass
+class _AppRecords:
+    conn: dict[str, int] = field(default_factory=dict)  # node -> connections
+    chn: dict[str, dict[str, int]] = field(default_factory=dict)  # channel -> node -> subs
+    pm: dict[str, dict[str, Any]] = field(default_factory=dict)  # channel -> uid -> info
+    pmn: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # ch->uid->node->n
+    usr: dict[str, dict[str, int]] = field(default_factory=dict)  # uid -> node -> sockets
+
+
+class Backplane:
+    """What the nodes of one process share: topics, records, leases, cache and claims."""
+
+    def __init__(self, clock: Callable[[], float], node_timeout: float = 6.0) -> None:
+        self.clock = clock
+        self.node_timeout = node_timeout
+        self.topics: dict[str, dict[str, Callable[[BusMessage], None]]] = {}
+        self.apps: dict[str, _AppRecords] = {}
+        self.nodes: dict[str, float] = {}  # registered node -> lease expiry
+        self.cache: dict[tuple[str, str], tuple[bytes, float]] = {}
+        self.claims: dict[str, float] = {}
+        self.version = 0
+        self.unreachable: set[str] = set()
+
+    def cut(self, node: str, down: bool = True) -> None:
+        """Make the store unreachable from `node` (or reachable again)."""
+        (self.unreachable.add if down else self.unreachable.discard)(node)
+
+    def check(self, node: str, registered: bool = True) -> None:
+        if node in self.unreachable:
+            raise Unavailable(f"node {node} cannot reach the shared state")
+        if registered and node not in self.nodes:
+            raise Unavailable(f"node {node} is not registered")
+
+    def app(self, app_id: str) -> _AppRecords:
+        rec = self.apps.get(app_id)
+        if rec is None:
+            rec = self.apps[app_id] = _AppRecords()
+        return rec
+
+    def next_version(self) -> int:
+        """Increasing, and from the wall clock like the Redis backend's (microseconds)."""
+        self.version = max(self.version + 1, time.time_ns() // 1000)
+        return self.version
+
+
+class MemoryBroker:
+    def __init__(self, plane: Backplane, node: str) -> None:
+        self.plane = plane
+        self.node = node
+        self.wanted: set[str] = set()
+        self._deliver: Callable[[BusMessage], None] = lambda m: None
+
+    @property
+    def healthy(self) -> bool:
+        return self.node not in self.plane.unreachable
+
+    async def start(self, deliver: Callable[[BusMessage], None]) -> None:
+        self._deliver = deliver
+
+    async def stop(self) -> None:
+        for topic in list(self.wanted):
+            await self.unsubscribe(topic)
+
+    async def subscribe(self, topic: str) -> None:
+        self.wanted.add(topic)
+        self.plane.check(self.node, registered=False)
+        self.plane.topics.setdefault(topic, {})[self.node] = self._on_message
+
+    async def unsubscribe(self, topic: str) -> None:
+        self.wanted.discard(topic)
+        subs = self.plane.topics.get(topic)
+        if subs is not None:
+            subs.pop(self.node, None)
+            if not subs:
+                del self.plane.topics[topic]
+
+    async def resubscribed(self) -> None:
+        self.plane.check(self.node, registered=False)
+        for topic in self.wanted:
+            self.plane.topics.setdefault(topic, {})[self.node] = self._on_message
+
+    def _on_message(self, msg: BusMessage) -> None:
+        if self.node in self.plane.unreachable:
+            return  # a cut-off node misses what is published meanwhile, as over a network
+        self._deliver(msg)
+
+    async def publish(self, topic: str, msg: BusMessage) -> None:
+        self.plane.check(self.node)
+        loop = asyncio.get_running_loop()
+        msg = _with_origin(msg, self.node)
+        for node, deliver in self.plane.topics.get(topic, {}).items():
+            if node != self.node:
+                loop.call_soon(deliver, msg)  # FIFO: per-topic order holds
+
+
+def _with_origin(msg: BusMessage, node: str) -> BusMessage:
+    return BusMessage(
+        kind=msg.kind,
+        app=msg.app,
+        channel=msg.channel,
+        user=msg.user,
+        except_socket=msg.except_socket,
+        version=msg.version,
+        tag=msg.tag,
+        payload=msg.payload,
+        origin=node,
+    )
+
+
+class MemoryState:
+    def __init__(self, plane: Backplane, node: str) -> None:
+        self.plane = plane
+        self.node = node
+
+    def _rec(self, app_id: str) -> _AppRecords:
+        self.plane.check(self.node)
+        return self.plane.app(app_id)
+
+    async def connect(self, app_id: str, limit: int) -> bool:
+        rec = self._rec(app_id)
+        if limit and sum(rec.conn.values()) >= limit:
+            return False
+        rec.conn[self.node] = rec.conn.get(self.node, 0) + 1
+        return True
+
+    async def disconnect(self, app_id: str) -> None:
+        rec = self._rec(app_id)
+        n = rec.conn.get(self.node, 0)
+        if n > 1:
+            rec.conn[self.node] = n - 1
+        else:
+            rec.conn.pop(self.node, None)
+
+    async def subscribe(
+        self, app_id: str, channel: str, member: tuple[str, Any] | None, limit: int
+    ) -> Joined:
+        rec = self._rec(app_id)
+        added, version, members = False, 0, None
+        if member is not None:
+            uid, info = member
+            pm = rec.pm.setdefault(channel, {})
+            holders = rec.pmn.setdefault(channel, {})
+            if uid not in pm and len(pm) >= limit:
+                if not pm:
+                    del rec.pm[channel]
+                raise PresenceLimit(f"Presence channel {channel} is full ({limit} members)")
+            per_node = holders.setdefault(uid, {})
+            per_node[self.node] = per_node.get(self.node, 0) + 1
+            if uid not in pm:
+                pm[uid] = info
+                added = True
+                version = self.plane.next_version()
+            else:
+                version = self.plane.version
+            members = dict(pm)
+        nodes = rec.chn.setdefault(channel, {})
+        before = sum(nodes.values())
+        nodes[self.node] = nodes.get(self.node, 0) + 1
+        return Joined(before + 1, before == 0, added, version, members)
+
+    async def unsubscribe(self, app_id: str, channel: str, user_id: str | None) -> Left:
+        rec = self._rec(app_id)
+        removed, version = False, 0
+        if user_id is not None:
+            holders = rec.pmn.get(channel, {})
+            per_node = holders.get(user_id, {})
+            if per_node.get(self.node, 0) > 0:
+                per_node[self.node] -= 1
+                if not per_node[self.node]:
+                    del per_node[self.node]
+                if not per_node:
+                    holders.pop(user_id, None)
+                    rec.pm.get(channel, {}).pop(user_id, None)
+                    removed = True
+                    version = self.plane.next_version()
+                self._prune_presence(rec, channel)
+        nodes = rec.chn.get(channel, {})
+        before = sum(nodes.values())
+        mine = nodes.get(self.node, 0)
+        if mine > 1:
+            nodes[self.node] = mine - 1
+        elif mine:
+            del nodes[self.node]
+        if not nodes:
+            rec.chn.pop(channel, None)
+        after = before - (1 if mine else 0)
+        return Left(after, before > 0 and after == 0, removed, version)
+
+    @staticmethod
+    def _prune_presence(rec: _AppRecords, channel: str) -> None:
+        if not rec.pmn.get(channel):
+            rec.pmn.pop(channel, None)
+            rec.pm.pop(channel, None)
+
+    async def sign_in(self, app_id: str, user_id: str) -> bool:
+        rec = self._rec(app_id)
+        per_node = rec.usr.setdefault(user_id, {})
+        first = not per_node
+        per_node[self.node] = per_node.get(self.node, 0) + 1
+        return first
+
+    async def sign_out(self, app_id: str, user_id: str) -> bool:
+        rec = self._rec(app_id)
+        per_node = rec.usr.get(user_id, {})
+        n = per_node.get(self.node, 0)
+        if not n:
+            return False
+        if n > 1:
+            per_node[self.node] = n - 1
+            return False
+        del per_node[self.node]
+        if per_node:
+            return False
+        del rec.usr[user_id]
+        return True
+
+    def _stats(self, rec: _AppRecords, channel: str) -> ChannelStats | None:
+        total = sum(rec.chn.get(channel, {}).values())
+        if total <= 0:
+            return None
+        users = len(rec.pm.get(channel, {})) if channel.startswith("presence-") else None
+        return ChannelStats(total, users)
+
+    async def channels(self, app_id: str, prefix: str) -> dict[str, ChannelStats]:
+        rec = self._rec(app_id)
+        out = {}
+        for name in rec.chn:
+            if name.startswith(prefix):
+                stats = self._stats(rec, name)
+                if stats is not None:
+                    out[name] = stats
+        return out
+
+    async def channel_stats(self, app_id: str, channel: str) -> ChannelStats | None:
+        return self._stats(self._rec(app_id), channel)
+
+    async def members(self, app_id: str, channel: str) -> dict[str, Any]:
+        return dict(self._rec(app_id).pm.get(channel, {}))
+
+    async def connection_count(self, app_id: str) -> int:
+        return sum(self._rec(app_id).conn.values())
+
+    async def online_users(self, app_id: str, user_ids: tuple[str, ...]) -> list[str]:
+        usr = self._rec(app_id).usr
+        return [u for u in user_ids if u in usr]
+
+    async def cache_set(self, app_id: str, channel: str, payload: bytes, ttl: float) -> None:
+        self.plane.check(self.node)
+        self.plane.cache[(app_id, channel)] = (payload, self.plane.clock() + ttl)
+
+    async def cache_get(self, app_id: str, channel: str) -> tuple[bytes, float] | None:
+        self.plane.check(self.node)
+        entry = self.plane.cache.get((app_id, channel))
+        if entry is None:
+            return None
+        left = entry[1] - self.plane.clock()
+        if left <= 0:
+            del self.plane.cache[(app_id, channel)]
+            return None
+        return entry[0], left
+
+    async def claim_once(self, key: str, ttl: float) -> bool:
+        self.plane.check(self.node)
+        now = self.plane.clock()
+        claims = self.plane.claims
+        if len(claims) > 10_000:
+            self.plane.claims = claims = {k: t for k, t in claims.items() if t > now}
+        if claims.get(key, float("-inf")) > now:
+            return False
+        claims[key] = now + ttl
+        return True
+
+    async def resync(self, snapshot: dict[str, AppSnapshot]) -> Changes:
+        self.plane.check(self.node, registered=False)
+        changes = Changes()
+        node = self.node
+        for app_id in set(self.plane.apps) | set(snapshot):
+            snap = snapshot.get(app_id) or AppSnapshot()
+            rec = self.plane.app(app_id)
+            if snap.connections:
+                rec.conn[node] = snap.connections
+            else:
+                rec.conn.pop(node, None)
+            for name in set(rec.chn) | set(snap.channels):
+                nodes = rec.chn.setdefault(name, {})
+                before = sum(nodes.values())
+                if snap.channels.get(name):
+                    nodes[node] = snap.channels[name]
+                else:
+                    nodes.pop(node, None)
+                after = sum(nodes.values())
+                if not nodes:
+                    del rec.chn[name]
+                if before == 0 < after:
+                    changes.occupied.append((app_id, name))
+                elif after == 0 < before:
+                    changes.vacated.append((app_id, name))
+            for name in set(rec.pmn) | set(snap.members):
+                holders = rec.pmn.setdefault(name, {})
+                want = snap.members.get(name, {})
+                for uid in set(holders) | set(want):
+                    per_node = holders.setdefault(uid, {})
+                    had = bool(per_node)
+                    if uid in want:
+                        per_node[node] = want[uid][1]
+                    else:
+                        per_node.pop(node, None)
+                    pm = rec.pm.setdefault(name, {})
+                    if per_node and not had:
+                        pm[uid] = want[uid][0]
+                        v = self.plane.next_version()
+                        changes.added.append((app_id, name, uid, want[uid][0], v))
+                    elif had and not per_node:
+                        pm.pop(uid, None)
+                        changes.removed.append((app_id, name, uid, self.plane.next_version()))
+                    if not per_node:
+                        del holders[uid]
+                self._prune_presence(rec, name)
+            for uid in set(rec.usr) | set(snap.users):
+                per_node = rec.usr.setdefault(uid, {})
+                had = bool(per_node)
+                if snap.users.get(uid):
+                    per_node[node] = snap.users[uid]
+                else:
+                    per_node.pop(node, None)
+                if per_node and not had:
+                    changes.online.append((app_id, uid))
+                elif had and not per_node:
+                    changes.offline.append((app_id, uid))
+                if not per_node:
+                    del rec.usr[uid]
+        return changes
+
+    async def reap(self, node: str) -> Changes:
+        plane = self.plane
+        plane.check(self.node, registered=False)
+        if node != self.node:
+            lease = plane.nodes.get(node)
+            if lease is None or lease > plane.clock():
+                return Changes()  # reaped already, or alive again
+        if plane.nodes.pop(node, None) is None and node != self.node:
+            return Changes()
+        changes = Changes()
+        for app_id, rec in self.plane.apps.items():
+            rec.conn.pop(node, None)
+            for name in list(rec.chn):
+                nodes = rec.chn[name]
+                if nodes.pop(node, 0) and not nodes:
+                    del rec.chn[name]
+                    changes.vacated.append((app_id, name))
+            for name in list(rec.pmn):
+                holders = rec.pmn[name]
+                for uid in list(holders):
+                    per_node = holders[uid]
+                    if per_node.pop(node, 0) and not per_node:
+                        del holders[uid]
+                        rec.pm.get(name, {}).pop(uid, None)
+                        changes.removed.append((app_id, name, uid, self.plane.next_version()))
+                self._prune_presence(rec, name)
+            for uid in list(rec.usr):
+                per_node = rec.usr[uid]
+                if per_node.pop(node, 0) and not per_node:
+                    del rec.usr[uid]
+                    changes.offline.append((app_id, uid))
+        return changes
+
+
+class MemoryLiveness:
+    def __init__(self, plane: Backplane, node: str) -> None:
+        self.plane = plane
+        self.node = node
+
+    async def beat(self) -> Heartbeat:
+        plane = self.plane
+        plane.check(self.node, registered=False)
+        now = plane.clock()
+        registered = self.node in plane.nodes
+        if registered:
+            plane.nodes[self.node] = now + plane.node_timeout
+        alive = frozenset(n for n, t in plane.nodes.items() if t > now)
+        dead = tuple(n for n, t in plane.nodes.items() if t <= now)
+        return Heartbeat(registered, alive, dead)
+
+    async def register(self) -> None:
+        self.plane.check(self.node, registered=False)
+        self.plane.nodes[self.node] = self.plane.clock() + self.plane.node_timeout
+
+    async def deregister(self) -> None:
+        self.plane.nodes.pop(self.node, None)
+
+
+__all__ = ["Backplane", "BusKind", "MemoryBroker", "MemoryLiveness", "MemoryState"]
