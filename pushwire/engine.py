@@ -111,7 +111,7 @@ class Engine:
         self.internal: dict[str, list[InternalHandler]] = {}
         self.healthy = True  # the shared store answered the last time it was asked
         self._dirty = False  # a decision was taken locally: resync when the store is back
-        self._topics: set[str] = set()
+        self._topics: dict[str, asyncio.Future[None]] = {}  # bus topics, subscribing or done
         self._ops = 0  # state operations in flight
         self._quiet = asyncio.Event()
         self._quiet.set()
@@ -120,6 +120,7 @@ class Engine:
         self._known: frozenset[str] = frozenset()  # nodes alive at the last heartbeat
         self._waiting: dict[str, float] = {}  # nodes expected back after the store lost state
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._bg: set[asyncio.Task[Any]] = set()
         c = config.cluster
         self.interval = c.heartbeat_interval
@@ -137,7 +138,9 @@ class Engine:
         self._task = asyncio.create_task(self._heartbeat_loop())
 
     async def stop(self) -> None:
-        """Leave the deployment at once: our records go and their changes are announced."""
+        """Leave the deployment at once: our records go and their changes are announced
+        (normally nothing is left: the server closed its sockets through the usual path)."""
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -159,7 +162,7 @@ class Engine:
     # Health ------------------------------------------------------------------------------
     def _unavailable(self, what: str, exc: Exception) -> None:
         self._dirty = True
-        if self.healthy:
+        if self.healthy and not self._stopping:
             self.healthy = False
             log.error(
                 "shared state unreachable (%s: %s): serving local clients with local "
@@ -290,18 +293,22 @@ class Engine:
 
     # Bus ---------------------------------------------------------------------------------
     async def _subscribe_topic(self, topic: str) -> None:
-        if topic in self._topics:
-            return
-        self._topics.add(topic)
+        """Subscribe to `topic` once; every caller returns only once the broker confirmed it
+        (a second joiner of a channel waits for the first one's subscription)."""
+        task = self._topics.get(topic)
+        if task is None:
+            task = self._topics[topic] = asyncio.ensure_future(self.broker.subscribe(topic))
         try:
-            await self.broker.subscribe(topic)
+            await asyncio.shield(task)
         except Unavailable as exc:
             self._unavailable("bus subscribe", exc)
 
     async def _unsubscribe_topic(self, topic: str) -> None:
-        if topic not in self._topics:
+        task = self._topics.pop(topic, None)
+        if task is None:
             return
-        self._topics.discard(topic)
+        with contextlib.suppress(Unavailable):
+            await asyncio.shield(task)
         try:
             await self.broker.unsubscribe(topic)
         except Unavailable as exc:
@@ -396,8 +403,8 @@ class Engine:
             return
         uid = member[0] if member is not None else None
         topic = channel_topic(app.id, name)
-        if self.hub.begin_subscribe(conn, name, uid):
-            await self._subscribe_topic(topic)
+        self.hub.begin_subscribe(conn, name, uid)
+        await self._subscribe_topic(topic)  # every joiner waits for the confirmation
         try:
             joined = await self._call(
                 "subscribe", self.state.subscribe, app.id, name, member, app.max_presence_members
@@ -465,7 +472,9 @@ class Engine:
             count = 0 if ch is None else len(ch.subscribers)
             gone = uid is not None and (ch is None or uid not in ch.members)
             left = Left(count, last_local, gone, _local_version() if gone else 0)
-        if last_local:  # after the state: a publish never expects us once we stop listening
+        # after the state, so a publish never expects us once we stop listening; and only if
+        # no socket started joining meanwhile
+        if last_local and self.hub.channel(app, name) is None:
             await self._unsubscribe_topic(channel_topic(app.id, name))
         if left.member_removed and uid is not None:
             msg = messages.member_removed(name, uid)
@@ -522,8 +531,8 @@ class Engine:
         if conn.user_id == user_id:  # signed in again as the same user: new data only
             conn.user_data = user_data
             return
-        if self.hub.sign_in(conn, user_id, user_data):
-            await self._subscribe_topic(user_topic(app.id, user_id))
+        self.hub.sign_in(conn, user_id, user_data)
+        await self._subscribe_topic(user_topic(app.id, user_id))
         if conn.watchlist and app.enable_watchlist_events:
             await self._subscribe_topic(app_topic(app.id))
         first = await self._call("sign-in", self.state.sign_in, app.id, user_id)
@@ -541,7 +550,7 @@ class Engine:
         last = await self._call("sign-out", self.state.sign_out, app.id, user_id)
         if last is None:
             last = last_local
-        if last_local:
+        if last_local and not self.hub.user_connections(app, user_id):
             await self._unsubscribe_topic(user_topic(app.id, user_id))
         if last:
             await self._announce_status(app, user_id, "offline")

@@ -96,6 +96,14 @@ class InProcessCluster:
     def handlers(self) -> list[PusherHandler]:
         return [n.handler for n in self.nodes]
 
+    async def start(self) -> None:
+        for node in self.nodes:
+            await node.engine.start()
+
+    async def stop(self) -> None:
+        for node in self.nodes:
+            await node.engine.stop()
+
     async def settle(self) -> None:
         """Let bus deliveries (scheduled with call_soon) run."""
         for _ in range(5):

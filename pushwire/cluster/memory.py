@@ -10,10 +10,12 @@ node that cannot reach the store.
 from __future__ import annotations
 
 import asyncio
+import functools
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from ..protocol.errors import PresenceLimit
 from .base import (
@@ -51,6 +53,9 @@ class Backplane:
         self.claims: dict[str, float] = {}
         self.version = 0
         self.unreachable: set[str] = set()
+        # tests: state and bus calls yield to the loop before and after, a random number of
+        # times, like requests and replies over a network (None: they don't)
+        self.round_trip: random.Random | None = None
 
     def cut(self, node: str, down: bool = True) -> None:
         """Make the store unreachable from `node` (or reachable again)."""
@@ -74,6 +79,28 @@ class Backplane:
         return self.version
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _round_trip(
+    fn: Callable[Concatenate[Any, P], Awaitable[R]],
+) -> Callable[Concatenate[Any, P], Awaitable[R]]:
+    @functools.wraps(fn)
+    async def call(self: Any, *args: P.args, **kwargs: P.kwargs) -> R:
+        rnd = self.plane.round_trip
+        if rnd is not None:
+            for _ in range(rnd.randint(0, 3)):
+                await asyncio.sleep(0)
+        result = await fn(self, *args, **kwargs)
+        if rnd is not None:
+            for _ in range(rnd.randint(0, 3)):
+                await asyncio.sleep(0)
+        return result
+
+    return call
+
+
 class MemoryBroker:
     def __init__(self, plane: Backplane, node: str) -> None:
         self.plane = plane
@@ -85,6 +112,7 @@ class MemoryBroker:
     def healthy(self) -> bool:
         return self.node not in self.plane.unreachable
 
+
     async def start(self, deliver: Callable[[BusMessage], None]) -> None:
         self._deliver = deliver
 
@@ -92,11 +120,13 @@ class MemoryBroker:
         for topic in list(self.wanted):
             await self.unsubscribe(topic)
 
+    @_round_trip
     async def subscribe(self, topic: str) -> None:
         self.wanted.add(topic)
         self.plane.check(self.node, registered=False)
         self.plane.topics.setdefault(topic, {})[self.node] = self._on_message
 
+    @_round_trip
     async def unsubscribe(self, topic: str) -> None:
         self.wanted.discard(topic)
         subs = self.plane.topics.get(topic)
@@ -147,6 +177,8 @@ class MemoryState:
         self.plane.check(self.node)
         return self.plane.app(app_id)
 
+
+    @_round_trip
     async def connect(self, app_id: str, limit: int) -> bool:
         rec = self._rec(app_id)
         if limit and sum(rec.conn.values()) >= limit:
@@ -154,6 +186,7 @@ class MemoryState:
         rec.conn[self.node] = rec.conn.get(self.node, 0) + 1
         return True
 
+    @_round_trip
     async def disconnect(self, app_id: str) -> None:
         rec = self._rec(app_id)
         n = rec.conn.get(self.node, 0)
@@ -162,6 +195,7 @@ class MemoryState:
         else:
             rec.conn.pop(self.node, None)
 
+    @_round_trip
     async def subscribe(
         self, app_id: str, channel: str, member: tuple[str, Any] | None, limit: int
     ) -> Joined:
@@ -189,6 +223,7 @@ class MemoryState:
         nodes[self.node] = nodes.get(self.node, 0) + 1
         return Joined(before + 1, before == 0, added, version, members)
 
+    @_round_trip
     async def unsubscribe(self, app_id: str, channel: str, user_id: str | None) -> Left:
         rec = self._rec(app_id)
         removed, version = False, 0
@@ -223,6 +258,7 @@ class MemoryState:
             rec.pmn.pop(channel, None)
             rec.pm.pop(channel, None)
 
+    @_round_trip
     async def sign_in(self, app_id: str, user_id: str) -> bool:
         rec = self._rec(app_id)
         per_node = rec.usr.setdefault(user_id, {})
@@ -230,6 +266,7 @@ class MemoryState:
         per_node[self.node] = per_node.get(self.node, 0) + 1
         return first
 
+    @_round_trip
     async def sign_out(self, app_id: str, user_id: str) -> bool:
         rec = self._rec(app_id)
         per_node = rec.usr.get(user_id, {})
