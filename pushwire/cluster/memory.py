@@ -10,10 +10,9 @@ node that cannot reach the store.
 from __future__ import annotations
 
 import asyncio
-import functools
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -84,10 +83,9 @@ R = TypeVar("R")
 
 
 def _round_trip(
-    fn: Callable[Concatenate[Any, P], Awaitable[R]],
-) -> Callable[Concatenate[Any, P], Awaitable[R]]:
-    @functools.wraps(fn)
-    async def call(self: Any, *args: P.args, **kwargs: P.kwargs) -> R:
+    fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]:
+    async def call(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
         rnd = self.plane.round_trip
         if rnd is not None:
             for _ in range(rnd.randint(0, 3)):

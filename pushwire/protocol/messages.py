@@ -1,6 +1,8 @@
 """Server-to-client Pusher messages with their exact wire form.
 
-Pusher's double encoding: `data` of every event the server emits is a JSON *string*. Channel
+Pusher's double encoding: `data` of every event the server emits is a JSON *string*, except
+the `pusher:error`, `pusher:ping`, `pusher:pong` and `pusher:signin_success` system events,
+whose `data` is an object (PROTOCOL.md, "System Events"). Channel
 events from the REST API carry the string the API received, untouched; client events are
 forwarded with the `data` the sender gave.
 """
@@ -15,6 +17,12 @@ from .errors import PusherError
 from .frames import Outbound
 
 _dumps = orjson.dumps
+
+
+def _system(event: str, data: Any) -> Outbound:
+    """A `pusher:` system event whose `data` is an object, as hosted Pusher sends it (the
+    official Swift SDK, for one, reads `pusher:error` data only as an object)."""
+    return Outbound(_dumps({"event": event, "data": data}))
 
 
 def _event(event: str, data: Any, channel: str | None = None) -> Outbound:
@@ -33,15 +41,15 @@ def connection_established(socket_id: str, activity_timeout: int) -> Outbound:
 
 
 def error(err: PusherError) -> Outbound:
-    return _event("pusher:error", {"code": err.code, "message": err.message})
+    return _system("pusher:error", {"code": err.code, "message": err.message})
 
 
 def error_message(code: int | None, message: str) -> Outbound:
-    return _event("pusher:error", {"code": code, "message": message})
+    return _system("pusher:error", {"code": code, "message": message})
 
 
-PONG = _event("pusher:pong", {})
-PING = _event("pusher:ping", {})
+PONG = _system("pusher:pong", {})
+PING = _system("pusher:ping", {})
 
 
 def subscription_succeeded(channel: str) -> Outbound:
@@ -79,7 +87,7 @@ def cache_miss(channel: str) -> Outbound:
 
 
 def signin_success(user_data: str) -> Outbound:
-    return _event("pusher:signin_success", {"user_data": user_data})
+    return _system("pusher:signin_success", {"user_data": user_data})
 
 
 def watchlist_events(events: list[dict[str, Any]]) -> Outbound:

@@ -60,10 +60,6 @@ def test_exact_wire_strings():
     assert messages.subscription_succeeded("my-channel").payload == (
         b'{"event":"pusher_internal:subscription_succeeded","channel":"my-channel","data":"{}"}'
     )
-    assert messages.PONG.payload == b'{"event":"pusher:pong","data":"{}"}'
-    assert messages.error(Unauthorized("nope")).payload == (
-        b'{"event":"pusher:error","data":"{\\"code\\":4009,\\"message\\":\\"nope\\"}"}'
-    )
     assert messages.member_removed("presence-a", "7").payload == (
         b'{"event":"pusher_internal:member_removed","channel":"presence-a",'
         b'"data":"{\\"user_id\\":\\"7\\"}"}'
@@ -73,4 +69,30 @@ def test_exact_wire_strings():
     )
     assert messages.channel_event("ev", "c", '{"x":1}').payload == (
         b'{"event":"ev","channel":"c","data":"{\\"x\\":1}"}'
+    )
+
+
+# The system events whose `data` hosted Pusher sends as an object, not a JSON string
+# (PROTOCOL.md, "System Events"): byte for byte.
+def test_system_event_pusher_error_is_an_object():
+    assert messages.error(Unauthorized("nope")).payload == (
+        b'{"event":"pusher:error","data":{"code":4009,"message":"nope"}}'
+    )
+    assert messages.error_message(None, "Invalid signature").payload == (
+        b'{"event":"pusher:error","data":{"code":null,"message":"Invalid signature"}}'
+    )
+
+
+def test_system_event_ping_and_pong_are_objects():
+    assert messages.PING.payload == b'{"event":"pusher:ping","data":{}}'
+    assert messages.PONG.payload == b'{"event":"pusher:pong","data":{}}'
+
+
+def test_system_event_subscription_count_and_signin_success():
+    assert messages.subscription_count("c", 3).payload == (
+        b'{"event":"pusher_internal:subscription_count","channel":"c",'
+        b'"data":"{\\"subscription_count\\":3}"}'
+    )
+    assert messages.signin_success('{"id":"u"}').payload == (
+        b'{"event":"pusher:signin_success","data":{"user_data":"{\\"id\\":\\"u\\"}"}}'
     )
