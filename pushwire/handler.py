@@ -30,7 +30,7 @@ from .protocol.channels import (
     validate_channel_name,
 )
 from .protocol.errors import PusherError
-from .protocol.frames import Outbound
+from .protocol.frames import Outbound, loads_checked
 from .protocol.signing import channel_string_to_sign, user_string_to_sign, verify_auth
 
 VERSION_RE = re.compile(r"^v?\d+(\.\d+)*([-+.~][0-9A-Za-z.\-+~]*)?$")
@@ -126,9 +126,11 @@ class PusherHandler:
 
     async def _dispatch(self, conn: Connection, text: str | bytes) -> None:
         try:
-            msg = orjson.loads(text)
+            msg = loads_checked(text)
         except orjson.JSONDecodeError:
             raise errors.InvalidMessage("Invalid message: not valid JSON") from None
+        except ValueError as exc:
+            raise errors.InvalidMessage(f"Invalid message: {exc}") from None
         if not isinstance(msg, dict):
             raise errors.InvalidMessage("Invalid message: expected a JSON object")
         if self.monitor.active:

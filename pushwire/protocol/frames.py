@@ -24,9 +24,36 @@ def text_frame(payload: bytes) -> bytes:
     return struct.pack("!BBQ", 0x81, 127, n) + payload
 
 
+# orjson parses JSON nested up to 1024 levels but encodes only 255: a message we accept must
+# be one we can send on. Nesting that deep needs at least two bytes per level, so only
+# messages this long can fail, and only they pay for the check.
+_DEEP = 2 * 255
+
+
+def loads_checked(raw: str | bytes) -> Any:
+    """Parse JSON that can be encoded again; raises ValueError (orjson's decode error, or
+    for input nested deeper than orjson encodes)."""
+    value = orjson.loads(raw)
+    if len(raw) >= _DEEP:
+        try:
+            orjson.dumps(value)
+        except orjson.JSONEncodeError:
+            raise ValueError("JSON nested too deeply (more than 255 levels)") from None
+    return value
+
+
+def close_reason(reason: str, limit: int = 120) -> bytes:
+    """`reason` as UTF-8 cut to `limit` bytes on a character boundary (a close frame's reason
+    must be valid UTF-8, or the client fails the connection with 1007)."""
+    raw = reason.encode()
+    if len(raw) <= limit:
+        return raw
+    return raw[:limit].decode("utf-8", "ignore").encode()
+
+
 def close_frame(code: int, reason: str) -> bytes:
     """An unmasked close frame (RFC 6455 section 5.5.1); the reason is cut to fit 125 bytes."""
-    payload = code.to_bytes(2, "big") + reason.encode()[:120]
+    payload = code.to_bytes(2, "big") + close_reason(reason)
     return bytes((0x88, len(payload))) + payload
 
 

@@ -21,6 +21,7 @@ from ..config import App, Config
 from ..engine import Engine
 from ..metrics import Metrics
 from ..monitor import TrafficMonitor
+from ..protocol.frames import loads_checked
 from .tap import stream_traffic
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -104,8 +105,8 @@ class Dashboard:
 
     async def trigger(self, request: web.Request) -> web.Response:
         try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
+            body = loads_checked(await request.read())
+        except ValueError:
             return web.json_response({"error": "Request body is not valid JSON"}, status=400)
         if not isinstance(body, dict):
             return web.json_response({"error": "Expected a JSON object"}, status=400)

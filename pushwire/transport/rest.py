@@ -19,6 +19,7 @@ from ..config import App, Config
 from ..engine import Engine
 from ..metrics import Metrics
 from ..monitor import TrafficMonitor
+from ..protocol.frames import loads_checked
 from ..protocol.signing import RestAuthError, verify_rest
 
 log = logging.getLogger("pushwire.rest")
@@ -77,9 +78,11 @@ class RestApi:
                 parsed: Any = None
                 if request.method == "POST":
                     try:
-                        parsed = orjson.loads(body) if body else {}
+                        parsed = loads_checked(body) if body else {}
                     except orjson.JSONDecodeError:
                         raise api.ApiError(400, "Request body is not valid JSON") from None
+                    except ValueError as exc:
+                        raise api.ApiError(400, f"Request body refused: {exc}") from None
                 return ok(await action(request, app, parsed))
             except api.ApiError as exc:
                 return error(exc.status, exc.message)

@@ -73,7 +73,15 @@ async def stream_traffic(
 
     async def pump() -> None:
         while True:
-            await ws.send_str(orjson.dumps(await queue.get()).decode())
+            event = await queue.get()
+            try:
+                text = orjson.dumps(event).decode()
+            except orjson.JSONEncodeError:  # a stream survives any message
+                text = orjson.dumps(
+                    {k: event.get(k) for k in ("time_ms", "node", "kind", "app", "socket_id")}
+                    | {"error": "event not shown: it cannot be encoded as JSON"}
+                ).decode()
+            await ws.send_str(text)
 
     monitor.add(listener, cluster=True)
     sender = asyncio.create_task(pump())

@@ -21,7 +21,7 @@ from ..handler import PusherHandler, new_socket_id
 from ..metrics import Metrics
 from ..protocol import messages
 from ..protocol.errors import OverCapacity, PusherError
-from ..protocol.frames import Outbound, close_frame
+from ..protocol.frames import Outbound, close_frame, close_reason
 
 if TYPE_CHECKING:
     from ..config import App
@@ -157,7 +157,7 @@ class WsConnection(Connection):
 
     async def _close(self, code: int, reason: str) -> None:
         try:
-            await self._ws.close(code=code, message=reason.encode()[:120])
+            await self._ws.close(code=code, message=close_reason(reason))
         except Exception:  # the peer may already be gone
             self._transport.abort()
 
@@ -189,7 +189,7 @@ class WsEndpoint:
         except PusherError as exc:
             self.metrics.connections_refused += 1
             await ws.send_str(messages.error(exc).payload.decode())
-            await ws.close(code=exc.code or 4000, message=exc.message.encode()[:120])
+            await ws.close(code=exc.code or 4000, message=close_reason(exc.message))
             return ws
         transport = request.transport
         assert transport is not None

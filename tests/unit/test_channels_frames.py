@@ -96,3 +96,15 @@ def test_system_event_subscription_count_and_signin_success():
     assert messages.signin_success('{"id":"u"}').payload == (
         b'{"event":"pusher:signin_success","data":{"user_data":"{\\"id\\":\\"u\\"}"}}'
     )
+
+
+def test_close_reason_is_cut_on_a_character_boundary():
+    from pushwire.protocol.frames import close_frame, close_reason
+
+    cut = close_reason("é" * 100)  # 200 bytes
+    assert len(cut) == 120 and cut.decode() == "é" * 60
+    odd = close_reason("a" + "é" * 100)  # the 120th byte would split a character
+    assert len(odd) == 119 and odd.decode() == "a" + "é" * 59
+    frame = close_frame(4001, "x" + "€" * 100)
+    assert frame[2:4] == (4001).to_bytes(2, "big")
+    frame[4:].decode()  # valid UTF-8

@@ -363,3 +363,16 @@ async def test_subscription_count_off_by_default(handler):
     a = await connect(handler)
     await subscribe(handler, a, "quiet")
     assert [e["event"] for e in a.take()][-1] == "pusher_internal:subscription_succeeded"
+
+
+async def test_json_nested_deeper_than_can_be_sent_is_refused(handler):
+    conn = await connect(handler)
+    conn.take()
+    deep = "[" * 300 + "]" * 300
+    await send(handler, conn, '{"event":"client-x","channel":"private-a","data":' + deep + "}")
+    (ev,) = conn.take()
+    assert ev["event"] == "pusher:error" and data(ev)["code"] == 4300
+    assert "nested too deeply" in data(ev)["message"]
+    assert not conn.closed
+    await send(handler, conn, {"event": "pusher:ping", "data": {}})
+    assert conn.take() == [{"event": "pusher:pong", "data": {}}]
