@@ -84,9 +84,20 @@ async def _serve(config: Config, reuse_port: bool = False) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
     await stop.wait()
     log.info("shutting down")
     await runner.cleanup()
+
+
+def _dump_tasks() -> None:
+    """SIGUSR1: log what every task is waiting for (diagnosing a stuck process)."""
+    import io
+
+    for task in asyncio.all_tasks():
+        out = io.StringIO()
+        task.print_stack(file=out)
+        log.warning("task %s\n%s", task.get_name(), out.getvalue())
 
 
 class JsonFormatter(logging.Formatter):

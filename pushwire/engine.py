@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from .aio import cancel_and_wait
 from .cluster.base import (
     NODES_TOPIC,
     Broker,
@@ -43,6 +44,7 @@ from .cluster.base import (
     Joined,
     Left,
     Liveness,
+    PartialDelivery,
     Unavailable,
     app_topic,
     channel_topic,
@@ -142,9 +144,7 @@ class Engine:
         (normally nothing is left: the server closed its sockets through the usual path)."""
         self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         try:
             changes = await self.state.reap(self.node)
             await self._announce(changes)
@@ -200,7 +200,8 @@ class Engine:
         gate = self._resyncing = asyncio.Event()
         try:
             try:
-                await asyncio.wait_for(self._quiet.wait(), 5.0)
+                async with asyncio.timeout(5.0):
+                    await self._quiet.wait()
             except TimeoutError:
                 self._dirty = True  # an operation hangs: write again next time
             yield
@@ -230,6 +231,10 @@ class Engine:
                 n: t for n, t in self._waiting.items() if n not in beat.alive and t > now
             }
         self._known = beat.alive
+        if self._redo and not self._waiting:  # announcements the bus could not take before
+            redo, self._redo = self._redo, []
+            for topic, bm in redo:
+                await self._publish(topic, bm)
         for dead in beat.dead:
             if dead != self.node:
                 changes = await self.state.reap(dead)
@@ -255,10 +260,7 @@ class Engine:
             # nodes alive before must be back (or dead) before strict publishes succeed
             until = self.clock() + self.node_timeout
             self._waiting = {n: until for n in self._known if n != self.node}
-        await self._announce(changes)
-        redo, self._redo = self._redo, []
-        for topic, bm in redo:
-            await self._publish(topic, bm)
+        await self._announce(changes)  # what the bus cannot take yet goes out next beat
 
     async def _announce(self, changes: Changes) -> None:
         """Announce deployment-wide transitions found by resync or reaping."""
@@ -320,12 +322,18 @@ class Engine:
         announcement) a failed send is kept and sent again after the resync."""
         try:
             if self._waiting:
-                raise Unavailable("the cluster is resynchronising after losing its shared state")
+                raise PartialDelivery(
+                    "the cluster is resynchronising after losing its shared state (waiting "
+                    f"for {len(self._waiting)} node(s) to come back)"
+                )
             await self.broker.publish(topic, bm)
             self.metrics.bus_published += 1
         except Unavailable as exc:
             self.metrics.bus_publish_failures += 1
-            self._unavailable("publish", exc)
+            if isinstance(exc, PartialDelivery):
+                log.debug("publish to %s not confirmed: %s", topic, exc)  # a peer reconnects
+            else:
+                self._unavailable("publish", exc)
             if strict:
                 raise
             if len(self._redo) < REDO_LIMIT and bm.kind in (BusKind.MEMBER, BusKind.WATCH):

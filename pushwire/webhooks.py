@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
+from .aio import cancel_and_wait
 from .config import App, Config, Webhook
 from .happenings import Happening
 from .protocol.signing import webhook_signature
@@ -215,8 +216,7 @@ class Webhooks:
             while time.monotonic() < deadline and self._busy():
                 await asyncio.sleep(0.05)
         for t in self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+            await cancel_and_wait(t)
         if self.session is not None:
             await self.session.close()
 
@@ -234,7 +234,8 @@ class Webhooks:
             if not jobs:
                 self.wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), 0.2)
+                    async with asyncio.timeout(0.2):  # not wait_for: it can lose a cancel
+                        await self.wake.wait()
                 continue
             self._in_flight += 1
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -156,11 +157,28 @@ class Server:
             if proc.poll() is None:
                 proc.terminate()
         for proc in self.procs:
-            try:
-                proc.wait(TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_node(proc)
+
+
+NODE_LOGS: dict[int, Path] = {}  # pid -> log of nodes started by start_node
+
+
+def stop_node(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM a node and wait for it; a node that hangs is made to log its tasks (SIGUSR1),
+    killed, and reported with its log."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        proc.kill()
+        proc.wait()
+        log = NODE_LOGS.get(proc.pid)
+        raise AssertionError(
+            f"node did not stop within {TIMEOUT} s: {log.read_text()[-6000:] if log else ''}"
+        ) from None
 
 
 def start_node(tmp: Path, config: str, *extra: str) -> tuple[subprocess.Popen[str], int, Path]:
@@ -179,6 +197,7 @@ def start_node(tmp: Path, config: str, *extra: str) -> tuple[subprocess.Popen[st
     while time.monotonic() < deadline:
         m = re.search(r"listening on http://[\d.]+:(\d+)", log.read_text())
         if m:
+            NODE_LOGS[proc.pid] = log
             return proc, int(m.group(1)), log
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {log.read_text()}")

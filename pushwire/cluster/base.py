@@ -31,6 +31,15 @@ class Unavailable(Exception):
     """The shared store or bus cannot be reached (or could not confirm an operation)."""
 
 
+class NotRegistered(Unavailable):
+    """This node is not registered (it was reaped, or the store lost its data): resync."""
+
+
+class PartialDelivery(Unavailable):
+    """A publish reached fewer nodes than are subscribed to its topic (one of them is
+    reconnecting its bus): the store itself is fine."""
+
+
 class BusKind(enum.StrEnum):
     CHANNEL = "pub"  # a frame for a channel's subscribers
     MEMBER = "mem"  # a presence membership frame, with its membership version
@@ -127,7 +136,8 @@ class Broker(Protocol):
     - Echo suppression: a node never receives its own messages (it delivers locally itself).
     - `publish` raises `Unavailable` when it cannot confirm that every node subscribed to the
       topic (as recorded in the cluster state) received the message: the caller must not
-      report success. It never raises for a topic nobody else listens to.
+      report success. It never raises for a topic nobody else listens to (unless the
+      store is unreachable or this node is not registered: then it always raises).
     - `deliver`, given to `start`, is called for every received message, in order, from the
       event loop; it must not block.
     """
@@ -197,8 +207,10 @@ class Changes:
 
     occupied: list[tuple[str, str]] = field(default_factory=list)  # (app, channel)
     vacated: list[tuple[str, str]] = field(default_factory=list)
-    added: list[tuple[str, str, str, Any, int]] = field(default_factory=list)  # app, ch, uid,
-    removed: list[tuple[str, str, str, int]] = field(default_factory=list)  # info?, version
+    # (app, channel, user id, user_info, version)
+    added: list[tuple[str, str, str, Any, int]] = field(default_factory=list)
+    # (app, channel, user id, version)
+    removed: list[tuple[str, str, str, int]] = field(default_factory=list)
     online: list[tuple[str, str]] = field(default_factory=list)  # (app, user)
     offline: list[tuple[str, str]] = field(default_factory=list)
 
@@ -210,8 +222,8 @@ class Changes:
 
 class ClusterState(Protocol):
     """State shared by the deployment. Every method is one atomic step of the store, so two
-    nodes never both see themselves first (or last); figures count every registered node
-    (a dead node's records count until it is reaped). Methods raise `Unavailable` when the
+    nodes never both see themselves first (or last); figures count every node's records
+    (a dead node's count until it is reaped). Methods raise `Unavailable` when the
     store cannot be reached, or when this node is not registered (it was reaped, or the
     store lost its data): the caller decides locally and `resync` repairs it later.
 

@@ -26,6 +26,7 @@ from .base import (
     Heartbeat,
     Joined,
     Left,
+    NotRegistered,
     Unavailable,
 )
 
@@ -64,7 +65,7 @@ class Backplane:
         if node in self.unreachable:
             raise Unavailable(f"node {node} cannot reach the shared state")
         if registered and node not in self.nodes:
-            raise Unavailable(f"node {node} is not registered")
+            raise NotRegistered(f"node {node} is not registered")
 
     def app(self, app_id: str) -> _AppRecords:
         rec = self.apps.get(app_id)
@@ -202,11 +203,11 @@ class MemoryState:
         if member is not None:
             uid, info = member
             pm = rec.pm.setdefault(channel, {})
-            holders = rec.pmn.setdefault(channel, {})
             if uid not in pm and len(pm) >= limit:
                 if not pm:
                     del rec.pm[channel]
                 raise PresenceLimit(f"Presence channel {channel} is full ({limit} members)")
+            holders = rec.pmn.setdefault(channel, {})  # after the check: a refusal changes nothing
             per_node = holders.setdefault(uid, {})
             per_node[self.node] = per_node.get(self.node, 0) + 1
             if uid not in pm:
@@ -367,7 +368,7 @@ class MemoryState:
                 for uid in set(holders) | set(want):
                     per_node = holders.setdefault(uid, {})
                     had = bool(per_node)
-                    if uid in want:
+                    if uid in want and want[uid][1] > 0:  # no sockets: not held (as in Redis)
                         per_node[node] = want[uid][1]
                     else:
                         per_node.pop(node, None)

@@ -1,0 +1,61 @@
+"""The Redis backend: `Broker`, `ClusterState` and `Liveness` over one Redis server.
+
+`RedisBackend(url, prefix, node, node_timeout)` owns one client (a connection pool) shared by
+the state, the liveness and the publishing side of the broker, plus the broker's dedicated
+pub/sub connection. Client settings:
+
+- `health_check_interval=1`: a pooled connection idle for over a second is PINGed before use,
+  so a connection left stale by a Redis restart is found and replaced, not used.
+- `retry=Retry(NoBackoff(), 1)` on `ConnectionError` only: a command that fails on a broken
+  connection is sent once more on a fresh one. Timeouts (`socket_timeout=5`) are not retried:
+  after a timeout Redis may have run the command, and the scripts are not idempotent (a quota
+  increment, a publish, a take of webhook jobs).
+- Every error that remains surfaces as `base.Unavailable`.
+
+Data model: `keys.py`. Scripts: `lua/`.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from .bus import RedisBroker
+from .keys import Keys
+from .liveness import RedisLiveness
+from .state import RedisState
+from .webhooks import RedisWebhookStore
+
+
+class RedisBackend:
+    def __init__(self, url: str, prefix: str, node: str, node_timeout: float) -> None:
+        if not node or any(c in node for c in ":\n\r"):
+            raise ValueError(f"node id {node!r} must be non-empty, without ':' or newlines")
+        self.node = node
+        self.client = Redis.from_url(
+            url,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            health_check_interval=1,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            retry_on_error=[RedisConnectionError],
+        )
+        self.keys = Keys(prefix)
+        self.broker = RedisBroker(self.client, self.keys, node)
+        self.state = RedisState(self.client, self.keys, node)
+        self.liveness = RedisLiveness(self.client, self.keys, node, node_timeout)
+
+    def webhook_store(self, max_size: int) -> RedisWebhookStore:
+        return RedisWebhookStore(self.client, self.keys, max_size)
+
+    async def aclose(self) -> None:
+        """Stop the broker (its pub/sub connection) and close the pool."""
+        try:
+            await self.broker.stop()
+        finally:
+            await self.client.aclose()
+
+
+__all__ = ["RedisBackend", "RedisBroker", "RedisLiveness", "RedisState", "RedisWebhookStore"]

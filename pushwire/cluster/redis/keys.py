@@ -1,0 +1,188 @@
+"""Every Redis name the backend uses, in one place, for Python and for the Lua scripts.
+
+`Keys(prefix)` renders a name in Python; `lua_prelude()` renders the same templates as Lua
+functions (`K_lease(node)`, ...) that every script is prefixed with, so a name is spelled once.
+Let p = prefix, A an app id, N a node id, C a channel, U a user id:
+
+- `p:nodes`            set: registered nodes
+- `p:lease:N`          string with PX = node_timeout: N's lease
+- `p:node:N:apps`      set: apps N has records in (for reap and resync)
+- `p:conn:A`           hash N -> open connections on N (the connection quota)
+- `p:chs:A`            hash C -> subscribers in the deployment
+- `p:chn:A:C`          hash N -> subscribers on N (HLEN: nodes a publish must reach)
+- `p:cnn:A:N`          hash C -> subscribers on N (for reap and resync)
+- `p:pm:A:C`           hash U -> user_info JSON: the presence members
+- `p:pmu:A:C`          hash U -> number of nodes holding a socket of U in C
+- `p:pmn:A:N`          hash "C\\nU" -> sockets of U in C on N (for reap and resync)
+- `p:pv:A:C`           string: the channel's membership version (kept a day after a change)
+- `p:usr:A:U`          hash N -> signed-in sockets of U on N (EXISTS: online)
+- `p:usn:A:N`          set: users with signed-in sockets on N (for reap and resync)
+- `p:cache:A:C`        string with PX: the cache channel's last payload
+- `p:once:K`           string SET NX PX: once-only claims
+- `p:wh:jobs`, `p:wh:due`  hash id -> job, zset id by due time: webhook jobs
+- `p:bus:T`            pub/sub channel of bus topic T
+
+Assumptions: app ids and node ids contain no ':' and no newline, channel names no newline
+(Pusher channel names cannot); user ids may contain anything (they always come last, or after
+the first newline of a field).
+"""
+
+from __future__ import annotations
+
+import string
+
+TEMPLATES: dict[str, str] = {
+    "nodes": "nodes",
+    "lease": "lease:{node}",
+    "node_apps": "node:{node}:apps",
+    "conn": "conn:{app}",
+    "chs": "chs:{app}",
+    "chn": "chn:{app}:{channel}",
+    "cnn": "cnn:{app}:{node}",
+    "pm": "pm:{app}:{channel}",
+    "pmu": "pmu:{app}:{channel}",
+    "pmn": "pmn:{app}:{node}",
+    "pv": "pv:{app}:{channel}",
+    "usr": "usr:{app}:{user}",
+    "usn": "usn:{app}:{node}",
+    "cache": "cache:{app}:{channel}",
+    "once": "once:{key}",
+    "wh_jobs": "wh:jobs",
+    "wh_due": "wh:due",
+    "bus": "bus:{topic}",
+}
+
+# How long a presence channel's membership version outlives its last change. Versions are
+# taken as max(previous + 1, Redis TIME in microseconds), so they keep increasing without it.
+VERSION_TTL_MS = 86_400_000
+
+
+class Keys:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def _k(self, name: str, **parts: str) -> str:
+        return f"{self.prefix}:{TEMPLATES[name].format(**parts)}"
+
+    def nodes(self) -> str:
+        return self._k("nodes")
+
+    def lease(self, node: str) -> str:
+        return self._k("lease", node=node)
+
+    def node_apps(self, node: str) -> str:
+        return self._k("node_apps", node=node)
+
+    def conn(self, app: str) -> str:
+        return self._k("conn", app=app)
+
+    def chs(self, app: str) -> str:
+        return self._k("chs", app=app)
+
+    def chn(self, app: str, channel: str) -> str:
+        return self._k("chn", app=app, channel=channel)
+
+    def cnn(self, app: str, node: str) -> str:
+        return self._k("cnn", app=app, node=node)
+
+    def pm(self, app: str, channel: str) -> str:
+        return self._k("pm", app=app, channel=channel)
+
+    def pmu(self, app: str, channel: str) -> str:
+        return self._k("pmu", app=app, channel=channel)
+
+    def pmn(self, app: str, node: str) -> str:
+        return self._k("pmn", app=app, node=node)
+
+    def pv(self, app: str, channel: str) -> str:
+        return self._k("pv", app=app, channel=channel)
+
+    def usr(self, app: str, user: str) -> str:
+        return self._k("usr", app=app, user=user)
+
+    def usn(self, app: str, node: str) -> str:
+        return self._k("usn", app=app, node=node)
+
+    def cache(self, app: str, channel: str) -> str:
+        return self._k("cache", app=app, channel=channel)
+
+    def once(self, key: str) -> str:
+        return self._k("once", key=key)
+
+    def wh_jobs(self) -> str:
+        return self._k("wh_jobs")
+
+    def wh_due(self) -> str:
+        return self._k("wh_due")
+
+    def bus(self, topic: str) -> str:
+        return self._k("bus", topic=topic)
+
+    def record_of_topic(self, topic: str) -> str | None:
+        """The hash (node -> count) listing the nodes that must receive a publish to `topic`:
+        `chn` for a channel topic `c:A:C`, `usr` for a user topic `u:A:U`; None otherwise.
+        Splits on the first two ':' only (user ids may contain ':')."""
+        kind, sep, rest = topic.partition(":")
+        app, sep2, name = rest.partition(":")
+        if not (sep and sep2 and app and name):
+            return None
+        if kind == "c":
+            return self.chn(app, name)
+        if kind == "u":
+            return self.usr(app, name)
+        return None
+
+
+def _lua_function(name: str, template: str) -> str:
+    pieces = ["P"]
+    params: list[str] = []
+    text = ":"
+    for literal, field, _, _ in string.Formatter().parse(template):
+        text += literal
+        if field is not None:
+            if text:
+                assert "'" not in text and "\\" not in text
+                pieces.append(f"'{text}'")
+                text = ""
+            pieces.append(field)
+            params.append(field)
+    if text:
+        pieces.append(f"'{text}'")
+    return f"local function K_{name}({', '.join(params)}) return {' .. '.join(pieces)} end"
+
+
+def lua_prelude() -> str:
+    """The Lua every script starts with. ARGV[1] is the prefix, ARGV[2] this node's id."""
+    lines = [
+        "local P, NODE = ARGV[1], ARGV[2]",
+        *(_lua_function(name, t) for name, t in TEMPLATES.items()),
+        f"local VERSION_TTL_MS = {VERSION_TTL_MS}",
+        # numbers are formatted by hand: Lua's tostring would print 1.7e+15
+        "local function int(v) return string.format('%d', v) end",
+        "local function registered(node)",
+        "  return redis.call('SISMEMBER', K_nodes(), node) == 1",
+        "end",
+        "local function num(v) if v then return tonumber(v) end return 0 end",
+        # a new membership version: max(previous + 1, TIME in microseconds)
+        "local function next_version(app, channel)",
+        "  local key = K_pv(app, channel)",
+        "  local t = redis.call('TIME')",
+        "  local v = tonumber(t[1]) * 1000000 + tonumber(t[2])",
+        "  local prev = num(redis.call('GET', key))",
+        "  if prev + 1 > v then v = prev + 1 end",
+        "  redis.call('SET', key, int(v), 'PX', VERSION_TTL_MS)",
+        "  return v",
+        "end",
+        "local function current_version(app, channel)",
+        "  local v = redis.call('GET', K_pv(app, channel))",
+        "  if v then return tonumber(v) end",
+        "  return next_version(app, channel)",
+        "end",
+        # split 'channel\nuser' on the first newline
+        "local function split_field(f)",
+        "  local i = string.find(f, '\\n', 1, true)",
+        "  return string.sub(f, 1, i - 1), string.sub(f, i + 1)",
+        "end",
+        "",
+    ]
+    return "\n".join(lines)
