@@ -49,10 +49,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(config: Config, reuse_port: bool = False) -> None:
-    from .server import create_app
+    from .server import NODE_KEY, create_app
+    from .transport.http import GuardedRunner, QuietClientErrors
 
     app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
+    metrics = app[NODE_KEY].metrics
+    logging.getLogger("aiohttp.server").addFilter(QuietClientErrors())
+    runner = GuardedRunner(
+        app,
+        metrics,
+        config.server.handshake_timeout,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=5.0,
+    )
     await runner.setup()
     site = web.TCPSite(
         runner,

@@ -86,6 +86,12 @@ class ServerConfig:
     # Seconds of socket writes before the loop serves other work during a large fan-out.
     flush_slice: float = 0.0005
     max_request_body: int = 1024 * 1024
+    # seconds a new TCP connection may take to send its first request's headers (HTTP or the
+    # WebSocket upgrade), and a REST request its body; slower ones are closed
+    handshake_timeout: float = 10.0
+    body_timeout: float = 10.0
+    # bytes of REST request bodies read at once, all requests together (others wait their turn)
+    request_body_budget: int = 32 * 1024 * 1024
     timestamp_window: float = 600.0
     log_level: str = "info"
     log_format: str = "plain"  # plain | json (one JSON object per line)
@@ -281,6 +287,15 @@ def _check_server(server: ServerConfig, source: str) -> None:
         raise ConfigError(f"{source}: [server]: key 'log_format' must be plain or json")
     if server.workers < 1:
         raise ConfigError(f"{source}: [server]: key 'workers' must be at least 1")
+    for name in (
+        "handshake_timeout",
+        "body_timeout",
+        "max_request_body",
+        "max_frame_size",
+        "request_body_budget",
+    ):
+        if getattr(server, name) <= 0:
+            raise ConfigError(f"{source}: [server]: key '{name}' must be greater than 0")
 
 
 def _check_cluster(cluster: ClusterConfig, source: str) -> None:

@@ -24,6 +24,8 @@ class Metrics:
         self.bus_publish_failures = 0  # sends the bus could not confirm (strict ones: 503)
         self.bus_received = 0
         self.rest: Counter[tuple[str, int]] = Counter()  # (route, status) -> requests
+        # client mistakes and abuse by kind (malformed HTTP, aborted uploads, timeouts, ...)
+        self.client_errors: Counter[str] = Counter()
         self.gauges: list[Callable[[], Iterable[tuple[str, str, dict[str, str], float]]]] = []
 
     def render(self) -> str:
@@ -106,6 +108,12 @@ class Metrics:
             "counter",
             "REST API requests",
             [({"route": r, "status": str(s)}, n) for (r, s), n in sorted(self.rest.items())],
+        )
+        metric(
+            "pushwire_client_errors_total",
+            "counter",
+            "client mistakes and refusals by kind (no traceback is logged for them)",
+            [({"kind": k}, n) for k, n in sorted(self.client_errors.items())],
         )
         grouped: dict[str, tuple[str, str, list[tuple[dict[str, str], float]]]] = {}
         for gauge in self.gauges:

@@ -25,7 +25,7 @@ from .metrics import Metrics
 from .monitor import TrafficMonitor
 from .protocol.errors import ReconnectNow
 from .transport.dashboard import Dashboard
-from .transport.rest import RestApi
+from .transport.rest import BodyBudget, RestApi
 from .transport.tap import TapEndpoint
 from .transport.ws import WsEndpoint
 from .webhooks import MemoryStore, Webhooks, WebhookStore
@@ -47,7 +47,7 @@ def sweep_interval(config: Config) -> float:
 
 def rest_routes(config: Config) -> list[tuple[str, str]]:
     node = build_node(config)
-    api = RestApi(config, node.engine, node.monitor, node.metrics)
+    api = RestApi(config, node.engine, node.monitor, node.metrics, BodyBudget(1))
     return [(method, path) for method, path, _ in api.routes()]
 
 
@@ -221,9 +221,10 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
         middlewares=[_api_only(mw) for mw in node.extensions.api_middlewares],
     )
     app[NODE_KEY] = node
+    budget = BodyBudget(config.server.request_body_budget)
     role = config.server.role
     if role in ("all", "api"):
-        rest = RestApi(config, engine, monitor, metrics)
+        rest = RestApi(config, engine, monitor, metrics, budget)
         for method, path, fn in rest.routes():
             app.router.add_route(method, path, fn)
 

@@ -89,14 +89,19 @@ def verify_rest(
     method: str,
     path: str,
     params: Iterable[tuple[str, str]],
-    body: bytes,
+    body: bytes | None,
     now: float,
     window: float = 600.0,
+    has_body: bool = False,
 ) -> None:
     """Check a REST request's signature; raise RestAuthError with the reason if it fails.
 
     Checks, in order: the required parameters, the key, `auth_version`, the timestamp window,
     `body_md5` against the MD5 recomputed from the raw body, then the HMAC in constant time.
+
+    `body=None` checks everything that does not need the body (the HMAC covers `body_md5`,
+    so a forged request is refused before its body is read); `has_body` says one follows,
+    which then needs a `body_md5`. Call `verify_body_md5` once the body is read.
     """
     plist = list(params)
     query: dict[str, str] = {}
@@ -121,16 +126,26 @@ def verify_rest(
             f"Timestamp expired: auth_timestamp {ts} is more than {int(window)} s from server time "
             f"{int(now)}"
         )
-    if body or "body_md5" in query:
-        actual = hashlib.md5(body).hexdigest()
-        given = query.get("body_md5")
-        if given is None:
+    if body is None:
+        if has_body and "body_md5" not in query:
             raise RestAuthError("Missing query parameter body_md5 (required with a body)")
-        if not hmac.compare_digest(given.encode(), actual.encode()):
-            raise RestAuthError("body_md5 does not match the MD5 of the request body")
+    else:
+        verify_body_md5(plist, body)
     expected = hmac_hex(secret, rest_string_to_sign(method, path, plist))
     if not hmac.compare_digest(expected.encode(), query["auth_signature"].encode()):
         raise RestAuthError("Invalid signature: it does not match the signed request")
+
+
+def verify_body_md5(params: Iterable[tuple[str, str]], body: bytes) -> None:
+    """The body's MD5 must equal the signed `body_md5` (required when there is a body)."""
+    given = next((v for k, v in params if k.lower() == "body_md5"), None)
+    if not body and given is None:
+        return
+    if given is None:
+        raise RestAuthError("Missing query parameter body_md5 (required with a body)")
+    actual = hashlib.md5(body).hexdigest()
+    if not hmac.compare_digest(given.encode(), actual.encode()):
+        raise RestAuthError("body_md5 does not match the MD5 of the request body")
 
 
 def webhook_signature(secret: str, body: bytes) -> str:

@@ -9,6 +9,7 @@ the traffic monitor, cluster-wide.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from ..monitor import TrafficMonitor
 from ..protocol.frames import loads_checked
 from .tap import stream_traffic
 
+DASHBOARD_BODY = 64 * 1024  # the trigger form's largest request
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
@@ -104,8 +106,22 @@ class Dashboard:
         return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())
 
     async def trigger(self, request: web.Request) -> web.Response:
+        if not request.headers.get("Authorization", "").startswith("Bearer "):
+            return web.json_response({"error": "Bearer token required"}, status=401)
+        if (request.content_length or 0) > DASHBOARD_BODY or request.content_length is None:
+            return web.json_response(
+                {"error": f"Body required, at most {DASHBOARD_BODY} bytes"}, status=413
+            )
         try:
-            body = loads_checked(await request.read())
+            async with asyncio.timeout(self.config.server.body_timeout):
+                raw = await request.content.read(DASHBOARD_BODY)
+        except TimeoutError:
+            return web.json_response({"error": "Body not received in time"}, status=408)
+        except ConnectionError as exc:
+            exc.__traceback__ = None  # see transport/rest.py: free the request's buffers now
+            return web.json_response({"error": "client went away"}, status=400)
+        try:
+            body = loads_checked(raw)
         except ValueError:
             return web.json_response({"error": "Request body is not valid JSON"}, status=400)
         if not isinstance(body, dict):

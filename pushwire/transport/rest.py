@@ -6,13 +6,17 @@ for a failure.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import PayloadEncodingError
+from aiohttp.streams import EofStream
 
 from .. import api
 from ..config import App, Config
@@ -20,7 +24,7 @@ from ..engine import Engine
 from ..metrics import Metrics
 from ..monitor import TrafficMonitor
 from ..protocol.frames import loads_checked
-from ..protocol.signing import RestAuthError, verify_rest
+from ..protocol.signing import RestAuthError, verify_body_md5, verify_rest
 
 log = logging.getLogger("pushwire.rest")
 
@@ -38,10 +42,95 @@ def ok(body: dict[str, Any]) -> web.Response:
 Action = Callable[[web.Request, App, Any], Awaitable[dict[str, Any]]]
 
 
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyTimeout(Exception):
+    pass
+
+
+class ClientGone(Exception):
+    """The client went away mid-request (an aborted upload): nothing to answer."""
+
+
+class BodyBudget:
+    """Bytes of request bodies being read at once. Past `limit` a reader waits for its turn
+    while the kernel holds its data (aiohttp stops reading a socket whose buffer is full), so
+    hundreds of slow or aborted uploads cannot grow the process's memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._cond = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, n: int) -> AsyncIterator[None]:
+        n = min(n, self.limit)
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.used + n <= self.limit)
+            self.used += n
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self.used -= n
+                self._cond.notify_all()
+
+
+async def read_body(
+    request: web.Request,
+    config: Config,
+    metrics: Metrics,
+    budget: BodyBudget,
+    app: App,
+    authenticate: Callable[[web.Request, App, bool], None],
+) -> bytes:
+    """Read a REST body only after every check that does not need it: size announced in
+    Content-Length, app, key, timestamp and signature. The read is bounded in size and time;
+    a client that goes away mid-upload costs one counter, not a traceback."""
+    limit = config.server.max_request_body
+    length = request.content_length
+    if length is not None and length > limit:
+        metrics.client_errors["body_too_large"] += 1
+        raise BodyTooLarge(f"Request body too large: {length} bytes (limit {limit})")
+    has_body = request.can_read_body
+    authenticate(request, app, has_body)
+    if not has_body:
+        body = b""
+    else:
+        try:
+            async with asyncio.timeout(config.server.body_timeout), budget.hold(length or limit):
+                body = await request.read()
+        except TimeoutError:
+            metrics.client_errors["body_timeout"] += 1
+            raise BodyTimeout(
+                f"Request body not received within {config.server.body_timeout:g} s"
+            ) from None
+        except web.HTTPRequestEntityTooLarge:
+            metrics.client_errors["body_too_large"] += 1
+            raise BodyTooLarge(f"Request body too large (limit {limit} bytes)") from None
+        except (ConnectionError, EofStream, ClientPayloadError, PayloadEncodingError) as exc:
+            metrics.client_errors["aborted_upload"] += 1
+            # the request's stream keeps this exception, and its traceback keeps the frames
+            # that keep the stream and its buffered body: a cycle only the garbage collector
+            # would free, eventually. Cut it now, so the memory goes with the request.
+            exc.__traceback__ = None
+            raise ClientGone() from None
+    verify_body_md5(list(request.query.items()), body)
+    return body
+
+
 class RestApi:
     def __init__(
-        self, config: Config, engine: Engine, monitor: TrafficMonitor, metrics: Metrics
+        self,
+        config: Config,
+        engine: Engine,
+        monitor: TrafficMonitor,
+        metrics: Metrics,
+        budget: BodyBudget,
     ) -> None:
+        self.budget = budget
         self.config = config
         self.engine = engine
         self.monitor = monitor
@@ -73,8 +162,9 @@ class RestApi:
         async def run(request: web.Request) -> web.Response:
             try:
                 app = self._app(request)
-                body = await request.read()
-                self._authenticate(request, app, body)
+                body = await read_body(
+                    request, self.config, self.metrics, self.budget, app, self._authenticate
+                )
                 parsed: Any = None
                 if request.method == "POST":
                     try:
@@ -88,8 +178,12 @@ class RestApi:
                 return error(exc.status, exc.message)
             except RestAuthError as exc:
                 return error(401, f"Authentication failed: {exc}")
-            except web.HTTPRequestEntityTooLarge:
-                return error(413, "Request body too large")
+            except BodyTooLarge as exc:
+                return error(413, str(exc))
+            except BodyTimeout as exc:
+                return error(408, str(exc))
+            except ClientGone:
+                return error(400, "The client went away during the request")
 
         return handler
 
@@ -109,7 +203,9 @@ class RestApi:
             raise api.ApiError(403, "Application disabled")
         return app
 
-    def _authenticate(self, request: web.Request, app: App, body: bytes) -> None:
+    def _authenticate(self, request: web.Request, app: App, has_body: bool) -> None:
+        """Everything but the body's MD5: a request that is not signed with the app's secret
+        (or is too old) is refused before its body is read."""
         params = list(request.query.items())
         paths = [request.path]
         raw = request.raw_path.split("?", 1)[0]
@@ -123,9 +219,10 @@ class RestApi:
                     method=request.method,
                     path=path,
                     params=params,
-                    body=body,
+                    body=None,
                     now=time.time(),
                     window=self.config.server.timestamp_window,
+                    has_body=has_body,
                 )
                 return
             except RestAuthError:

@@ -176,7 +176,7 @@ class WsEndpoint:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(
-            autoping=True, compress=False, max_msg_size=self.max_frame, heartbeat=None
+            autoping=True, compress=False, max_msg_size=self.max_frame + 1, heartbeat=None
         )
         if not ws.can_prepare(request).ok:
             return web.json_response(
