@@ -101,9 +101,10 @@ async def _subscribers(
     await asyncio.wait_for(all_subscribed, timeout)
     ready.put(index)
     await loop.run_in_executor(None, go.wait)
+    cpu0 = time.process_time()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(done.wait(), timeout)
-    results.put((index, latencies))
+    results.put((index, latencies, time.process_time() - cpu0))
     for t in transports:
         t.disconnect()
 
@@ -121,7 +122,10 @@ async def publish(base: str, events: int, size: int, concurrency: int, rate: flo
             if rate:  # open loop: event seq is due at t0 + seq / rate
                 await asyncio.sleep(max(0.0, t0 / 1e9 + seq / rate - time.monotonic()))
             async with sem:
-                data = orjson.dumps({"s": seq, "t": time.monotonic_ns(), "p": pad}).decode()
+                # latency counts from the scheduled send time (paced), so a publisher or
+                # server that falls behind shows as latency instead of hiding it
+                sent = t0 + int(seq * 1e9 / rate) if rate else time.monotonic_ns()
+                data = orjson.dumps({"s": seq, "t": sent, "p": pad}).decode()
                 body = orjson.dumps({"name": "bench", "channel": CHANNEL, "data": data})
                 q = sign_rest(KEY, SECRET, "POST", path, {}, body)
                 async with s.post(
@@ -149,6 +153,7 @@ def measure(
     pid: int | list[int] | None,
     args: argparse.Namespace,
     sub_bases: list[str] | None = None,
+    aux_pids: list[int] | None = None,
 ) -> dict[str, Any]:
     """Publish to `base`; subscribers connect round-robin to `sub_bases` (default: base)."""
     sub_bases = sub_bases or [base]
@@ -177,14 +182,18 @@ def measure(
     servers = [psutil.Process(p) for p in pids]
     server = bool(servers)
     cpu0 = sum(sum(sv.cpu_times()[:2]) for sv in servers)
+    aux = [psutil.Process(p) for p in aux_pids or []]
+    aux0 = sum(sum(a.cpu_times()[:2]) for a in aux)
     rss_peak = sum(sv.memory_info().rss for sv in servers)
     t0 = time.monotonic_ns()
     go.set()
     publish_s = asyncio.run(publish(base, args.events, args.size, args.concurrency, args.rate))
     lat: list[int] = []
+    client_cpu = 0.0
     for _ in procs:
-        _, l_ = results.get(timeout=args.timeout + 30)
+        _, l_, c_ = results.get(timeout=args.timeout + 30)
         lat.extend(l_)
+        client_cpu += c_
     t_end = time.monotonic_ns()
     # the last receipt time: t0 + max over (send time + latency) is not known exactly; use the
     # wall time until every worker reported, minus nothing (workers report right after the last
@@ -192,6 +201,7 @@ def measure(
     if server:
         rss_peak = max(rss_peak, sum(sv.memory_info().rss for sv in servers))
         cpu = sum(sum(sv.cpu_times()[:2]) for sv in servers) - cpu0
+    aux_cpu = sum(sum(a.cpu_times()[:2]) for a in aux) - aux0
     for p in procs:
         p.join(10)
     lat.sort()
@@ -212,6 +222,11 @@ def measure(
         "p99_ms": round(percentile(lat, 99), 2),
         "max_ms": round(lat[-1] / 1e6, 2) if lat else None,
         "server_cpu_s": round(cpu, 2) if server else None,
+        # CPU per delivered message, in microseconds: the server's, Redis's (cluster), and the
+        # load generator's (if it is close to the server's, the generator is what saturates)
+        "server_us_per_msg": round(cpu / len(lat) * 1e6, 2) if server and lat else None,
+        "redis_us_per_msg": round(aux_cpu / len(lat) * 1e6, 2) if aux and lat else None,
+        "client_us_per_msg": round(client_cpu / len(lat) * 1e6, 2) if lat else None,
         "server_rss_mb": round(rss_peak / 2**20, 1) if server else None,
     }
 
@@ -274,7 +289,9 @@ def measure_cluster(args: argparse.Namespace) -> dict[str, Any]:
     nodes = [start_pushwire(p, "--redis-url", url) for p in (a_port, b_port)]
     try:
         a, b = f"http://127.0.0.1:{a_port}", f"http://127.0.0.1:{b_port}"
-        return measure("pushwire-2-nodes", a, [n.pid for n in nodes], args, [a, b])
+        return measure(
+            "pushwire-2-nodes", a, [n.pid for n in nodes], args, [a, b], [redis.pid]
+        )
     finally:
         for n in nodes:
             n.send_signal(signal.SIGTERM)
@@ -357,9 +374,20 @@ def main() -> None:
                     "msgs_per_s": round(other["msgs_per_s"] / base["msgs_per_s"], 2),
                     "p50": round(other["p50_ms"] / base["p50_ms"], 2),
                     "p99": round(other["p99_ms"] / base["p99_ms"], 2),
+                    "server_cpu_per_msg": _ratio(other, base, "server_us_per_msg"),
+                    "server_and_redis_cpu_per_msg": _ratio(
+                        other, base, "server_us_per_msg", "redis_us_per_msg"
+                    ),
                 }
             )
         )
+
+
+def _ratio(other: dict[str, Any], base: dict[str, Any], *keys: str) -> float | None:
+    try:
+        return round(sum(other[k] or 0 for k in keys) / sum(base[k] or 0 for k in keys), 2)
+    except (TypeError, ZeroDivisionError, KeyError):
+        return None
 
 
 if __name__ == "__main__":

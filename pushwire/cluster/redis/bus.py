@@ -75,14 +75,13 @@ class _Channel:
         return not (self.active or self.last_sub or self.subs or self.unsubs)
 
 
-class _Turn:
-    """A FIFO lock per topic, dropped when nobody holds or waits for it."""
-
-    __slots__ = ("lock", "users")
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.users = 0
+@dataclass(slots=True)
+class _Outgoing:
+    name: bytes
+    record: str
+    listening: str
+    data: bytes
+    done: asyncio.Future[None]
 
 
 def _ignore(msg: BusMessage) -> None:
@@ -113,7 +112,8 @@ class RedisBroker:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._deliver: Callable[[BusMessage], None] = _ignore
-        self._turns: dict[str, _Turn] = {}
+        self._outbox: list[_Outgoing] = []
+        self._sender: asyncio.Task[None] | None = None
         self._down_logged = False
         self._malformed = 0
         self._malformed_logged = float("-inf")
@@ -130,6 +130,8 @@ class RedisBroker:
             self._task = asyncio.create_task(self._run(), name=f"pushwire-bus-{self.node}")
 
     async def stop(self) -> None:
+        if self._sender is not None:  # what was published goes out first
+            await asyncio.wait([self._sender], timeout=2.0)
         self._stopping = True
         self._wanted.clear()
         task, self._task = self._task, None
@@ -371,28 +373,52 @@ class RedisBroker:
 
     # Publishing ---------------------------------------------------------------------------
     async def publish(self, topic: str, msg: BusMessage) -> None:
-        data = encode(msg, self.node)
+        """Queue the message for the next pipeline and wait for its verdict.
+
+        Auto-pipelining: publishes made while a pipeline is in flight go out together in the
+        next one, one round trip for all of them, in call order (pipelines are sent one at
+        a time, so order holds across them too). A burst of triggers thus costs a few round
+        trips, not one each, and no publish waits behind another's reply."""
         name = self._name(topic)
-        record = self._keys.record_of_topic(topic) or ""
-        turn = self._turns.get(topic)
-        if turn is None:
-            turn = self._turns[topic] = _Turn()
-        turn.users += 1
-        try:
-            async with turn.lock:
-                ch = self._channels.get(name) if self._up else None
-                listening = "1" if ch is not None and ch.maybe_counted else "0"
-                try:
-                    await self._scripts.raw("publish", name, record, listening, data)
-                except ResponseError as exc:
-                    text = str(exc)
+        ch = self._channels.get(name) if self._up else None
+        out = _Outgoing(
+            name,
+            self._keys.record_of_topic(topic) or "",
+            "1" if ch is not None and ch.maybe_counted else "0",
+            encode(msg, self.node),
+            asyncio.get_running_loop().create_future(),
+        )
+        self._outbox.append(out)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_outbox())
+        await asyncio.shield(out.done)
+
+    async def _send_outbox(self) -> None:
+        while self._outbox:
+            batch, self._outbox = self._outbox, []
+            try:
+                results = await self._scripts.pipeline(
+                    "publish", [(o.name, o.record, o.listening, o.data) for o in batch]
+                )
+            except (RedisError, OSError) as exc:
+                err = Unavailable(f"Redis unreachable (publish): {exc}")
+                for o in batch:
+                    if not o.done.done():
+                        o.done.set_exception(err)
+                continue
+            for o, r in zip(batch, results, strict=True):
+                if o.done.done():
+                    continue
+                if isinstance(r, ResponseError):
+                    text = str(r)
                     if text.startswith("SHORT"):
                         got, need = text.split()[1:3]
-                        raise PartialDelivery(f"published to {got} of {need} nodes") from None
-                    raise self._scripts.error("publish", exc) from None
-                except (RedisError, OSError) as exc:
-                    raise Unavailable(f"Redis unreachable (publish): {exc}") from None
-        finally:
-            turn.users -= 1
-            if not turn.users:
-                del self._turns[topic]
+                        o.done.set_exception(
+                            PartialDelivery(f"published to {got} of {need} nodes")
+                        )
+                    else:
+                        o.done.set_exception(self._scripts.error("publish", r))
+                elif isinstance(r, Exception):
+                    o.done.set_exception(Unavailable(f"Redis unreachable (publish): {r}"))
+                else:
+                    o.done.set_result(None)

@@ -63,6 +63,22 @@ class Scripts:
             await self.client.script_load(self._source[name])
             return await self.client.evalsha(self._sha[name], 0, *argv)
 
+    async def pipeline(
+        self, name: str, calls: list[tuple[str | bytes | int | float, ...]]
+    ) -> list[Any]:
+        """Run script `name` once per argument tuple, in order, in one round trip. Results
+        are in call order; a failed call's entry is its exception (Redis errors as is)."""
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for args in calls:
+                pipe.evalsha(self._sha[name], 0, self.keys.prefix, self.node, *args)
+            results = await pipe.execute(raise_on_error=False)
+            if attempt == 0 and results and all(isinstance(r, NoScriptError) for r in results):
+                await self.client.script_load(self._source[name])  # Redis restarted
+                continue
+            return list(results)
+        raise AssertionError("unreachable")
+
     async def run(self, name: str, *args: str | bytes | int | float) -> Any:
         try:
             return await self.raw(name, *args)
