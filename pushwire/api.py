@@ -18,7 +18,12 @@ from .config import App
 from .engine import Engine
 from .monitor import TrafficMonitor
 from .protocol import messages
-from .protocol.channels import channel_type, server_to_user_id, validate_channel_name
+from .protocol.channels import (
+    USER_ID_RE,
+    channel_type,
+    server_to_user_id,
+    validate_channel_name,
+)
 from .protocol.errors import InvalidChannel
 
 SOCKET_ID_RE = re.compile(r"^\d+\.\d+$")
@@ -89,7 +94,7 @@ def _event(app: App, body: object, where: str, multi: bool) -> dict[str, Any]:
         raise ApiError(400, f"{where}: the same channel is named twice")
     socket_id = body.get("socket_id")
     if socket_id is not None and (
-        not isinstance(socket_id, str) or not SOCKET_ID_RE.match(socket_id)
+        not isinstance(socket_id, str) or not SOCKET_ID_RE.fullmatch(socket_id)
     ):
         raise ApiError(400, f"{where}: invalid socket_id {socket_id!r}")
     attrs = _attrs(body.get("info"), TRIGGER_INFO, where)
@@ -214,7 +219,11 @@ async def users(engine: Engine, app: App, name: str) -> dict[str, Any]:
 
 
 async def terminate(engine: Engine, app: App, user_id: str) -> dict[str, Any]:
-    if not user_id or len(user_id) > app.max_presence_user_id_length:
+    if (
+        not user_id
+        or len(user_id) > app.max_presence_user_id_length
+        or not USER_ID_RE.fullmatch(user_id)
+    ):
         raise ApiError(400, "terminate_connections: invalid user id")
     try:
         await engine.terminate_user(app, user_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 DEMO_APP = ("app-id", "app-key", "app-secret")
+APP_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,100}")  # it is part of Redis keys and URLs
 
 WEBHOOK_EVENT_TYPES = frozenset(
     {
@@ -230,6 +232,8 @@ def _app(data: Any, where: str) -> App:
             raise ConfigError(f"{where}: key '{name}' must not be empty")
     if ":" in app.key:
         raise ConfigError(f"{where}: key 'key' must not contain ':'")
+    if not APP_ID_RE.fullmatch(app.id):
+        raise ConfigError(f"{where}: key 'id' may hold only letters, digits, '-' and '_'")
     for name in _POSITIVE:
         if getattr(app, name) <= 0:
             raise ConfigError(f"{where}: key '{name}' must be greater than 0")

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -53,7 +53,7 @@ from .cluster.base import (
 from .config import App, Config
 from .connection import Connection
 from .happenings import Happening, HappeningSink
-from .hub import Hub
+from .hub import Hub, WatchStatus
 from .metrics import Metrics
 from .monitor import TrafficMonitor
 from .protocol import messages
@@ -64,6 +64,7 @@ from .protocol.frames import Outbound
 log = logging.getLogger("pushwire.engine")
 T = TypeVar("T")
 InternalHandler = Callable[[dict[str, Any], str], Any]
+_IN_OPERATION: contextvars.ContextVar[bool] = contextvars.ContextVar("in_op", default=False)
 REDO_LIMIT = 10_000  # announcements kept to publish again after an outage
 
 
@@ -113,7 +114,10 @@ class Engine:
         self.internal: dict[str, list[InternalHandler]] = {}
         self.healthy = True  # the shared store answered the last time it was asked
         self._dirty = False  # a decision was taken locally: resync when the store is back
-        self._topics: dict[str, asyncio.Future[None]] = {}  # bus topics, subscribing or done
+        self._topics: set[str] = set()  # bus topics wanted (subscribing or subscribed)
+        self._topic_ops: dict[str, asyncio.Future[None]] = {}  # each topic's last bus call
+        self._unannounced: list[Changes] = []  # found by a resync, to tell once registered
+        self._healthy_since = float("inf")  # reaping waits until this node is sure of itself
         self._ops = 0  # state operations in flight
         self._quiet = asyncio.Event()
         self._quiet.set()
@@ -131,10 +135,11 @@ class Engine:
     # Lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         await self.broker.start(self._on_bus)
+        await self._subscribe_topic(NODES_TOPIC)
         try:
-            await self._subscribe_topic(NODES_TOPIC)
             await self.state.resync(self.hub.snapshot())
             await self.liveness.register()
+            self._healthy_since = self.clock()
         except Unavailable as exc:
             self._unavailable("start", exc)
         self._task = asyncio.create_task(self._heartbeat_loop())
@@ -142,12 +147,21 @@ class Engine:
     async def stop(self) -> None:
         """Leave the deployment at once: our records go and their changes are announced
         (normally nothing is left: the server closed its sockets through the usual path)."""
-        self._stopping = True
         if self._task is not None:
             await cancel_and_wait(self._task)
+        # sockets still open leave through the usual path, announced while registered
         try:
-            changes = await self.state.reap(self.node)
-            await self._announce(changes)
+            async with asyncio.timeout(5.0):
+                for conn in list(self.connections()):
+                    conn.closed = True
+                    await self.disconnect(conn)
+        except TimeoutError:
+            log.warning("stop: some connections were not removed in time")
+        self._stopping = True
+        try:
+            leftover = await self.state.reap(self.node)  # unregisters: nothing more to say
+            if leftover:
+                log.warning("stop: removed state this node had not cleaned up: %s", leftover)
         except Unavailable as exc:
             log.warning("could not remove this node's state on stop: %s", exc)
         if self._bg:
@@ -162,6 +176,7 @@ class Engine:
     # Health ------------------------------------------------------------------------------
     def _unavailable(self, what: str, exc: Exception) -> None:
         self._dirty = True
+        self._healthy_since = float("inf")
         if self.healthy and not self._stopping:
             self.healthy = False
             log.error(
@@ -176,27 +191,40 @@ class Engine:
         return self.healthy and self.broker.healthy
 
     async def _call(self, what: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T | None:
-        """One state operation; None when the store cannot answer (decide locally)."""
-        while self._resyncing is not None:
-            await self._resyncing.wait()
+        """One state call; None when the store cannot answer (decide locally)."""
         if not self.healthy:
             self._dirty = True
             return None
-        self._ops += 1
-        self._quiet.clear()
         try:
             return await fn(*args)
         except Unavailable as exc:
             self._unavailable(what, exc)
             return None
+
+    @contextlib.asynccontextmanager
+    async def _operation(self) -> AsyncIterator[None]:
+        """One client action (its hub change and its state call together). A resync waits
+        for running ones and holds new ones back, so its snapshot never contains a change
+        whose state call is still to come (that call would count it twice)."""
+        if _IN_OPERATION.get():  # nested (disconnect -> unsubscribe): one slot is enough
+            yield
+            return
+        while self._resyncing is not None:
+            await self._resyncing.wait()
+        self._ops += 1
+        self._quiet.clear()
+        token = _IN_OPERATION.set(True)
+        try:
+            yield
         finally:
+            _IN_OPERATION.reset(token)
             self._ops -= 1
             if not self._ops:
                 self._quiet.set()
 
     @contextlib.asynccontextmanager
     async def _exclusive(self) -> AsyncIterator[None]:
-        """No state operation runs meanwhile (a resync writes a consistent snapshot)."""
+        """No client action runs meanwhile (a resync writes a consistent snapshot)."""
         gate = self._resyncing = asyncio.Event()
         try:
             try:
@@ -235,7 +263,10 @@ class Engine:
             redo, self._redo = self._redo, []
             for topic, bm in redo:
                 await self._publish(topic, bm)
-        for dead in beat.dead:
+        # a node that was itself cut off sees every lease run out: it reaps others only once
+        # it has been in touch with the store for a whole node_timeout
+        sure = now - self._healthy_since >= self.node_timeout
+        for dead in beat.dead if sure else ():
             if dead != self.node:
                 changes = await self.state.reap(dead)
                 if changes:
@@ -249,25 +280,29 @@ class Engine:
         state, then the registration; then announce what the deployment had lost."""
         await self.broker.resubscribed()
         async with self._exclusive():
-            changes = await self.state.resync(self.hub.snapshot())
+            self._unannounced.append(await self.state.resync(self.hub.snapshot()))
             await self.liveness.register()
             self._dirty = False
             if not self.healthy:
                 log.warning("shared state is back: this node's state was written again")
+                self._healthy_since = self.clock()
             self.healthy = True
         if lost:
             log.warning("this node was not registered (reaped, or the store lost its data)")
+            self._healthy_since = self.clock()
             # nodes alive before must be back (or dead) before strict publishes succeed
             until = self.clock() + self.node_timeout
             self._waiting = {n: until for n in self._known if n != self.node}
-        await self._announce(changes)  # what the bus cannot take yet goes out next beat
+        pending, self._unannounced = self._unannounced, []
+        for changes in pending:  # what the bus cannot take yet goes out next beat
+            await self._announce(changes)
 
     async def _announce(self, changes: Changes) -> None:
         """Announce deployment-wide transitions found by resync or reaping."""
         for app_id, uid in changes.online:
             app = self.config.app_by_id(app_id)
             if app is not None:
-                await self._announce_status(app, uid, "online")
+                await self._announce_status(app, uid, WatchStatus.ONLINE)
         for app_id, name in changes.occupied:
             app = self.config.app_by_id(app_id)
             if app is not None:
@@ -291,30 +326,42 @@ class Engine:
         for app_id, uid in changes.offline:
             app = self.config.app_by_id(app_id)
             if app is not None:
-                await self._announce_status(app, uid, "offline")
+                await self._announce_status(app, uid, WatchStatus.OFFLINE)
 
     # Bus ---------------------------------------------------------------------------------
     async def _subscribe_topic(self, topic: str) -> None:
         """Subscribe to `topic` once; every caller returns only once the broker confirmed it
-        (a second joiner of a channel waits for the first one's subscription)."""
-        task = self._topics.get(topic)
-        if task is None:
-            task = self._topics[topic] = asyncio.ensure_future(self.broker.subscribe(topic))
-        try:
-            await asyncio.shield(task)
-        except Unavailable as exc:
-            self._unavailable("bus subscribe", exc)
+        (a second joiner of a channel waits for the first one's subscription). Subscribes
+        and unsubscribes of one topic reach the broker one after the other, in order, so a
+        channel left and joined again at once ends subscribed."""
+        if topic not in self._topics:
+            self._topics.add(topic)
+            self._chain(topic, self.broker.subscribe)
+        await asyncio.shield(self._topic_ops[topic])
 
     async def _unsubscribe_topic(self, topic: str) -> None:
-        task = self._topics.pop(topic, None)
-        if task is None:
+        if topic not in self._topics:
             return
-        with contextlib.suppress(Unavailable):
-            await asyncio.shield(task)
-        try:
-            await self.broker.unsubscribe(topic)
-        except Unavailable as exc:
-            self._unavailable("bus unsubscribe", exc)
+        self._topics.discard(topic)
+        task = self._chain(topic, self.broker.unsubscribe)
+        await asyncio.shield(task)
+        if self._topic_ops.get(topic) is task:
+            del self._topic_ops[topic]
+
+    def _chain(self, topic: str, op: Callable[[str], Awaitable[None]]) -> asyncio.Future[None]:
+        prev = self._topic_ops.get(topic)
+
+        async def run() -> None:
+            if prev is not None:
+                await asyncio.wait([prev])
+            try:
+                await op(topic)
+            except Unavailable as exc:  # the broker keeps it wanted; the resync waits for it
+                log.debug("bus %s of %s failed: %s", op.__name__, topic, exc)
+                self._dirty = True
+
+        task = self._topic_ops[topic] = asyncio.ensure_future(run())
+        return task
 
     async def _publish(self, topic: str, bm: BusMessage, strict: bool = False) -> None:
         """Send to the other nodes. `strict`: the caller reports success, so raise
@@ -370,7 +417,8 @@ class Engine:
         elif kind is BusKind.TERMINATE:
             self._terminate_local(app, m.user)
         elif kind is BusKind.WATCH:
-            self.hub.notify_watchers(app, m.user, m.tag)
+            with contextlib.suppress(ValueError):
+                self.hub.notify_watchers(app, m.user, WatchStatus(m.tag))
 
     # Connections -------------------------------------------------------------------------
     def connections(self) -> Iterable[Connection]:
@@ -379,24 +427,26 @@ class Engine:
 
     async def connect(self, conn: Connection) -> None:
         """Admit a connection; raises OverConnectionQuota past the app's (deployment) quota."""
-        app = conn.app
-        limit = app.max_connections
-        ok = await self._call("connect", self.state.connect, app.id, limit)
-        if ok is None:
-            ok = not limit or self.hub.connection_count(app) < limit
-        if not ok:
-            raise OverConnectionQuota(f"Application is over its connection quota ({limit})")
-        self.hub.add_connection(conn)
+        async with self._operation():
+            app = conn.app
+            limit = app.max_connections
+            ok = await self._call("connect", self.state.connect, app.id, limit)
+            if ok is None:
+                ok = not limit or self.hub.connection_count(app) < limit
+            if not ok:
+                raise OverConnectionQuota(f"Application is over its connection quota ({limit})")
+            self.hub.add_connection(conn)
 
     async def disconnect(self, conn: Connection) -> list[str]:
         """Forget a closed connection; returns the channels it was in."""
-        channels = list(conn.channels)
-        for name in channels:
-            await self.unsubscribe(conn, name)
-        await self.sign_out(conn)
-        self.hub.remove_connection(conn)
-        await self._call("disconnect", self.state.disconnect, conn.app.id)
-        return channels
+        async with self._operation():
+            channels = list(conn.channels)
+            for name in channels:
+                await self._unsubscribe(conn, name)
+            await self._sign_out(conn)
+            self.hub.remove_connection(conn)
+            await self._call("disconnect", self.state.disconnect, conn.app.id)
+            return channels
 
     # Channels ----------------------------------------------------------------------------
     async def subscribe(
@@ -405,6 +455,10 @@ class Engine:
         """Join `conn` to `name` and send its subscription_succeeded (with the presence
         snapshot, and the count where enabled), then what was published meanwhile.
         Raises PresenceLimit when a new member would exceed the app's limit."""
+        async with self._operation():
+            await self._subscribe(conn, name, member)
+
+    async def _subscribe(self, conn: Connection, name: str, member: tuple[str, Any] | None) -> None:
         app = conn.app
         if name in conn.channels:  # subscribed already: answer again, change nothing
             await self._resend_succeeded(conn, name)
@@ -417,6 +471,7 @@ class Engine:
             joined = await self._call(
                 "subscribe", self.state.subscribe, app.id, name, member, app.max_presence_members
             )
+            local = joined is None
             if joined is None:
                 joined = self._local_join(conn, name, member)
         except PresenceLimit:
@@ -435,14 +490,14 @@ class Engine:
         if self.monitor.active:
             for msg in receipts:
                 self.monitor.out(conn, msg)
-        if joined.occupied:
+        if joined.occupied and not local:
             self.sink.emit(app, Happening.CHANNEL_OCCUPIED, name)
         if joined.member_added and member is not None:
             msg = messages.member_added(name, member[0], member[1])
             await self._announce_member(
-                app, name, member[0], joined.version, msg, Happening.MEMBER_ADDED
+                app, name, member[0], joined.version, msg, Happening.MEMBER_ADDED, local
             )
-        await self._count_changed(app, name, joined.count, conn.socket_id)
+        await self._count_changed(app, name, joined.count, conn.socket_id, local)
 
     async def _resend_succeeded(self, conn: Connection, name: str) -> None:
         app = conn.app
@@ -454,7 +509,9 @@ class Engine:
         self.monitor.reply(conn, msg)
 
     def _local_join(self, conn: Connection, name: str, member: tuple[str, Any] | None) -> Joined:
-        """What a subscribe means when the shared state cannot be asked: local knowledge."""
+        """What a subscribe means when the shared state cannot be asked: local knowledge,
+        told to this node's sockets only (version 0: it orders nothing). The other nodes and
+        the webhooks learn the deployment-wide result from the resync."""
         ch = self.hub.channel(conn.app, name)
         assert ch is not None
         count = len(ch.subscribers) + 1
@@ -466,35 +523,53 @@ class Engine:
         if new and len(members) >= conn.app.max_presence_members:
             raise PresenceLimit(f"Presence channel {name} is full")
         members[uid] = info
-        return Joined(count, count == 1, new, _local_version(), members)
+        return Joined(count, count == 1, new, 0, members)
 
     async def unsubscribe(self, conn: Connection, name: str) -> None:
+        async with self._operation():
+            await self._unsubscribe(conn, name)
+
+    async def _unsubscribe(self, conn: Connection, name: str) -> None:
         if name not in conn.channels:
             return
         app = conn.app
         uid = conn.channels[name]
         last_local = self.hub.unsubscribe(conn, name)
         left = await self._call("unsubscribe", self.state.unsubscribe, app.id, name, uid)
+        local = left is None
         if left is None:
             ch = self.hub.channel(app, name)
             count = 0 if ch is None else len(ch.subscribers)
             gone = uid is not None and (ch is None or uid not in ch.members)
-            left = Left(count, last_local, gone, _local_version() if gone else 0)
+            left = Left(count, last_local, gone, 0)
         # after the state, so a publish never expects us once we stop listening; and only if
         # no socket started joining meanwhile
         if last_local and self.hub.channel(app, name) is None:
             await self._unsubscribe_topic(channel_topic(app.id, name))
         if left.member_removed and uid is not None:
             msg = messages.member_removed(name, uid)
-            await self._announce_member(app, name, uid, left.version, msg, Happening.MEMBER_REMOVED)
-        if left.vacated:
+            await self._announce_member(
+                app, name, uid, left.version, msg, Happening.MEMBER_REMOVED, local
+            )
+        if left.vacated and not local:
             self.sink.emit(app, Happening.CHANNEL_VACATED, name)
-        await self._count_changed(app, name, left.count, None)
+        await self._count_changed(app, name, left.count, None, local)
 
     async def _announce_member(
-        self, app: App, name: str, uid: str, version: int, msg: Outbound, kind: Happening
+        self,
+        app: App,
+        name: str,
+        uid: str,
+        version: int,
+        msg: Outbound,
+        kind: Happening,
+        local: bool = False,
     ) -> None:
+        """A member joined or left: this node's sockets, the other nodes, the webhooks. A
+        decision taken locally (store unreachable) reaches this node's sockets only."""
         self.hub.member_event(app, name, uid, version, msg)
+        if local:
+            return
         bm = BusMessage(
             BusKind.MEMBER, app.id, name, user=uid, version=version, payload=msg.payload
         )
@@ -502,23 +577,24 @@ class Engine:
         self.sink.emit(app, kind, name, user_id=uid)
 
     async def _count_changed(
-        self, app: App, name: str, count: int, joiner: str | None
+        self, app: App, name: str, count: int, joiner: str | None, local: bool = False
     ) -> None:
         """pusher_internal:subscription_count (opt-in) and the subscription_count webhook,
         for non-presence channels, under one throttle."""
         if channel_type(name).presence or server_to_user_id(name) is not None:
             return
         event = app.enable_subscription_count and count > 0
-        hook = self.sink.wants(app, Happening.SUBSCRIPTION_COUNT)
+        hook = self.sink.wants(app, Happening.SUBSCRIPTION_COUNT) and not local
         if not (event or hook) or not self.throttle.allow(app.id, name, count):
             return
         if event:
             msg = messages.subscription_count(name, count)
             self.hub.broadcast(app, name, msg, joiner)
-            bm = BusMessage(
-                BusKind.CHANNEL, app.id, name, except_socket=joiner, payload=msg.payload
-            )
-            await self._publish(channel_topic(app.id, name), bm)
+            if not local:
+                bm = BusMessage(
+                    BusKind.CHANNEL, app.id, name, except_socket=joiner, payload=msg.payload
+                )
+                await self._publish(channel_topic(app.id, name), bm)
         if hook:
             self.sink.emit(app, Happening.SUBSCRIPTION_COUNT, name, subscription_count=count)
 
@@ -535,41 +611,52 @@ class Engine:
 
     # Users -------------------------------------------------------------------------------
     async def sign_in(self, conn: Connection, user_id: str, user_data: str) -> None:
-        app = conn.app
-        if conn.user_id == user_id:  # signed in again as the same user: new data only
-            conn.user_data = user_data
-            return
-        self.hub.sign_in(conn, user_id, user_data)
-        await self._subscribe_topic(user_topic(app.id, user_id))
-        if conn.watchlist and app.enable_watchlist_events:
-            await self._subscribe_topic(app_topic(app.id))
-        first = await self._call("sign-in", self.state.sign_in, app.id, user_id)
-        if first is None:
-            first = len(self.hub.user_connections(app, user_id)) == 1
-        if first:
-            await self._announce_status(app, user_id, "online")
+        async with self._operation():
+            app = conn.app
+            if conn.user_id == user_id:  # signed in again as the same user: new data only
+                conn.user_data = user_data
+                return
+            self.hub.sign_in(conn, user_id, user_data)
+            await self._subscribe_topic(user_topic(app.id, user_id))
+            if conn.watchlist and app.enable_watchlist_events:
+                await self._subscribe_topic(app_topic(app.id))
+            first = await self._call("sign-in", self.state.sign_in, app.id, user_id)
+            local = first is None
+            if first is None:
+                first = len(self.hub.user_connections(app, user_id)) == 1
+            if first:
+                await self._announce_status(app, user_id, WatchStatus.ONLINE, local)
 
     async def sign_out(self, conn: Connection) -> None:
+        async with self._operation():
+            await self._sign_out(conn)
+
+    async def _sign_out(self, conn: Connection) -> None:
         user_id = conn.user_id
         if user_id is None:
             return
         app = conn.app
         last_local = self.hub.sign_out(conn)
         last = await self._call("sign-out", self.state.sign_out, app.id, user_id)
+        local = last is None
         if last is None:
             last = last_local
         if last_local and not self.hub.user_connections(app, user_id):
             await self._unsubscribe_topic(user_topic(app.id, user_id))
         if last:
-            await self._announce_status(app, user_id, "offline")
+            await self._announce_status(app, user_id, WatchStatus.OFFLINE, local)
 
-    async def _announce_status(self, app: App, user_id: str, status: str) -> None:
-        """Watchlist events for a user who came online / went offline deployment-wide."""
+    async def _announce_status(
+        self, app: App, user_id: str, status: WatchStatus, local: bool = False
+    ) -> None:
+        """Watchlist events for a user who came online / went offline deployment-wide (or,
+        decided locally, for this node's watchers only)."""
         if not app.enable_watchlist_events:
             return
         self.hub.notify_watchers(app, user_id, status)
-        bm = BusMessage(BusKind.WATCH, app.id, user=user_id, tag=status)
-        await self._publish(app_topic(app.id), bm)
+        if not local:
+            bm = BusMessage(BusKind.WATCH, app.id, user=user_id, tag=status.value)
+            await self._publish(app_topic(app.id), bm)
 
     async def send_to_user(
         self, app: App, user_id: str, msg: Outbound, except_socket_id: str | None = None
@@ -667,8 +754,3 @@ class Engine:
                     await result
             except Exception:
                 log.exception("internal message handler for %r failed", kind)
-
-
-def _local_version() -> int:
-    """A membership version when the state cannot give one (same clock as the stores)."""
-    return time.time_ns() // 1000

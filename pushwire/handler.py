@@ -33,7 +33,7 @@ from .protocol.errors import PusherError
 from .protocol.frames import Outbound, loads_checked
 from .protocol.signing import channel_string_to_sign, user_string_to_sign, verify_auth
 
-VERSION_RE = re.compile(r"^v?\d+(\.\d+)*([-+.~][0-9A-Za-z.\-+~]*)?$")
+VERSION_RE = re.compile(r"v?\d+(\.\d+)*([-+.~][0-9A-Za-z.\-+~]*)?")
 MIN_PROTOCOL, MAX_PROTOCOL = 5, 7
 
 
@@ -69,7 +69,7 @@ class PusherHandler:
         if not app.enabled:
             raise errors.AppDisabled("Application disabled")
         version = query.get("version")
-        if version is not None and (len(version) > 64 or not VERSION_RE.match(version)):
+        if version is not None and (len(version) > 64 or not VERSION_RE.fullmatch(version)):
             raise errors.InvalidVersion(f"Invalid version string format: {version[:64]!r}")
         protocol = query.get("protocol")
         if protocol is None or protocol == "":
@@ -250,7 +250,7 @@ class PusherHandler:
         user_id = user.get("id") if isinstance(user, dict) else None
         if not isinstance(user_id, str) or not user_id:
             raise errors.InvalidMessage("pusher:signin: user_data must contain a non-empty 'id'")
-        if len(user_id) > app.max_presence_user_id_length or not USER_ID_RE.match(user_id):
+        if len(user_id) > app.max_presence_user_id_length or not USER_ID_RE.fullmatch(user_id):
             raise errors.InvalidMessage(f"pusher:signin: invalid user id {user_id[:64]!r}")
         if conn.user_id is not None and conn.user_id != user_id:
             raise errors.Unauthorized(
@@ -260,7 +260,8 @@ class PusherHandler:
         if not isinstance(watchlist, list) or not all(isinstance(w, str) for w in watchlist):
             raise errors.InvalidMessage("pusher:signin: 'watchlist' must be a list of user ids")
         over = len(watchlist) > app.max_watchlist_size
-        conn.watchlist = tuple(watchlist[: app.max_watchlist_size])
+        if conn.user_id is None:  # a second sign-in as the same user keeps the first watchlist
+            conn.watchlist = tuple(watchlist[: app.max_watchlist_size])
         await self.engine.sign_in(conn, user_id, user_data)
         conn.authorized = True
         self._reply(conn, messages.signin_success(user_data))

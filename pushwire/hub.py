@@ -15,6 +15,7 @@ drops stale ones, so messages from different nodes cannot undo each other.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,12 @@ from .connection import Connection
 from .protocol import messages
 from .protocol.channels import ChannelType, channel_type
 from .protocol.frames import Outbound
+
+
+class WatchStatus(enum.StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
 
 # (membership version or 0, message, socket to leave out, user the message is about)
 Buffered = tuple[int, Outbound, str | None, str | None]
@@ -174,17 +181,30 @@ class Hub:
 
     def member_event(self, app: App, name: str, user_id: str, version: int, msg: Outbound) -> None:
         """A presence membership change of `user_id` at `version`: sent to the sockets whose
-        snapshot is older, never to the user's own sockets; a stale version is dropped."""
+        snapshot is older, never to the user's own sockets; a stale version is dropped.
+        Version 0 is a decision taken with local knowledge only: sent, ordering nothing."""
         ch = self.state(app).channels.get(name)
-        if ch is None or version <= ch.versions.get(user_id, 0):
+        if ch is None:
             return
-        ch.versions[user_id] = version
+        if version:
+            if version <= ch.versions.get(user_id, 0):
+                return
+            ch.versions[user_id] = version
+            if len(ch.versions) > 2 * len(ch.members) + 1000:
+                self._prune_versions(ch)
         since = ch.since
         for sid, conn in ch.subscribers.items():
             if since.get(sid, 0) < version and conn.channels.get(name) != user_id:
                 conn.send(msg)
         for held in ch.pending.values():
             held.append((version, msg, None, user_id))
+
+    @staticmethod
+    def _prune_versions(ch: Channel) -> None:
+        """Forget versions no socket can receive anything older than: every socket's snapshot
+        is at least as new, so an older message is dropped by `since` anyway."""
+        floor = min(ch.since.values(), default=0)
+        ch.versions = {u: v for u, v in ch.versions.items() if v > floor}
 
     # Users -------------------------------------------------------------------------------
     def sign_in(self, conn: Connection, user_id: str, user_data: str) -> bool:
@@ -218,13 +238,13 @@ class Hub:
             return True
         return False
 
-    def notify_watchers(self, app: App, user_id: str, status: str) -> None:
+    def notify_watchers(self, app: App, user_id: str, status: WatchStatus) -> None:
         """Watchlist events: a user came online (first socket) or went offline (last one)."""
         if not app.enable_watchlist_events:
             return
         watchers = self.state(app).watchers.get(user_id)
         if watchers:
-            msg = messages.watchlist_events([{"name": status, "user_ids": [user_id]}])
+            msg = messages.watchlist_events([{"name": status.value, "user_ids": [user_id]}])
             for conn in watchers.values():
                 conn.send(msg)
 

@@ -128,7 +128,7 @@ def build_node(
     if backends is None:
         backends = make_backends(config, node, clock)
     metrics = Metrics()
-    monitor = TrafficMonitor(node, backends.broker)
+    monitor = TrafficMonitor(node, backends.broker, clock)
     webhooks = Webhooks(config, backends.webhook_store)
     engine = Engine(
         config,

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from .errors import InvalidChannel
 
-CHANNEL_NAME_RE = re.compile(r"^[-a-zA-Z0-9_=@,.;]+$")
-USER_ID_RE = re.compile(r"^[-a-zA-Z0-9_=@,.;]+$")
+CHANNEL_NAME_RE = re.compile(r"[-a-zA-Z0-9_=@,.;]+")  # use fullmatch: `$` lets "\n" in
+USER_ID_RE = re.compile(r"[-a-zA-Z0-9_=@,.;]+")
 SERVER_TO_USER_PREFIX = "#server-to-user-"
 
 
@@ -77,10 +77,10 @@ def validate_channel_name(name: object, max_length: int = 200) -> str:
         raise InvalidChannel(f"Channel name is longer than {max_length} characters: {name[:40]}...")
     if name.startswith(SERVER_TO_USER_PREFIX):
         user_id = name[len(SERVER_TO_USER_PREFIX) :]
-        if not user_id or not USER_ID_RE.match(user_id):
+        if not user_id or not USER_ID_RE.fullmatch(user_id):
             raise InvalidChannel(f"Invalid server-to-user channel name: {name}")
         return name
-    if not CHANNEL_NAME_RE.match(name):
+    if not CHANNEL_NAME_RE.fullmatch(name):
         raise InvalidChannel(
             f"Invalid channel name {name!r}: only A-Z a-z 0-9 and _ - = @ , . ; are allowed"
         )

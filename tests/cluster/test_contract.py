@@ -6,6 +6,7 @@ A few tests at the end are Redis-only (the bus receiver check, a Redis restart).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import random
@@ -749,8 +750,15 @@ async def test_redis_restart(backend_factory: Cluster) -> None:
         server.restart()  # comes back empty: the first publish must not pass silently
         with pytest.raises(Unavailable, match="not registered"):
             await b.broker.publish(topic, chmsg("r", b"lost"))
+        # state calls are not retried (a script must not run twice): the first one may fail
+        # on its stale connection; either way it fails, and then says why
+        with contextlib.suppress(Unavailable):
+            await a.state.connect(APP, 0)
+            raise AssertionError("a state call succeeded on a Redis that lost this node")
         with pytest.raises(Unavailable, match="not registered"):
             await a.state.connect(APP, 0)
+        for x in backends:  # the other stale pooled connections would each fail once too
+            await x.client.connection_pool.disconnect()
         assert not (await b.liveness.beat()).registered
         back = await a.state.resync({APP: AppSnapshot(channels={"r": 1})})
         assert back == Changes(occupied=[(APP, "r")])
@@ -779,6 +787,8 @@ async def test_redis_restart(backend_factory: Cluster) -> None:
         a.broker.confirm_timeout = 5.0
 
         server.restart()
+        for x in backends:  # as a node would after its calls failed: fresh connections
+            await x.client.connection_pool.disconnect()
         for n in (a, b):
             await n.state.resync({})
             await n.liveness.register()

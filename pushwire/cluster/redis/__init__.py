@@ -6,10 +6,10 @@ pub/sub connection. Client settings:
 
 - `health_check_interval=1`: a pooled connection idle for over a second is PINGed before use,
   so a connection left stale by a Redis restart is found and replaced, not used.
-- `retry=Retry(NoBackoff(), 1)` on `ConnectionError` only: a command that fails on a broken
-  connection is sent once more on a fresh one. Timeouts (`socket_timeout=5`) are not retried:
-  after a timeout Redis may have run the command, and the scripts are not idempotent (a quota
-  increment, a publish, a take of webhook jobs).
+- Publishes (their own pool) are retried once on a fresh connection after a
+  `ConnectionError`: at worst a duplicate delivery. State scripts are never retried: one that
+  ran before its connection broke would run twice (a member or a quota slot counted twice);
+  the failure surfaces and the engine repairs the node's records with a resync.
 - Every error that remains surfaces as `base.Unavailable`.
 
 Data model: `keys.py`. Scripts: `lua/`.
@@ -34,7 +34,14 @@ class RedisBackend:
         if not node or any(c in node for c in ":\n\r"):
             raise ValueError(f"node id {node!r} must be non-empty, without ':' or newlines")
         self.node = node
+        # state scripts are never retried: one that ran before its connection broke would run
+        # twice (a member or a quota slot counted twice); the engine resyncs instead
         self.client = Redis.from_url(
+            url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=1
+        )
+        # publishes are retried once on a fresh connection: at worst a duplicate delivery,
+        # never a loss
+        self.bus_client = Redis.from_url(
             url,
             socket_connect_timeout=2,
             socket_timeout=5,
@@ -43,7 +50,7 @@ class RedisBackend:
             retry_on_error=[RedisConnectionError],
         )
         self.keys = Keys(prefix)
-        self.broker = RedisBroker(self.client, self.keys, node)
+        self.broker = RedisBroker(self.bus_client, self.keys, node)
         self.state = RedisState(self.client, self.keys, node)
         self.liveness = RedisLiveness(self.client, self.keys, node, node_timeout)
 
@@ -56,6 +63,7 @@ class RedisBackend:
             await self.broker.stop()
         finally:
             await self.client.aclose()
+            await self.bus_client.aclose()
 
 
 __all__ = ["RedisBackend", "RedisBroker", "RedisLiveness", "RedisState", "RedisWebhookStore"]

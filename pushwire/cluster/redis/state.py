@@ -9,6 +9,7 @@ surfaces as `Unavailable`. See `keys.py` for the data model.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ...protocol.errors import PresenceLimit
@@ -85,6 +87,11 @@ class Scripts:
         except ResponseError as exc:
             raise self.error(name, exc) from None
         except (RedisError, OSError) as exc:
+            if isinstance(exc, RedisConnectionError | OSError):
+                # after a restart every idle pooled connection is stale: drop them all now
+                # rather than fail once on each
+                with contextlib.suppress(RedisError, OSError):
+                    await self.client.connection_pool.disconnect(inuse_connections=False)
             raise Unavailable(f"Redis unreachable ({name}): {exc}") from None
 
     def error(self, name: str, exc: ResponseError) -> Unavailable:
