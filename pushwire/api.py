@@ -15,7 +15,7 @@ import orjson
 
 from .cluster.base import ChannelStats, Unavailable
 from .config import App
-from .engine import Engine
+from .engine import Engine, RateKind
 from .monitor import TrafficMonitor
 from .protocol import messages
 from .protocol.channels import (
@@ -32,10 +32,19 @@ CHANNEL_INFO = frozenset({"user_count", "subscription_count", "cache"})
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: float = 0.0) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after  # 429: seconds until the client may try again
+
+
+async def _limit(engine: Engine, app: App, kind: RateKind, n: int, limit: float) -> None:
+    wait = await engine.rate_limited(app, kind, n, limit)
+    if wait:
+        raise ApiError(
+            429, f"Rate limit exceeded: at most {limit:g} {kind.value} per second", wait
+        )
 
 
 def _attrs(info: object, allowed: frozenset[str], where: str) -> set[str]:
@@ -154,6 +163,9 @@ async def trigger(
     engine: Engine, app: App, body: object, monitor: TrafficMonitor | None = None
 ) -> dict[str, Any]:
     ev = _event(app, body, "trigger", multi=True)
+    await _limit(
+        engine, app, RateKind.BACKEND_EVENTS, len(ev["channels"]), app.max_backend_events_per_sec
+    )
     info = await _delivered(engine, app, ev, monitor)
     return {"channels": info} if ev["info"] else {}
 
@@ -167,6 +179,7 @@ async def trigger_batch(
     if len(batch) > app.max_batch_size:
         raise ApiError(400, f"batch: more than {app.max_batch_size} events in one batch")
     events = [_event(app, e, f"batch[{i}]", multi=False) for i, e in enumerate(batch)]
+    await _limit(engine, app, RateKind.BACKEND_EVENTS, len(events), app.max_backend_events_per_sec)
     results = [await _delivered(engine, app, ev, monitor) for ev in events]
     if any(ev["info"] for ev in events):
         return {
@@ -176,6 +189,7 @@ async def trigger_batch(
 
 
 async def channels(engine: Engine, app: App, query: dict[str, str]) -> dict[str, Any]:
+    await _limit(engine, app, RateKind.READ_REQUESTS, 1, app.max_read_requests_per_sec)
     prefix = query.get("filter_by_prefix", "")
     attrs = _attrs(query.get("info"), TRIGGER_INFO, "channels")
     if "user_count" in attrs and not prefix.startswith("presence-"):
@@ -193,6 +207,7 @@ async def channels(engine: Engine, app: App, query: dict[str, str]) -> dict[str,
 
 async def channel(engine: Engine, app: App, name: str, query: dict[str, str]) -> dict[str, Any]:
     name = _channel(app, name, "channel")
+    await _limit(engine, app, RateKind.READ_REQUESTS, 1, app.max_read_requests_per_sec)
     ctype = channel_type(name)
     attrs = _attrs(query.get("info"), CHANNEL_INFO, "channel")
     if "user_count" in attrs and not ctype.presence:
@@ -212,6 +227,7 @@ async def channel(engine: Engine, app: App, name: str, query: dict[str, str]) ->
 
 async def users(engine: Engine, app: App, name: str) -> dict[str, Any]:
     name = _channel(app, name, "users")
+    await _limit(engine, app, RateKind.READ_REQUESTS, 1, app.max_read_requests_per_sec)
     if not channel_type(name).presence:
         raise ApiError(400, "users: only presence channels have users")
     members = await engine.members(app, name)

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import logging
 import signal
+import ssl
 import sys
 
 from aiohttp import web
@@ -48,7 +49,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _serve(config: Config, reuse_port: bool = False) -> None:
+def _no_key_password() -> str:
+    raise ValueError("the key is encrypted; give an unencrypted PEM key")
+
+
+def _ssl_context(config: Config) -> ssl.SSLContext | None:
+    """The server's TLS context when `[server] tls_cert` and `tls_key` are set (TLS 1.2+)."""
+    if not (config.server.tls_cert and config.server.tls_key):
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])
+    # never prompt on a terminal for an encrypted key's password (a supervised start would hang)
+    ctx.load_cert_chain(config.server.tls_cert, config.server.tls_key, _no_key_password)
+    return ctx
+
+
+async def _serve(
+    config: Config, reuse_port: bool = False, ssl_context: ssl.SSLContext | None = None
+) -> None:
     from .server import NODE_KEY, create_app
     from .transport.http import GuardedRunner, QuietClientErrors
 
@@ -70,13 +89,15 @@ async def _serve(config: Config, reuse_port: bool = False) -> None:
         config.server.port,
         reuse_address=True,
         reuse_port=reuse_port or None,
+        ssl_context=ssl_context,
     )
     await site.start()
     server = site._server
     sockets = getattr(server, "sockets", None)
     port = sockets[0].getsockname()[1] if sockets else config.server.port
     log.info(
-        "listening on http://%s:%d (WebSocket /app/{key}, REST /apps/{id}/...)",
+        "listening on %s://%s:%d (WebSocket /app/{key}, REST /apps/{id}/...)",
+        "https" if ssl_context else "http",
         config.server.host,
         port,
     )
@@ -172,15 +193,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{method:5} {path}")
         print("GET   /app/{key}  (WebSocket, Pusher protocol 7)")
         return 0
+    try:
+        ssl_context = _ssl_context(config)  # checked here so that --workers fails fast too
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        print(
+            "pushwire: configuration error: [server] tls_cert / tls_key: cannot load the "
+            f"certificate and key: {exc}",
+            file=sys.stderr,
+        )
+        return 2
     _configure_logging(config.server.log_level, config.server.log_format)
     if config.server.workers > 1:
         return _run_workers(config, argv if argv is not None else sys.argv[1:])
     try:
         import uvloop
 
-        uvloop.run(_serve(config, args.reuse_port))
+        uvloop.run(_serve(config, args.reuse_port, ssl_context))
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
-        asyncio.run(_serve(config, args.reuse_port))
+        asyncio.run(_serve(config, args.reuse_port, ssl_context))
     except OSError as exc:
         print(
             f"pushwire: cannot listen on {config.server.host}:{config.server.port}: {exc}",

@@ -71,6 +71,16 @@ class App:
     max_batch_size: int = 10
     max_watchlist_size: int = 100
     client_event_rate: float = 10.0  # client events per second per connection
+    # app-wide, deployment-wide rates (0 = no limit): REST events (each channel of each event,
+    # batches too) and REST reads answer 429 past them; client events get 4301 and a socket
+    # that keeps at it is closed (4100)
+    max_backend_events_per_sec: float = 0.0
+    max_read_requests_per_sec: float = 0.0
+    max_client_events_per_sec: float = 0.0
+    max_channels_per_connection: int = 100
+    # browsers' Origin header must match one of these (wildcards: https://*.example.com);
+    # empty: any origin
+    allowed_origins: tuple[str, ...] = ()
     cache_ttl: float = 1800.0  # seconds a cache channel remembers its last event
     webhooks: tuple[Webhook, ...] = ()
     webhook_delay: float = 3.0  # seconds channel_vacated / member_removed wait (and cancel)
@@ -94,6 +104,16 @@ class ServerConfig:
     body_timeout: float = 10.0
     # bytes of REST request bodies read at once, all requests together (others wait their turn)
     request_body_budget: int = 32 * 1024 * 1024
+    # native TLS: both set = wss:// and https:// on the same port (PEM files)
+    tls_cert: str = ""
+    tls_key: str = ""
+    # per client address (this node): open WebSockets, and new ones per second (0 = no limit)
+    max_connections_per_ip: int = 0
+    max_new_connections_per_ip_per_sec: float = 0.0
+    # proxies whose X-Forwarded-For is believed (IP addresses or CIDR networks)
+    trusted_proxies: tuple[str, ...] = ()
+    metrics_token: str = ""  # set: /metrics needs "Authorization: Bearer <token>"
+    metrics_port: int = 0  # > 0: /metrics is served on this port only (same host)
     timestamp_window: float = 600.0
     log_level: str = "info"
     log_format: str = "plain"  # plain | json (one JSON object per line)
@@ -167,6 +187,10 @@ def _build(cls: Any, data: Mapping[str, Any], where: str, skip: tuple[str, ...] 
         )
         if expected is not None:
             value = _check_type(where, key, value, expected)
+        elif str(f.type).startswith("tuple[str"):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}: key '{key}' must be a list of strings")
+            value = tuple(value)
         kwargs[key] = value
     try:
         return cls(**kwargs)
@@ -300,6 +324,25 @@ def _check_server(server: ServerConfig, source: str) -> None:
     ):
         if getattr(server, name) <= 0:
             raise ConfigError(f"{source}: [server]: key '{name}' must be greater than 0")
+    if bool(server.tls_cert) != bool(server.tls_key):
+        given, missing = ("tls_cert", "tls_key") if server.tls_cert else ("tls_key", "tls_cert")
+        raise ConfigError(
+            f"{source}: [server]: key '{missing}' must be set too when '{given}' is set "
+            "(both PEM files, or neither)"
+        )
+    for name in ("tls_cert", "tls_key"):
+        path = getattr(server, name)
+        if not path:
+            continue
+        if not os.path.isfile(path):
+            raise ConfigError(f"{source}: [server]: key '{name}': no such file {path!r}")
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                f"{source}: [server]: key '{name}': cannot read {path!r}: {exc.strerror}"
+            ) from None
 
 
 def _check_cluster(cluster: ClusterConfig, source: str) -> None:

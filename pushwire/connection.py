@@ -31,6 +31,7 @@ class Connection:
         "opened_at",
         "ping_sent_at",
         "socket_id",
+        "strikes",
         "user_data",
         "user_id",
         "watchlist",
@@ -51,6 +52,7 @@ class Connection:
         self.ping_sent_at: float | None = None
         self.bucket_tokens = app.client_event_rate
         self.bucket_at = now
+        self.strikes = 0  # client events refused in a row by the app-wide rate limit
 
     def send(self, msg: Outbound) -> None:
         raise NotImplementedError

@@ -26,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import enum
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -66,6 +68,12 @@ T = TypeVar("T")
 InternalHandler = Callable[[dict[str, Any], str], Any]
 _IN_OPERATION: contextvars.ContextVar[bool] = contextvars.ContextVar("in_op", default=False)
 REDO_LIMIT = 10_000  # announcements kept to publish again after an outage
+
+
+class RateKind(enum.StrEnum):
+    BACKEND_EVENTS = "backend_events"
+    READ_REQUESTS = "read_requests"
+    CLIENT_EVENTS = "client_events"
 
 
 class CountThrottle:
@@ -118,6 +126,7 @@ class Engine:
         self._topic_ops: dict[str, asyncio.Future[None]] = {}  # each topic's last bus call
         self._unannounced: list[Changes] = []  # found by a resync, to tell once registered
         self._healthy_since = float("inf")  # reaping waits until this node is sure of itself
+        self._local_rates: dict[str, int] = {}
         self._ops = 0  # state operations in flight
         self._quiet = asyncio.Event()
         self._quiet.set()
@@ -738,6 +747,27 @@ class Engine:
     async def claim_once(self, key: str, ttl: float) -> bool:
         won = await self._call("claim", self.state.claim_once, key, ttl)
         return True if won is None else won
+
+    # Rate limits ---------------------------------------------------------------------------
+    async def rate_limited(self, app: App, kind: RateKind, n: int, limit: float) -> float:
+        """0 while `kind` stays within `limit` per second for the app, deployment-wide (one
+        counter per second in the shared state; this node's own count while it cannot be
+        reached); otherwise the seconds until the window ends (a Retry-After)."""
+        if limit <= 0:
+            return 0.0
+        now = time.time()  # the wall clock: every node must name the same window
+        window = int(now)
+        key = f"{kind.value}:{app.id}:{window}"
+        total = await self._call("rate", self.state.hit, key, n, 2.0)
+        if total is None:
+            total = self._local_rates.get(key, 0) + n
+            if len(self._local_rates) > 10_000:
+                self._local_rates.clear()
+            self._local_rates[key] = total
+        if total <= limit:
+            return 0.0
+        self.metrics.rate_limited[kind.value] += 1
+        return max(0.001, float(window + 1 - now))
 
     # Extensions' internal messages -------------------------------------------------------
     async def publish_internal(self, kind: str, payload: dict[str, Any]) -> None:

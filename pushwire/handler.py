@@ -7,6 +7,7 @@ calls `check_handshake`, `open`, `on_text` / `on_binary`, `on_close`, and a time
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import secrets
 from collections.abc import Callable, Mapping
@@ -17,7 +18,7 @@ import orjson
 from .cluster.base import Unavailable
 from .config import App, Config
 from .connection import Connection
-from .engine import Engine
+from .engine import Engine, RateKind
 from .extensions import Extensions
 from .happenings import Happening, HappeningSink, NoSink
 from .monitor import TrafficMonitor
@@ -35,6 +36,7 @@ from .protocol.signing import channel_string_to_sign, user_string_to_sign, verif
 
 VERSION_RE = re.compile(r"v?\d+(\.\d+)*([-+.~][0-9A-Za-z.\-+~]*)?")
 MIN_PROTOCOL, MAX_PROTOCOL = 5, 7
+STRIKES_TO_CLOSE = 10  # client events refused in a row by the app-wide limit before a close
 
 
 def new_socket_id() -> str:
@@ -61,13 +63,19 @@ class PusherHandler:
         self._entry = self.ext.chain(self._route)
 
     # Handshake ---------------------------------------------------------------------------
-    def check_handshake(self, app_key: str, query: Mapping[str, str]) -> App:
+    def check_handshake(
+        self, app_key: str, query: Mapping[str, str], origin: str | None = None
+    ) -> App:
         """The app a new connection is for; raises a closing PusherError if refused."""
         app = self.config.app_by_key(app_key)
         if app is None:
             raise errors.AppNotFound(f"Application does not exist: unknown app key {app_key!r}")
         if not app.enabled:
             raise errors.AppDisabled("Application disabled")
+        if app.allowed_origins and origin is not None and not origin_allowed(app, origin):
+            raise errors.ConnectionUnauthorized(
+                f"Origin not allowed: {origin[:100]!r} is not in the app's allowed_origins"
+            )
         version = query.get("version")
         if version is not None and (len(version) > 64 or not VERSION_RE.fullmatch(version)):
             raise errors.InvalidVersion(f"Invalid version string format: {version[:64]!r}")
@@ -181,6 +189,13 @@ class PusherHandler:
             raise
         assert isinstance(name, str)
         ctype = channel_type(name)
+        limit = app.max_channels_per_connection
+        if name not in conn.channels and len(conn.channels) >= limit:
+            refusal = errors.ChannelLimit(
+                f"Subscription to {name} refused: at most {limit} channels per connection"
+            )
+            self._reply(conn, messages.subscription_error(name, refusal, 429))
+            raise refusal
         try:
             await self._authorize_and_join(conn, name, ctype, data)
         except (errors.Unauthorized, errors.PresenceLimit, errors.InvalidChannel) as exc:
@@ -321,6 +336,17 @@ class PusherHandler:
                 f"Client event rejected due to rate limit ({rate:g} per second)"
             )
         conn.bucket_tokens = tokens - 1.0
+        limit = app.max_client_events_per_sec
+        if limit and await self.engine.rate_limited(app, RateKind.CLIENT_EVENTS, 1, limit):
+            conn.strikes += 1
+            if conn.strikes >= STRIKES_TO_CLOSE:  # it keeps at it: let it reconnect later
+                raise errors.OverCapacity(
+                    f"Over capacity: the app's client events exceed {limit:g} per second"
+                )
+            raise errors.RateLimited(
+                f"Client event rejected: the app's client events exceed {limit:g} per second"
+            )
+        conn.strikes = 0
         user_id = conn.channels[channel]
         custom = self.ext.client_events.get(event)
         if custom is not None and await custom(conn, channel, data) is False:
@@ -383,6 +409,15 @@ class PusherHandler:
                         "channel in time"
                     )
                 )
+
+
+def origin_allowed(app: App, origin: str) -> bool:
+    """Whether a browser's Origin matches one of the app's `allowed_origins` (case
+    insensitive; `*` matches any run of characters, as in https://*.example.com)."""
+    origin = origin.lower()
+    return any(
+        fnmatch.fnmatchcase(origin, pattern.lower()) for pattern in app.allowed_origins
+    )
 
 
 def _channel_of(msg: dict[str, Any]) -> Any:

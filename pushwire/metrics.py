@@ -26,6 +26,8 @@ class Metrics:
         self.rest: Counter[tuple[str, int]] = Counter()  # (route, status) -> requests
         # client mistakes and abuse by kind (malformed HTTP, aborted uploads, timeouts, ...)
         self.client_errors: Counter[str] = Counter()
+        self.rate_limited: Counter[str] = Counter()  # refusals by limit kind
+        self.refused: Counter[str] = Counter()  # handshakes refused by reason (per-IP, origin)
         self.gauges: list[Callable[[], Iterable[tuple[str, str, dict[str, str], float]]]] = []
 
     def render(self) -> str:
@@ -114,6 +116,18 @@ class Metrics:
             "counter",
             "client mistakes and refusals by kind (no traceback is logged for them)",
             [({"kind": k}, n) for k, n in sorted(self.client_errors.items())],
+        )
+        metric(
+            "pushwire_rate_limited_total",
+            "counter",
+            "requests and client events refused by a per-app rate limit (429 / 4301)",
+            [({"kind": k}, n) for k, n in sorted(self.rate_limited.items())],
+        )
+        metric(
+            "pushwire_handshakes_refused_total",
+            "counter",
+            "WebSocket handshakes refused by reason",
+            [({"reason": k}, n) for k, n in sorted(self.refused.items())],
         )
         grouped: dict[str, tuple[str, str, list[tuple[dict[str, str], float]]]] = {}
         for gauge in self.gauges:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 import uuid
@@ -240,6 +241,14 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
         return web.json_response({"status": "ready", "version": __version__})
 
     async def metrics_page(request: web.Request) -> web.Response:
+        token = config.server.metrics_token
+        if token:
+            header = request.headers.get("Authorization", "")
+            given = header[7:] if header.startswith("Bearer ") else ""
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                return web.json_response(
+                    {"error": "metrics need Authorization: Bearer <metrics_token>"}, status=401
+                )
         depth = await node.webhooks.queue_size()
         extra = metrics.render() + (
             "# HELP pushwire_webhook_queue_depth webhooks waiting to be sent\n"
@@ -256,7 +265,8 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
     state = {"stopping": False}
     app.router.add_get("/up", up)
     app.router.add_get("/ready", ready)
-    app.router.add_get("/metrics", metrics_page)
+    if not config.server.metrics_port:  # else on its own port (see lifecycle)
+        app.router.add_get("/metrics", metrics_page)
     metrics.gauges.append(lambda: _gauges(node))
 
     endpoint = WsEndpoint(handler, metrics)
@@ -280,8 +290,22 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
 
         await node.start()
         timer = loop.call_later(interval, tick)
+        metrics_runner = None
+        if config.server.metrics_port:
+            metrics_app = web.Application()
+            metrics_app.router.add_get("/metrics", metrics_page)
+            metrics_runner = web.AppRunner(metrics_app, access_log=None)
+            await metrics_runner.setup()
+            await web.TCPSite(
+                metrics_runner, config.server.host, config.server.metrics_port
+            ).start()
+            log.info(
+                "metrics on http://%s:%d/metrics", config.server.host, config.server.metrics_port
+            )
         yield
         timer.cancel()
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await node.stop()
 
     async def goodbye(app: web.Application) -> None:

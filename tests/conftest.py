@@ -195,7 +195,7 @@ def start_node(tmp: Path, config: str, *extra: str) -> tuple[subprocess.Popen[st
         )
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
-        m = re.search(r"listening on http://[\d.]+:(\d+)", log.read_text())
+        m = re.search(r"listening on https?://[\d.]+:(\d+)", log.read_text())
         if m:
             NODE_LOGS[proc.pid] = log
             return proc, int(m.group(1)), log

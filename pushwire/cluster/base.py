@@ -271,6 +271,10 @@ class ClusterState(Protocol):
     async def claim_once(self, key: str, ttl: float) -> bool:
         """True for the first caller in the deployment within `ttl` seconds."""
 
+    async def hit(self, key: str, n: int, ttl: float) -> int:
+        """Add `n` to the deployment-wide counter `key` (created to expire after `ttl`
+        seconds) and return its total: rate limits over fixed windows named in the key."""
+
     async def resync(self, snapshot: dict[str, AppSnapshot]) -> Changes:
         """Make this node's records equal `snapshot` (per app id; apps missing from it have
         no records of this node afterwards) and return what that changed deployment-wide.

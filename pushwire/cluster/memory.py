@@ -51,6 +51,7 @@ class Backplane:
         self.nodes: dict[str, float] = {}  # registered node -> lease expiry
         self.cache: dict[tuple[str, str], tuple[bytes, float]] = {}
         self.claims: dict[str, float] = {}
+        self.rates: dict[str, tuple[int, float]] = {}  # rate counter -> (total, expiry)
         self.version = 0
         self.unreachable: set[str] = set()
         # tests: state and bus calls yield to the loop before and after, a random number of
@@ -336,6 +337,18 @@ class MemoryState:
             return False
         claims[key] = now + ttl
         return True
+
+    async def hit(self, key: str, n: int, ttl: float) -> int:
+        self.plane.check(self.node, registered=False)
+        now = self.plane.clock()
+        rates = self.plane.rates
+        if len(rates) > 10_000:
+            self.plane.rates = rates = {k: v for k, v in rates.items() if v[1] > now}
+        total, expires = rates.get(key, (0, 0.0))
+        if expires <= now:
+            total, expires = 0, now + ttl
+        rates[key] = (total + n, expires)
+        return total + n
 
     async def resync(self, snapshot: dict[str, AppSnapshot]) -> Changes:
         self.plane.check(self.node, registered=False)

@@ -112,5 +112,11 @@ class ClientEventRejected(PusherError):
     code = 4304
 
 
+class ChannelLimit(PusherError):
+    """Too many channels on one connection."""
+
+    code = 4300
+
+
 class InvalidChannel(PusherError):
     code = 4305

@@ -2,15 +2,17 @@
 
 The dashboard page itself holds no data. Its API answers only with a bearer token that is the
 app's secret (that app only) or the server's `dashboard_token` (every app), compared in
-constant time: `/dashboard/api/stats`, `/dashboard/api/trigger`, and the WebSocket
-`/dashboard/api/live` (token in the query: browsers cannot set WebSocket headers) that streams
-the traffic monitor, cluster-wide.
+constant time, only to `/dashboard/api/session`, which gives a short-lived signed session
+token; `/dashboard/api/stats`, `/dashboard/api/trigger` and the WebSocket `/dashboard/api/live`
+(the session token in its query: browsers cannot set WebSocket headers; never the secret)
+take that session token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,30 @@ from ..protocol.frames import loads_checked
 from .tap import stream_traffic
 
 DASHBOARD_BODY = 64 * 1024  # the trigger form's largest request
+SESSION_TTL = 600  # seconds a dashboard session token is valid (the page renews it)
+SESSION_PREFIX = "pwds."
+
+
+def session_token(app: App, expires: int) -> str:
+    """`pwds.<app>.<expiry>.<HMAC>`: signed with the app's secret, so every node of a cluster
+    can check it, and rotating the secret ends every session."""
+    payload = f"{app.id}.{expires}"
+    return f"{SESSION_PREFIX}{payload}.{_session_mac(app, payload)}"
+
+
+def verify_session(app: App, token: str, now: float) -> bool:
+    try:
+        app_id, expires, mac = token[len(SESSION_PREFIX) :].rsplit(".", 2)
+        alive = int(expires) > now
+    except ValueError:
+        return False
+    good = _session_mac(app, f"{app_id}.{expires}")
+    return hmac.compare_digest(mac.encode(), good.encode()) and app_id == app.id and alive
+
+
+def _session_mac(app: App, payload: str) -> str:
+    msg = b"dashboard-session:" + payload.encode()
+    return hmac.new(app.secret.encode(), msg, "sha256").hexdigest()
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
@@ -43,6 +69,7 @@ class Dashboard:
     def routes(self, router: web.UrlDispatcher) -> None:
         router.add_get("/pushwire.js", self.script)
         router.add_get("/dashboard", self.page)
+        router.add_post("/dashboard/api/session", self.session)
         router.add_get("/dashboard/api/stats", self.stats)
         router.add_post("/dashboard/api/trigger", self.trigger)
         router.add_get("/dashboard/api/live", self.live)
@@ -59,23 +86,43 @@ class Dashboard:
             body=self.html, content_type="text/html", headers={"X-Frame-Options": "DENY"}
         )
 
-    def _auth(self, request: web.Request, app_id: str, token: str | None = None) -> App:
+    def _auth(
+        self, request: web.Request, app_id: str, token: str | None = None, login: bool = False
+    ) -> App:
+        """The app, if `token` (else the bearer token) is a valid session token for it, or
+        with `login`, the app's secret or the server's dashboard_token."""
         app = self.config.app_by_id(app_id)
         if app is None:
             raise web.HTTPNotFound(text='{"error": "Unknown app"}', content_type="application/json")
         if token is None:
             header = request.headers.get("Authorization", "")
             token = header[7:] if header.startswith("Bearer ") else ""
-        admin = self.config.server.dashboard_token
-        ok = hmac.compare_digest(token.encode(), app.secret.encode()) or (
-            bool(admin) and hmac.compare_digest(token.encode(), admin.encode())
-        )
+        if token.startswith(SESSION_PREFIX):
+            ok = verify_session(app, token, time.time())
+        elif login:
+            admin = self.config.server.dashboard_token
+            ok = hmac.compare_digest(token.encode(), app.secret.encode()) or (
+                bool(admin) and hmac.compare_digest(token.encode(), admin.encode())
+            )
+        else:
+            ok = False
         if not ok:
             raise web.HTTPUnauthorized(
-                text='{"error": "Bad token: use the app secret or the dashboard token"}',
+                text='{"error": "Bad token: sign in with the app secret or the dashboard token"}',
                 content_type="application/json",
             )
         return app
+
+    async def session(self, request: web.Request) -> web.Response:
+        """Exchange the app secret, the dashboard token or a valid session token for a new
+        short-lived session token: the page keeps only that, and never puts a secret in a
+        URL (the live stream's WebSocket URL carries the session token)."""
+        app = self._auth(request, request.query.get("app", ""), login=True)
+        expires = int(time.time()) + SESSION_TTL
+        return web.json_response(
+            {"session": session_token(app, expires), "expires_in": SESSION_TTL},
+            headers={"Cache-Control": "no-store"},
+        )
 
     async def stats(self, request: web.Request) -> web.Response:
         app = self._auth(request, request.query.get("app", ""))
@@ -139,7 +186,7 @@ class Dashboard:
         return web.json_response(result)
 
     async def live(self, request: web.Request) -> web.StreamResponse:
-        app = self._auth(request, request.query.get("app", ""), request.query.get("token", ""))
+        app = self._auth(request, request.query.get("app", ""), request.query.get("session", ""))
         return await stream_traffic(
             request, self.monitor, lambda event: event.get("app") == app.id, 1000
         )

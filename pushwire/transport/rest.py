@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -175,7 +176,10 @@ class RestApi:
                         raise api.ApiError(400, f"Request body refused: {exc}") from None
                 return ok(await action(request, app, parsed))
             except api.ApiError as exc:
-                return error(exc.status, exc.message)
+                response = error(exc.status, exc.message)
+                if exc.retry_after:
+                    response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+                return response
             except RestAuthError as exc:
                 return error(401, f"Authentication failed: {exc}")
             except BodyTooLarge as exc:

@@ -10,8 +10,10 @@ is declined (`compress=False`) so a shared frame is valid on every connection.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
@@ -20,11 +22,11 @@ from ..connection import Connection
 from ..handler import PusherHandler, new_socket_id
 from ..metrics import Metrics
 from ..protocol import messages
-from ..protocol.errors import OverCapacity, PusherError
+from ..protocol.errors import ConnectionUnauthorized, OverCapacity, PusherError
 from ..protocol.frames import Outbound, close_frame, close_reason
 
 if TYPE_CHECKING:
-    from ..config import App
+    from ..config import App, ServerConfig
 
 log = logging.getLogger("pushwire.ws")
 
@@ -162,10 +164,77 @@ class WsConnection(Connection):
             self._transport.abort()
 
 
+class AddressLimits:
+    """Per client address (on this node): open WebSockets and new ones per second. The
+    address is the peer's, or the one a trusted proxy puts last in X-Forwarded-For."""
+
+    def __init__(self, server: ServerConfig, metrics: Metrics, clock: Callable[[], float]):
+        self.max_open = server.max_connections_per_ip
+        self.rate = server.max_new_connections_per_ip_per_sec
+        self.metrics = metrics
+        self.clock = clock
+        self.proxies = [ipaddress.ip_network(p, strict=False) for p in server.trusted_proxies]
+        self.open: dict[str, int] = {}
+        self.buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, at)
+
+    def client_ip(self, request: web.Request) -> str:
+        peer = request.remote or ""
+        if not self.proxies or not self._trusted(peer):
+            return peer
+        # walk X-Forwarded-For from the right, past our own proxies
+        hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")]
+        for hop in reversed([h for h in hops if h]):
+            if not self._trusted(hop):
+                return hop
+        return peer
+
+    def _trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.proxies)
+
+    def admit(self, ip: str) -> None:
+        """Raise OverCapacity (4100: the client retries with backoff) past a limit."""
+        if self.max_open and self.open.get(ip, 0) >= self.max_open:
+            self.metrics.refused["ip_connections"] += 1
+            raise OverCapacity(f"Over capacity: at most {self.max_open} connections per address")
+        if self.rate:
+            now = self.clock()
+            tokens, at = self.buckets.get(ip, (self.rate, now))
+            tokens = min(self.rate, tokens + (now - at) * self.rate)
+            if tokens < 1.0:
+                self.buckets[ip] = (tokens, now)
+                self.metrics.refused["ip_rate"] += 1
+                raise OverCapacity(
+                    f"Over capacity: at most {self.rate:g} new connections per second per address"
+                )
+            self.buckets[ip] = (tokens - 1.0, now)
+            if len(self.buckets) > 100_000:  # forget full buckets (idle addresses)
+                rate = self.rate
+                self.buckets = {
+                    k: v for k, v in self.buckets.items() if v[0] + (now - v[1]) * rate < rate
+                }
+
+    def opened(self, ip: str) -> None:
+        if self.max_open:
+            self.open[ip] = self.open.get(ip, 0) + 1
+
+    def closed(self, ip: str) -> None:
+        if self.max_open:
+            n = self.open.get(ip, 0) - 1
+            if n > 0:
+                self.open[ip] = n
+            else:
+                self.open.pop(ip, None)
+
+
 class WsEndpoint:
     def __init__(self, handler: PusherHandler, metrics: Metrics) -> None:
         self.handler = handler
         self.metrics = metrics
+        self.addresses = AddressLimits(handler.config.server, metrics, handler.clock)
         server = handler.config.server
         self.flusher = Flusher(metrics, server.flush_slice)
         self.closing_tasks: set[asyncio.Task[None]] = set()
@@ -184,13 +253,29 @@ class WsEndpoint:
             )
         await ws.prepare(request)
         handler = self.handler
+        ip = self.addresses.client_ip(request)
         try:
-            app = handler.check_handshake(request.match_info["key"], request.query)
+            self.addresses.admit(ip)
+            app = handler.check_handshake(
+                request.match_info["key"], request.query, request.headers.get("Origin")
+            )
         except PusherError as exc:
             self.metrics.connections_refused += 1
+            if isinstance(exc, ConnectionUnauthorized) and "Origin" in exc.message:
+                self.metrics.refused["origin"] += 1
             await ws.send_str(messages.error(exc).payload.decode())
             await ws.close(code=exc.code or 4000, message=close_reason(exc.message))
             return ws
+        self.addresses.opened(ip)
+        try:
+            return await self._serve(request, ws, app)
+        finally:
+            self.addresses.closed(ip)
+
+    async def _serve(
+        self, request: web.Request, ws: web.WebSocketResponse, app: App
+    ) -> web.WebSocketResponse:
+        handler = self.handler
         transport = request.transport
         assert transport is not None
         conn = WsConnection(

@@ -1,7 +1,9 @@
 // Drives the official SDKs from the Python tests: one JSON command per stdin line, one JSON
 // line per reply or observed event on stdout. pusher-js clients sign their channels and users
 // with the official `pusher` server SDK (authorizeChannel / authenticateUser), as an app's
-// auth endpoint would.
+// auth endpoint would. A `connect` or `rest` command with `tls: true` uses wss:// / https://
+// (pusher-js `forceTLS`, npm `pusher` `useTLS`); the node process must trust the server's
+// certificate (NODE_EXTRA_CA_CERTS).
 'use strict';
 const readline = require('readline');
 const PusherJS = require('pusher-js');
@@ -12,21 +14,22 @@ const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
 const clients = {};
 const servers = {};
 
-function serverSdk(app) {
-  const k = JSON.stringify(app);
+function serverSdk(app, tls = false) {
+  const k = JSON.stringify([app, Boolean(tls)]);
   if (!servers[k]) {
     servers[k] = new PusherServer({
       appId: app.id, key: app.key, secret: app.secret, host: '127.0.0.1', port: String(port),
-      useTLS: false, encryptionMasterKeyBase64: app.masterKey,
+      useTLS: Boolean(tls), encryptionMasterKeyBase64: app.masterKey,
     });
   }
   return servers[k];
 }
 
 function connect(c) {
-  const sdk = serverSdk(c.app);
+  const sdk = serverSdk(c.app, c.tls);
   const p = new PusherJS(c.app.key, {
-    wsHost: '127.0.0.1', wsPort: Number(c.port || port), forceTLS: false, enabledTransports: ['ws'],
+    wsHost: '127.0.0.1', wsPort: Number(c.port || port), forceTLS: Boolean(c.tls),
+    ...(c.tls ? { wssPort: Number(c.port || port) } : {}), enabledTransports: ['ws'],
     disableStats: true, cluster: 'local', activityTimeout: c.activityTimeout || 120000,
     channelAuthorization: {
       customHandler: ({ socketId, channelName }, cb) => {
@@ -61,7 +64,7 @@ function subscribe(c) {
 }
 
 async function rest(c) {
-  const sdk = serverSdk(c.app);
+  const sdk = serverSdk(c.app, c.tls);
   try {
     let res;
     const a = c.args;

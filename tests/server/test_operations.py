@@ -7,6 +7,7 @@ import signal
 
 import aiohttp
 import orjson
+import pytest
 
 from tests.conftest import TIMEOUT, start_server
 from tests.server.helpers import Client, data, rest
@@ -107,10 +108,37 @@ async def test_dashboard_api_needs_the_secret_and_browser_client_is_served(serve
         ) as r:
             assert r.status == 404
         async with s.get(url, headers={"Authorization": "Bearer app-secret"}) as r:
+            assert r.status == 401  # the secret only buys a session token
+        session_url = server.http + "/dashboard/api/session?app=app-id"
+        async with s.post(session_url, headers={"Authorization": "Bearer py-secret"}) as r:
+            assert r.status == 401
+        async with s.post(session_url, headers={"Authorization": "Bearer app-secret"}) as r:
+            assert r.status == 200
+            body = await r.json()
+            session = body["session"]
+            assert body["expires_in"] == 600 and "app-secret" not in session
+        auth = {"Authorization": f"Bearer {session}"}
+        async with s.get(url, headers=auth) as r:
             assert r.status == 200 and "connections" in await r.json()
+        forged = session[:-4] + ("0000" if not session.endswith("0000") else "1111")
+        async with s.get(url, headers={"Authorization": f"Bearer {forged}"}) as r:
+            assert r.status == 401
+        async with s.get(
+            server.http + "/dashboard/api/stats?app=1001", headers=auth
+        ) as r:
+            assert r.status == 401  # a session token is for its own app only
         async with s.post(
             server.http + "/dashboard/api/trigger",
-            headers={"Authorization": "Bearer app-secret"},
+            headers=auth,
             data=b'{"app":"app-id","channel":"bad name","event":"e"}',
         ) as r:
             assert r.status == 400
+        base = server.ws_url().split("/app/")[0]
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            # the secret in a URL is not accepted
+            await s.ws_connect(base + "/dashboard/api/live?app=app-id&token=app-secret")
+        assert refused.value.status == 401
+        async with s.ws_connect(
+            base + f"/dashboard/api/live?app=app-id&session={session}"
+        ) as ws:
+            assert not ws.closed

@@ -47,6 +47,7 @@ TEMPLATES: dict[str, str] = {
     "usn": "usn:{app}:{node}",
     "cache": "cache:{app}:{channel}",
     "once": "once:{key}",
+    "rate": "rate:{key}",
     "wh_jobs": "wh:jobs",
     "wh_due": "wh:due",
     "bus": "bus:{topic}",
@@ -108,6 +109,9 @@ class Keys:
 
     def once(self, key: str) -> str:
         return self._k("once", key=key)
+
+    def rate(self, key: str) -> str:
+        return self._k("rate", key=key)
 
     def wh_jobs(self) -> str:
         return self._k("wh_jobs")

@@ -182,6 +182,9 @@ class RedisState:
     async def claim_once(self, key: str, ttl: float) -> bool:
         return bool(await self.scripts.run("claim_once", key, to_ms(ttl)))
 
+    async def hit(self, key: str, n: int, ttl: float) -> int:
+        return int(await self.scripts.run("hit", key, n, to_ms(ttl)))
+
     async def resync(self, snapshot: dict[str, AppSnapshot]) -> Changes:
         doc = {
             app_id: {
