@@ -164,7 +164,7 @@ json_values = st.recursive(
         st.lists(children, max_size=5),
         st.dictionaries(st.one_of(small_text, st.sampled_from(ODD_STRINGS)), children, max_size=5),
     ),
-    max_leaves=20,
+    max_leaves=10,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -385,7 +385,7 @@ frames = st.one_of(
     st.tuples(st.just("binary")),
     st.tuples(st.just("tick"), st.sampled_from([0.05, 1.0, 4.9, 5.0, 20.0, 25.0, 60.0])),
 )
-frame_lists = st.lists(frames, min_size=1, max_size=8)
+frame_lists = st.lists(frames, min_size=1, max_size=6)
 
 
 def msg_frame(msg: dict[str, Any], double: bool = False, ascii_only: bool = True) -> Frame:
