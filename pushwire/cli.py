@@ -66,13 +66,16 @@ def _ssl_context(config: Config) -> ssl.SSLContext | None:
 
 
 async def _serve(
-    config: Config, reuse_port: bool = False, ssl_context: ssl.SSLContext | None = None
+    config: Config,
+    reuse_port: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     from .server import NODE_KEY, create_app
     from .transport.http import GuardedRunner, QuietClientErrors
 
     app = create_app(config)
-    metrics = app[NODE_KEY].metrics
+    node = app[NODE_KEY]
+    metrics = node.metrics
     logging.getLogger("aiohttp.server").addFilter(QuietClientErrors())
     runner = GuardedRunner(
         app,
@@ -116,6 +119,7 @@ async def _serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
+    loop.add_signal_handler(signal.SIGHUP, node.registry.changed)  # reload the apps
     await stop.wait()
     log.info("shutting down")
     await runner.cleanup()

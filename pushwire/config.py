@@ -85,6 +85,16 @@ class App:
     webhooks: tuple[Webhook, ...] = ()
     webhook_delay: float = 3.0  # seconds channel_vacated / member_removed wait (and cancel)
     webhook_batch_ms: float = 0.0  # > 0: wait this long so one POST carries many events
+    # secret rotation: the old secret stays valid (REST signatures, channel and user auth)
+    # until this unix time, so backends can be redeployed one by one
+    previous_secret: str = ""
+    previous_secret_until: float = 0.0
+
+    def secrets(self, now: float) -> tuple[str, ...]:
+        """The secrets a signature may use now: the secret, and the previous one in grace."""
+        if self.previous_secret and now < self.previous_secret_until:
+            return (self.secret, self.previous_secret)
+        return (self.secret,)
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,7 @@ class ServerConfig:
     trusted_proxies: tuple[str, ...] = ()
     metrics_token: str = ""  # set: /metrics needs "Authorization: Bearer <token>"
     metrics_port: int = 0  # > 0: /metrics is served on this port only (same host)
+    admin_token: str = ""  # set: /admin/apps answers to "Authorization: Bearer <token>"
     timestamp_window: float = 600.0
     log_level: str = "info"
     log_format: str = "plain"  # plain | json (one JSON object per line)
@@ -135,9 +146,18 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class AppsStoreConfig:
+    kind: str = "toml"  # toml (the [[apps]] of this file; SIGHUP reloads) | postgres
+    dsn: str = ""  # postgres: "postgresql://user:pass@host:5432/db"
+    reload_interval: float = 30.0  # seconds between full reloads (beside LISTEN/NOTIFY)
+    secret_grace: float = 86400.0  # seconds the old secret stays valid after a rotation
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    apps_store: AppsStoreConfig = field(default_factory=AppsStoreConfig)
     apps: tuple[App, ...] = ()
     extensions: tuple[str, ...] = ()  # modules with a setup(ext) function
     demo_credentials: bool = False
@@ -147,8 +167,14 @@ class Config:
     _by_id: dict[str, App] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_by_key", {a.key: a for a in self.apps})
-        object.__setattr__(self, "_by_id", {a.id: a for a in self.apps})
+        self.replace_apps(self.apps)
+
+    def replace_apps(self, apps: tuple[App, ...]) -> None:
+        """The app index is live: the app registry swaps in what the app store holds now
+        (each lookup sees the old or the new index, never a mix)."""
+        object.__setattr__(self, "apps", tuple(apps))
+        object.__setattr__(self, "_by_key", {a.key: a for a in apps})
+        object.__setattr__(self, "_by_id", {a.id: a for a in apps})
 
     def app_by_key(self, key: str) -> App | None:
         return self._by_key.get(key)
@@ -270,13 +296,42 @@ def _app(data: Any, where: str) -> App:
     return dataclasses.replace(app, webhooks=webhooks)
 
 
+def parse_app(settings: Mapping[str, Any], where: str) -> App:
+    """One app from its settings (a [[apps]] table, as an app store holds it), with every
+    check the config file gets; raises ConfigError naming `where`, the key and the problem."""
+    return _app(settings, where)
+
+
+def app_settings(app: App) -> dict[str, Any]:
+    """The settings of `app` as a [[apps]] table (what an app store holds): every key."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(App):
+        value = getattr(app, f.name)
+        if f.name == "webhooks":
+            value = [
+                {
+                    "url": h.url,
+                    "event_types": list(h.event_types),
+                    "headers": dict(h.headers),
+                    "filter": {
+                        k: v for k, v in dataclasses.asdict(h.filter).items() if v is not None
+                    },
+                }
+                for h in value
+            ]
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
 def parse(data: Mapping[str, Any], source: str = "<config>") -> Config:
     """Build a Config from parsed TOML data, validating every key."""
     for key in data:
-        if key not in ("server", "cluster", "apps", "extensions"):
+        if key not in ("server", "cluster", "apps", "apps_store", "extensions"):
             raise ConfigError(
                 f"{source}: unknown top-level key '{key}' "
-                "(known: server, cluster, apps, extensions)"
+                "(known: server, cluster, apps, apps_store, extensions)"
             )
     ext = data.get("extensions", {})
     if not isinstance(ext, Mapping) or set(ext) - {"modules"}:
@@ -287,6 +342,15 @@ def parse(data: Mapping[str, Any], source: str = "<config>") -> Config:
     server = _build(ServerConfig, data.get("server", {}), f"{source}: [server]")
     cluster = _build(ClusterConfig, data.get("cluster", {}), f"{source}: [cluster]")
     _check_cluster(cluster, source)
+    store = _build(AppsStoreConfig, data.get("apps_store", {}), f"{source}: [apps_store]")
+    if store.kind not in ("toml", "postgres"):
+        raise ConfigError(f"{source}: [apps_store]: key 'kind' must be toml or postgres")
+    if store.kind == "postgres" and not store.dsn:
+        raise ConfigError(f"{source}: [apps_store]: kind = postgres needs a 'dsn'")
+    if store.reload_interval <= 0 or store.secret_grace < 0:
+        raise ConfigError(
+            f"{source}: [apps_store]: reload_interval must be > 0 and secret_grace >= 0"
+        )
     if not 0 <= server.port <= 65535:
         raise ConfigError(f"{source}: [server]: key 'port' must be between 0 and 65535")
     if server.activity_timeout <= 0:
@@ -304,7 +368,12 @@ def parse(data: Mapping[str, Any], source: str = "<config>") -> Config:
             seen.add(v)
     _check_server(server, source)
     return Config(
-        server=server, cluster=cluster, apps=apps, extensions=tuple(modules), source=source
+        server=server,
+        cluster=cluster,
+        apps_store=store,
+        apps=apps,
+        extensions=tuple(modules),
+        source=source,
     )
 
 
@@ -421,12 +490,13 @@ def load(
             )
         app = App(id=env_app[0] or "", key=env_app[1] or "", secret=env_app[2] or "")
         apps = (app, *(a for a in apps if a.id != app.id and a.key != app.key))
-    if not apps:
+    if not apps and cfg.apps_store.kind == "toml":  # (a database store brings its own apps)
         apps = (App(*DEMO_APP),)
         demo = True
     return Config(
         server=server,
         cluster=cluster,
+        apps_store=cfg.apps_store,
         apps=apps,
         extensions=cfg.extensions,
         demo_credentials=demo,

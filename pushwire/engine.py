@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import orjson
 
 from .aio import cancel_and_wait
+from .apps.registry import AppChangeKind, AppChanges
 from .cluster.base import (
     NODES_TOPIC,
     Broker,
@@ -60,7 +61,14 @@ from .metrics import Metrics
 from .monitor import TrafficMonitor
 from .protocol import messages
 from .protocol.channels import channel_type, server_to_user_id
-from .protocol.errors import ConnectionUnauthorized, OverConnectionQuota, PresenceLimit
+from .protocol.errors import (
+    AppDisabled,
+    AppNotFound,
+    ConnectionUnauthorized,
+    OverConnectionQuota,
+    PresenceLimit,
+    PusherError,
+)
 from .protocol.frames import Outbound
 
 log = logging.getLogger("pushwire.engine")
@@ -747,6 +755,28 @@ class Engine:
     async def claim_once(self, key: str, ttl: float) -> bool:
         won = await self._call("claim", self.state.claim_once, key, ttl)
         return True if won is None else won
+
+    # Apps changed in the app store -------------------------------------------------------
+    def apply_app_changes(self, changes: AppChanges) -> None:
+        """What an app store change means for this node's open connections: a deleted app's
+        sockets close with 4001, a disabled one's with 4003 (clients do not reconnect), and
+        a changed app's settings apply to its sockets at once (limits, client events...)."""
+        for kind, app in changes.changed:
+            st = self.hub.apps.get(app.id)
+            if st is None:
+                continue
+            err: PusherError | None = None
+            if kind is AppChangeKind.DELETED:
+                err = AppNotFound("Application deleted")
+            elif not app.enabled:
+                err = AppDisabled("Application disabled")
+            if err is not None:
+                for conn in list(st.connections.values()):
+                    conn.send_error_and_close(err)
+                continue
+            st.app = app
+            for conn in st.connections.values():
+                conn.app = app
 
     # Rate limits ---------------------------------------------------------------------------
     async def rate_limited(self, app: App, kind: RateKind, n: int, limit: float) -> float:

@@ -14,6 +14,9 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
+from .apps.base import AppStore
+from .apps.registry import AppRegistry
+from .apps.toml import TomlStore
 from .cluster.base import Broker, ClusterState, Liveness
 from .cluster.memory import Backplane, MemoryBroker, MemoryLiveness, MemoryState
 from .config import Config
@@ -25,6 +28,7 @@ from .hub import Hub
 from .metrics import Metrics
 from .monitor import TrafficMonitor
 from .protocol.errors import ReconnectNow
+from .transport.admin import AdminApi
 from .transport.dashboard import Dashboard
 from .transport.rest import BodyBudget, RestApi
 from .transport.tap import TapEndpoint
@@ -93,11 +97,22 @@ def make_backends(config: Config, node: str, clock: Callable[[], float]) -> Back
     return memory_backends(config, node, Backplane(clock, c.node_timeout))
 
 
+def make_app_store(config: Config) -> AppStore:
+    """The app store the config names (the only place that picks one)."""
+    c = config.apps_store
+    if c.kind == "postgres":
+        from .apps.postgres import PostgresStore
+
+        return PostgresStore(c.dsn, c.reload_interval)
+    return TomlStore(config, None if config.source == "<defaults>" else config.source)
+
+
 @dataclass
 class Node:
     """Everything one server instance is made of, wired through constructors."""
 
     config: Config
+    registry: AppRegistry
     engine: Engine
     handler: PusherHandler
     monitor: TrafficMonitor
@@ -107,12 +122,14 @@ class Node:
     backends: Backends
 
     async def start(self) -> None:
+        await self.registry.start()  # the apps, before anyone connects
         await self.engine.start()
         await self.webhooks.start()
 
     async def stop(self) -> None:
         await self.webhooks.stop(SHUTDOWN_GRACE)  # queued, due webhooks get the grace time
         await self.engine.stop()
+        await self.registry.stop()
         await self.backends.close()
 
 
@@ -124,6 +141,7 @@ def build_node(
     backends: Backends | None = None,
     clock: Callable[[], float] = time.monotonic,
     node_id: str | None = None,
+    store: AppStore | None = None,
 ) -> Node:
     node = node_id or uuid.uuid4().hex[:12]
     if backends is None:
@@ -146,7 +164,8 @@ def build_node(
     for watcher, cluster in ext.monitors:
         monitor.add(watcher, cluster)
     handler = PusherHandler(config, engine, clock, monitor, webhooks, ext)
-    return Node(config, engine, handler, monitor, metrics, webhooks, ext, backends)
+    registry = AppRegistry(config, store or make_app_store(config), engine.apply_app_changes)
+    return Node(config, registry, engine, handler, monitor, metrics, webhooks, ext, backends)
 
 
 def _api_only(mw: Any) -> Any:
@@ -274,6 +293,7 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
         app.router.add_get("/app/{key}", endpoint.handle)
     app.router.add_get("/tap", TapEndpoint(config, monitor).handle)
     Dashboard(config, engine, monitor, metrics).routes(app.router)
+    AdminApi(config, node.registry, engine).routes(app.router)
 
     async def lifecycle(app: web.Application) -> Any:
         loop = asyncio.get_running_loop()

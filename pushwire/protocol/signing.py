@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 EMPTY_MD5 = hashlib.md5(b"").hexdigest()
 
@@ -85,7 +85,7 @@ class RestAuthError(Exception):
 def verify_rest(
     *,
     key: str,
-    secret: str,
+    secret: str | Sequence[str],
     method: str,
     path: str,
     params: Iterable[tuple[str, str]],
@@ -99,6 +99,7 @@ def verify_rest(
     Checks, in order: the required parameters, the key, `auth_version`, the timestamp window,
     `body_md5` against the MD5 recomputed from the raw body, then the HMAC in constant time.
 
+    `secret` may be several (during a rotation's grace: the new one and the old one).
     `body=None` checks everything that does not need the body (the HMAC covers `body_md5`,
     so a forged request is refused before its body is read); `has_body` says one follows,
     which then needs a `body_md5`. Call `verify_body_md5` once the body is read.
@@ -131,8 +132,10 @@ def verify_rest(
             raise RestAuthError("Missing query parameter body_md5 (required with a body)")
     else:
         verify_body_md5(plist, body)
-    expected = hmac_hex(secret, rest_string_to_sign(method, path, plist))
-    if not hmac.compare_digest(expected.encode(), query["auth_signature"].encode()):
+    to_sign = rest_string_to_sign(method, path, plist)
+    given = query["auth_signature"].encode()
+    secrets = (secret,) if isinstance(secret, str) else tuple(secret)  # (current, previous)
+    if not any(hmac.compare_digest(hmac_hex(s, to_sign).encode(), given) for s in secrets):
         raise RestAuthError("Invalid signature: it does not match the signed request")
 
 

@@ -219,7 +219,7 @@ class RestApi:
             try:
                 verify_rest(
                     key=app.key,
-                    secret=app.secret,
+                    secret=app.secrets(time.time()),
                     method=request.method,
                     path=path,
                     params=params,

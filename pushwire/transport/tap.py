@@ -34,7 +34,7 @@ class TapEndpoint:
         try:
             verify_rest(
                 key=app.key,
-                secret=app.secret,
+                secret=app.secrets(time.time()),
                 method="GET",
                 path="/tap",
                 params=list(request.query.items()),
