@@ -1,0 +1,100 @@
+"""The app registry's logic over an in-memory store (no sockets): reloads, bad rows, live
+effects on open connections, and secret rotation's grace window."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from pushwire.apps.memory import MemoryStore
+from pushwire.apps.registry import AppRegistry
+from pushwire.config import App, Config, app_settings
+from pushwire.protocol.signing import channel_string_to_sign, sign_auth, sign_rest, verify_rest
+from pushwire.testing import FakeConnection, make_node
+
+A = App(id="a", key="ka", secret="sa")
+B = App(id="b", key="kb", secret="sb")
+
+
+async def setup(*apps: App):
+    config = Config(apps=apps)
+    node = make_node(config)
+    store = MemoryStore([app_settings(a) for a in apps])
+    registry = AppRegistry(config, store, node.engine.apply_app_changes)
+    await registry.start()
+    return config, node, store, registry
+
+
+async def connect(node, app):
+    conn = FakeConnection(app, now=node.handler.clock())
+    await node.handler.open(conn)
+    conn.take()
+    return conn
+
+
+async def test_changes_apply_to_open_connections():
+    config, node, store, registry = await setup(A, B)
+    a, b = await connect(node, A), await connect(node, B)
+    await store.update("a", {**app_settings(A), "enabled": False})
+    await registry.reload()
+    assert a.close_code == 4003 and a.events()[-1]["data"]["code"] == 4003
+    assert config.app_by_key("ka") is not None and not config.app_by_key("ka").enabled
+    await store.delete("b")
+    await registry.reload()
+    assert b.close_code == 4001
+    assert config.app_by_id("b") is None and config.app_by_key("kb") is None
+
+
+async def test_changed_limits_apply_at_once():
+    config, node, store, registry = await setup(A)
+    conn = await connect(node, A)
+    await store.update("a", {**app_settings(A), "enable_client_messages": False})
+    await registry.reload()
+    assert conn.app.enable_client_messages is False and conn.close_code is None
+
+
+async def test_a_bad_row_is_refused_and_the_others_served(caplog):
+    config, node, store, registry = await setup(A, B)
+    await store.update("b", {**app_settings(B), "max_batch_size": -1})
+    await registry.reload()
+    assert config.app_by_id("b") is None and config.app_by_id("a") is not None
+    assert "app store: app 'b'" in caplog.text and "max_batch_size" in caplog.text
+    lines = caplog.text.count("app store: app 'b'")
+    await registry.reload()  # logged once, not on every reload
+    assert caplog.text.count("app store: app 'b'") == lines
+
+
+async def test_rotation_keeps_the_old_secret_for_the_grace_window():
+    config, node, store, registry = await setup(A)
+    rotated = {
+        **app_settings(A),
+        "secret": "new",
+        "previous_secret": "sa",
+        "previous_secret_until": time.time() + 60,
+    }
+    await store.update("a", rotated)
+    await registry.reload()
+    app = config.app_by_id("a")
+    assert app is not None
+    for secret in ("new", "sa"):  # channel auth with either secret
+        conn = await connect(node, app)
+        auth = sign_auth("ka", secret, channel_string_to_sign(conn.socket_id, "private-x", None))
+        msg = {"event": "pusher:subscribe", "data": {"channel": "private-x", "auth": auth}}
+        await node.handler.on_text(conn, orjson.dumps(msg))
+        assert conn.take()[-1]["event"] == "pusher_internal:subscription_succeeded", secret
+    q = sign_rest("ka", "sa", "GET", "/apps/a/channels", {}, b"")
+    verify_rest(
+        key="ka", secret=app.secrets(time.time()), method="GET", path="/apps/a/channels",
+        params=list(q.items()), body=b"", now=time.time(),
+    )  # fmt: skip
+    # after the grace window only the new secret signs
+    await store.update("a", {**rotated, "previous_secret_until": time.time() - 1})
+    await registry.reload()
+    app = config.app_by_id("a")
+    assert app is not None and app.secrets(time.time()) == ("new",)
+    conn = await connect(node, app)
+    auth = sign_auth("ka", "sa", channel_string_to_sign(conn.socket_id, "private-x", None))
+    msg = {"event": "pusher:subscribe", "data": {"channel": "private-x", "auth": auth}}
+    await node.handler.on_text(conn, orjson.dumps(msg))
+    assert conn.take()[-1]["event"] == "pusher:error"
