@@ -17,17 +17,16 @@ the answer, and reaches the other nodes through the store (PostgreSQL: within a 
 from __future__ import annotations
 
 import hmac
-import secrets
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from ..apps.admin import AppAdmin
 from ..apps.base import AppExists, AppMissing, ReadOnlyStore, StoreError, StoreUnavailable
 from ..apps.registry import AppRegistry
-from ..config import App, Config, ConfigError, app_settings, parse_app
+from ..config import App, Config, ConfigError, app_settings
 from ..engine import Engine
 from ..protocol.frames import loads_checked
 
@@ -44,9 +43,8 @@ def _json(body: Any, status: int = 200) -> web.Response:
 class AdminApi:
     def __init__(self, config: Config, registry: AppRegistry, engine: Engine) -> None:
         self.config = config
-        self.registry = registry
-        self.store = registry.store
         self.engine = engine
+        self.admin = AppAdmin(registry.store, config.apps_store.secret_grace, registry.reload)
 
     def routes(self, router: web.UrlDispatcher) -> None:
         if not self.config.server.admin_token:
@@ -97,90 +95,44 @@ class AdminApi:
             raise ConfigError("admin API: expected a JSON object")
         return body
 
-    def _app(self, request: web.Request) -> App:
-        app_id = request.match_info["app_id"]
-        app = self.config.app_by_id(app_id)
-        if app is None:
-            raise AppMissing(f"no app {app_id!r}")
-        return app
-
     async def _view(self, app: App) -> dict[str, Any]:
         out = app_settings(app)
         out["connections"] = await self.engine.connection_count(app)
         return out
 
-    async def _write(self, app_id: str, settings: dict[str, Any], create: bool) -> App:
-        app = parse_app(settings, f"app {app_id!r}")  # the config file's checks
-        for other in self.config.apps:
-            if other.key == app.key and other.id != app.id:
-                raise AppExists(f"key {app.key!r} belongs to app {other.id!r}")
-        if create:
-            await self.store.create(app_settings(app))
-        else:
-            await self.store.update(app_id, app_settings(app))
-        await self.registry.reload()  # applied on this node before the answer
-        return app
+    def _id(self, request: web.Request) -> str:
+        return request.match_info["app_id"]
 
     async def list(self, request: web.Request) -> web.Response:
         return _json({"apps": [await self._view(a) for a in self.config.apps]})
 
     async def show(self, request: web.Request) -> web.Response:
-        return _json(await self._view(self._app(request)))
+        app = self.config.app_by_id(self._id(request))
+        if app is None:
+            raise AppMissing(f"no app {self._id(request)!r}")
+        return _json(await self._view(app))
 
     async def create(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        body.setdefault("key", secrets.token_hex(10))
-        body.setdefault("secret", secrets.token_hex(20))
-        app_id = str(body.get("id", ""))
-        if self.config.app_by_id(app_id) is not None:
-            raise AppExists(f"app {app_id!r} exists already")
-        app = await self._write(app_id, body, create=True)
+        app = await self.admin.create(await self._body(request))
         return _json(await self._view(app), 201)
 
     async def update(self, request: web.Request) -> web.Response:
-        app = self._app(request)
-        body = await self._body(request)
-        if "id" in body and body["id"] != app.id:
-            raise ConfigError("admin API: an app's id cannot change")
-        updated = await self._write(app.id, {**app_settings(app), **body}, create=False)
-        return _json(await self._view(updated))
-
-    async def _set_enabled(self, request: web.Request, enabled: bool) -> web.Response:
-        app = self._app(request)
-        updated = await self._write(
-            app.id, {**app_settings(app), "enabled": enabled}, create=False
-        )
-        return _json(await self._view(updated))
+        app = await self.admin.update(self._id(request), await self._body(request))
+        return _json(await self._view(app))
 
     async def disable(self, request: web.Request) -> web.Response:
-        return await self._set_enabled(request, False)
+        return _json(await self._view(await self.admin.set_enabled(self._id(request), False)))
 
     async def enable(self, request: web.Request) -> web.Response:
-        return await self._set_enabled(request, True)
+        return _json(await self._view(await self.admin.set_enabled(self._id(request), True)))
 
     async def rotate(self, request: web.Request) -> web.Response:
-        """A new secret; the old one stays valid for REST signatures and channel/user auth
-        for `grace` seconds (default `[apps_store] secret_grace`). Webhooks are signed with
-        the new one at once."""
-        app = self._app(request)
         body = await self._body(request)
-        grace = body.get("grace", self.config.apps_store.secret_grace)
-        if not isinstance(grace, int | float) or isinstance(grace, bool) or grace < 0:
-            raise ConfigError("admin API: 'grace' must be a number of seconds >= 0")
-        new = body.get("secret") or secrets.token_hex(20)
-        if not isinstance(new, str) or new == app.secret:
-            raise ConfigError("admin API: 'secret' must be a new string")
-        settings = {
-            **app_settings(app),
-            "secret": new,
-            "previous_secret": app.secret,
-            "previous_secret_until": time.time() + float(grace),
-        }
-        updated = await self._write(app.id, settings, create=False)
-        return _json(await self._view(updated))
+        app = await self.admin.rotate_secret(
+            self._id(request), body.get("secret"), body.get("grace")
+        )
+        return _json(await self._view(app))
 
     async def delete(self, request: web.Request) -> web.Response:
-        app = self._app(request)
-        await self.store.delete(app.id)
-        await self.registry.reload()
-        return _json({"deleted": app.id})
+        await self.admin.delete(self._id(request))
+        return _json({"deleted": self._id(request)})
