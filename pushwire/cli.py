@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     tap.add_argument("--seconds", type=float, default=0, help="stop after this long")
     routes = sub.add_parser("routes", help="list the REST API routes")
     routes.add_argument("--config", help="TOML configuration file")
+    from .apps.cli import add_parser as add_apps_parser
+
+    add_apps_parser(sub)
     return p
 
 
@@ -164,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         _parser().print_help()
         return 2
+    if args.command == "apps" and args.url:  # through a running server: no config needed
+        from .apps.cli import run as run_apps
+
+        return run_apps(args, None)
     try:
         overrides = {}
         if args.command == "serve":
@@ -190,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.command == "tap":
         return _tap(args, config)
+    if args.command == "apps":
+        from .apps.cli import run as run_apps
+
+        return run_apps(args, config)
     if args.command == "routes":
         from .server import rest_routes
 
