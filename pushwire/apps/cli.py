@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from typing import Any
@@ -59,10 +60,8 @@ def run(args: argparse.Namespace, config: Config | None) -> int:
     except RuntimeError as exc:
         print(f"pushwire apps: {exc}", file=sys.stderr)
         return 1
-    try:
+    with contextlib.suppress(BrokenPipeError):  # `| head`
         _print(result, args.json)
-    except BrokenPipeError:  # `| head`
-        pass
     return 0
 
 
