@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -23,12 +24,14 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from pushwire.aio import cancel_and_wait
 from pushwire.apps.base import AppExists, AppMissing, Settings, StoreError, StoreUnavailable
 
 log = logging.getLogger("pushwire.apps")
+_pool_log = logging.getLogger("psycopg.pool")
+_pool_numbers = itertools.count(1)
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[TupleRow]
@@ -84,7 +87,7 @@ def _params(dsn: str) -> dict[str, Any]:
         return conninfo_to_dict(dsn)
     except psycopg.Error:
         # the parser's message may quote part of the DSN (a password): leave it out
-        raise ValueError(
+        raise StoreError(
             "invalid PostgreSQL DSN for the app store (expected e.g. "
             "'postgresql://user:password@host:5432/dbname' or 'host=... dbname=...')"
         ) from None
@@ -110,6 +113,25 @@ def _reason(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+class _PoolLogFilter(logging.Filter):
+    """psycopg_pool logs a warning for each failed connection attempt (several a second in an
+    outage); the listener already logs an outage once. Keep the error for the store's
+    messages instead of logging the pool's records (those naming this store's pool)."""
+
+    def __init__(self, pool_name: str, on_error: Callable[[str], None]) -> None:
+        super().__init__()
+        self.pool_name = pool_name
+        self.on_error = on_error
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if not (isinstance(args, tuple) and args and args[0] == self.pool_name):
+            return True
+        if len(args) > 1 and isinstance(args[1], BaseException):
+            self.on_error(_reason(args[1]))
+        return False
 
 
 def _dumps(settings: Settings) -> str:
@@ -154,7 +176,8 @@ async def _migrate(conn: Conn) -> int:
 async def migrate(dsn: str) -> int:
     """Create or upgrade the store's tables (idempotent, safe to run from several nodes at
     once). Returns the schema version found before (0: none). Raises `StoreUnavailable`
-    when the database cannot be reached, `StoreError` for a schema newer than this code."""
+    when the database cannot be reached, `StoreError` for an invalid DSN or a schema newer
+    than this code."""
     params = _params(dsn)
     where = _where(params)
     try:
@@ -162,8 +185,10 @@ async def migrate(dsn: str) -> int:
             conn = await psycopg.AsyncConnection.connect(
                 dsn, autocommit=True, **_connect_kwargs(params)
             )
-            async with conn:
+            try:
                 return await _migrate(conn)
+            finally:
+                await conn.close()
     except StoreError:
         raise
     except (*_CONNECTION_ERRORS, psycopg.Error) as exc:
@@ -193,7 +218,12 @@ class PostgresStore:
         self._next_reload = 0.0
         self._listening = False  # the LISTEN connection is up
         self._listen_failures = 0  # failed LISTEN connection attempts, for tests and debugging
-        self._last_error = ""  # the listener's last connection error, for messages
+        self._last_error = ""  # the last connection error, for messages
+        self._pool_name = f"pushwire-apps-{next(_pool_numbers)}"
+        self._pool_log_filter = _PoolLogFilter(self._pool_name, self._pool_error)
+
+    def _pool_error(self, reason: str) -> None:
+        self._last_error = reason
 
     # -- loads and writes -------------------------------------------------------------------
 
@@ -214,15 +244,16 @@ class PostgresStore:
                     # give up on a failing reconnection soon: the next call starts a fresh
                     # one at once, instead of waiting out a long backoff after an outage
                     reconnect_timeout=2.0,
-                    name="pushwire-apps",
+                    name=self._pool_name,
                 )
+                _pool_log.addFilter(self._pool_log_filter)
                 await pool.open(wait=False)
                 self._pool = pool
             return self._pool
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
         reason = _reason(exc)
-        if isinstance(exc, psycopg.OperationalError) and "couldn't get a connection" in reason:
+        if isinstance(exc, PoolTimeout):
             reason = f"no connection within {POOL_TIMEOUT:g} s"
             if self._last_error:
                 reason += f" (last error: {self._last_error})"
@@ -243,7 +274,7 @@ class PostgresStore:
         except pg_errors.UndefinedTable:
             raise StoreUnavailable(
                 f"PostgreSQL app store at {self._where} has no {CHANNEL} table: "
-                "run the store's migration first"
+                "run `pushwire apps migrate --config ...` first"
             ) from None
         except _CONNECTION_ERRORS as exc:
             raise self._unavailable(exc) from None
@@ -352,6 +383,8 @@ class PostgresStore:
                     await pool.close(timeout=STOP_TIMEOUT)
             except TimeoutError:
                 log.warning("app store: the PostgreSQL pool did not close in time")
+            finally:
+                _pool_log.removeFilter(self._pool_log_filter)
 
     def _fire(self) -> None:
         if self._on_change is None:
@@ -377,15 +410,17 @@ class PostgresStore:
             self._tick()
 
     async def _listen(self) -> None:
+        loop = asyncio.get_running_loop()
         delay = BACKOFF_MIN
         down = False  # logged as down, not logged as back yet
         while True:
+            up_since: float | None = None
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT + 2.0):
                     conn = await psycopg.AsyncConnection.connect(
                         self._dsn, autocommit=True, **self._kwargs
                     )
-            except _CONNECTION_ERRORS as exc:
+            except Exception as exc:  # unreachable, refused, bad credentials...
                 self._listen_failures += 1
                 self._last_error = _reason(exc)
                 if not down:
@@ -402,14 +437,14 @@ class PostgresStore:
                 async with asyncio.timeout(CALL_TIMEOUT):
                     await conn.execute(f"LISTEN {CHANNEL}")
                 self._listening = True
+                up_since = loop.time()
                 self._last_error = ""
                 if down:
                     down = False
                     log.info("app store: listening for app changes on %s again", self._where)
-                delay = BACKOFF_MIN
                 self._fire()  # changes may have been missed while not listening
                 await self._serve(conn)
-            except _CONNECTION_ERRORS as exc:
+            except Exception as exc:  # lost, or LISTEN refused
                 self._listen_failures += 1
                 self._last_error = _reason(exc)
                 if not down:
@@ -424,6 +459,8 @@ class PostgresStore:
                 self._listening = False
                 # not `async with conn`: its rollback would log a warning on a dead connection
                 await conn.close()
+            if up_since is not None and loop.time() - up_since >= BACKOFF_MAX:
+                delay = BACKOFF_MIN  # it was up a while: try again soon (a flapping one: not)
             await self._sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
 
