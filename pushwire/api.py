@@ -79,6 +79,8 @@ def _event(app: App, body: object, where: str, multi: bool) -> dict[str, Any]:
         raise ApiError(400, f"{where}: 'name' must be a non-empty string")
     if len(name) > app.max_event_name_length:
         raise ApiError(400, f"{where}: event name longer than {app.max_event_name_length}")
+    if name.startswith(("pusher:", "pusher_internal:")):
+        raise ApiError(400, f"{where}: event names starting with pusher: are reserved")
     data = body.get("data")
     if data is None:
         raise ApiError(400, f"{where}: 'data' is required")

@@ -32,11 +32,12 @@ from .protocol.channels import (
     validate_channel_name,
 )
 from .protocol.errors import PusherError
-from .protocol.frames import Outbound, loads_checked
+from .protocol.frames import Outbound, json_depth, loads_checked
 from .protocol.signing import channel_string_to_sign, user_string_to_sign, verify_auth
 
 VERSION_RE = re.compile(r"v?\d+(\.\d+)*([-+.~][0-9A-Za-z.\-+~]*)?")
 MIN_PROTOCOL, MAX_PROTOCOL = 5, 7
+MAX_USER_INFO_DEPTH = 32  # presence user_info is sent on inside member lists: keep it shallow
 STRIKES_TO_CLOSE = 10  # client events refused in a row by the app-wide limit before a close
 
 
@@ -459,6 +460,10 @@ def _parse_member(app: App, channel: str, channel_data: str) -> tuple[str, Any]:
             f"Invalid channel_data: user_id longer than {app.max_presence_user_id_length}"
         )
     user_info = parsed.get("user_info")
+    if json_depth(user_info, MAX_USER_INFO_DEPTH) > MAX_USER_INFO_DEPTH:
+        raise errors.InvalidChannel(
+            f"Invalid channel_data: user_info nested deeper than {MAX_USER_INFO_DEPTH} levels"
+        )
     if user_info is not None and len(orjson.dumps(user_info)) > app.max_presence_member_size:
         raise errors.InvalidChannel(
             f"Invalid channel_data: user_info larger than {app.max_presence_member_size} bytes"

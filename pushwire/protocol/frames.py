@@ -42,6 +42,21 @@ def loads_checked(raw: str | bytes) -> Any:
     return value
 
 
+def json_depth(value: Any, limit: int) -> int:
+    """How deeply `value` nests lists and objects, counting up to `limit + 1` at most."""
+    depth, level = 0, [value]
+    while level and depth <= limit:
+        depth += 1
+        nxt: list[Any] = []
+        for v in level:
+            if isinstance(v, dict):
+                nxt.extend(v.values())
+            elif isinstance(v, list):
+                nxt.extend(v)
+        level = nxt
+    return depth - 1 if not level else depth
+
+
 def close_reason(reason: str, limit: int = 120) -> bytes:
     """`reason` as UTF-8 cut to `limit` bytes on a character boundary (a close frame's reason
     must be valid UTF-8, or the client fails the connection with 1007)."""

@@ -65,10 +65,12 @@ class Dashboard:
         self.metrics = metrics
         self.js = (STATIC / "pushwire.js").read_bytes()
         self.html = (STATIC / "dashboard.html").read_bytes()
+        self.apps_html = (STATIC / "apps.html").read_bytes()
 
     def routes(self, router: web.UrlDispatcher) -> None:
         router.add_get("/pushwire.js", self.script)
         router.add_get("/dashboard", self.page)
+        router.add_get("/dashboard/apps", self.apps_page)
         router.add_post("/dashboard/api/session", self.session)
         router.add_get("/dashboard/api/stats", self.stats)
         router.add_post("/dashboard/api/trigger", self.trigger)
@@ -84,6 +86,12 @@ class Dashboard:
     async def page(self, request: web.Request) -> web.Response:
         return web.Response(
             body=self.html, content_type="text/html", headers={"X-Frame-Options": "DENY"}
+        )
+
+    async def apps_page(self, request: web.Request) -> web.Response:
+        """The apps page (admin token): it holds no data and talks to /admin/apps."""
+        return web.Response(
+            body=self.apps_html, content_type="text/html", headers={"X-Frame-Options": "DENY"}
         )
 
     def _auth(

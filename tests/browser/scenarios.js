@@ -1,6 +1,7 @@
 // Browser scenarios in Debian's Chromium (playwright-core): prints one JSON result line.
 //   node scenarios.js chat <chatUrl> <screenshot.png>
 //   node scenarios.js dashboard <subscriberNodeUrl> <dashboardNodeUrl> <appSecret> <screenshot.png>
+//   node scenarios.js apps <serverUrl> <adminToken> <screenshot.png>
 'use strict';
 const { chromium } = require('playwright-core');
 
@@ -73,6 +74,60 @@ async function dashboard(base, dashBase, secret, shot) {
   }
 }
 
+// The apps page: sign in with the admin token, see the app with a live connection, create,
+// disable, rotate; returns what the page showed and every URL it requested.
+async function apps(base, adminToken, shot) {
+  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ARGS });
+  try {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 760 } });
+    const urls = [];
+    const dialogs = [];
+    page.on('request', (r) => urls.push(r.url()));
+    page.on('dialog', (d) => { dialogs.push(d.message()); d.accept(); });
+    const row = (id) => `#apps tr[data-id="${id}"]`;
+    const rowText = (id) => page.textContent(row(id));
+    await page.goto(base + '/dashboard/apps');
+    await page.fill('#token', 'not-the-token');
+    await page.click('#login-form button');
+    await page.waitForSelector('#error:not([hidden])');
+    const loginError = await page.textContent('#error-text');
+    await page.fill('#token', adminToken);
+    await page.click('#login-form button');
+    await page.waitForSelector(row('app-id'));
+    const errorAfterLogin = await page.isVisible('#error');
+    await page.waitForFunction(
+      (sel) => document.querySelector(sel + ' td.connections').textContent === '1', row('app-id'));
+    const appRow = await rowText('app-id');
+    // a create that the API refuses shows its error message
+    await page.fill('#c-id', 'app-id');
+    await page.click('#create button');
+    await page.waitForSelector('#error:not([hidden])');
+    const createError = await page.textContent('#error-text');
+    await page.fill('#c-id', 'made-in-browser');
+    await page.fill('#c-max', '50');
+    await page.click('#create button');
+    await page.waitForSelector(row('made-in-browser'));
+    const errorAfterCreate = await page.isVisible('#error');
+    const created = await page.textContent('#notice-text');
+    await page.click(`${row('made-in-browser')} button[data-act="disable"]`);
+    await page.waitForSelector(`${row('made-in-browser')} button[data-act="enable"]`);
+    const disabledRow = await rowText('made-in-browser');
+    await page.click(`${row('app-id')} button[data-act="rotate"]`);
+    await page.waitForFunction(() => document.getElementById('notice-text').textContent.includes('New secret'));
+    const notice = await page.textContent('#notice-text');
+    const newSecret = await page.textContent('#new-secret');
+    await page.waitForTimeout(2500);  // one more periodic refresh: the table stays as it is
+    const afterRefresh = { app: await rowText('app-id'), made: await rowText('made-in-browser') };
+    await page.screenshot({ path: shot });
+    const storage = await page.evaluate(() => ({
+      local: localStorage.length, cookie: document.cookie, session: Object.keys(sessionStorage) }));
+    return { loginError, errorAfterLogin, appRow, createError, errorAfterCreate, created,
+             disabledRow, notice, newSecret, afterRefresh, dialogs, storage, urls };
+  } finally {
+    await browser.close();
+  }
+}
+
 // Subscribes, says so, then waits until an event arrives again after the server restarted.
 async function reconnect(base) {
   const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ARGS });
@@ -100,6 +155,7 @@ async function reconnect(base) {
 (async () => {
   const [cmd, ...rest] = process.argv.slice(2);
   const result = cmd === 'chat' ? await chat(...rest)
-    : cmd === 'reconnect' ? await reconnect(...rest) : await dashboard(...rest);
+    : cmd === 'reconnect' ? await reconnect(...rest)
+    : cmd === 'apps' ? await apps(...rest) : await dashboard(...rest);
   process.stdout.write(JSON.stringify(result) + '\n');
 })().catch((e) => { console.error(e); process.exit(1); });

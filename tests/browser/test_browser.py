@@ -149,3 +149,113 @@ async def test_browser_client_reconnects_and_resubscribes(tmp_path):
             proc.kill()
             await proc.wait()
         srv.stop()
+
+
+async def test_apps_page(tmp_path):
+    """The apps page (admin token) against a server whose apps live in PostgreSQL (the admin
+    API answers 409 on the read-only TOML store): it shows the live connection, creates,
+    disables and rotates, and the admin API sees each change; the token is in no URL."""
+    import asyncio
+    import secrets
+
+    import aiohttp
+
+    from pushwire.apps.postgres import migrate
+    from tests.conftest import start_server
+    from tests.pg import start_postgres
+
+    node_modules()
+    token = f"adm-{secrets.token_hex(12)}"  # distinctive: looked for in every URL below
+    auth = {"Authorization": f"Bearer {token}"}
+    pg = start_postgres()
+    srv = None
+    try:
+        cfg = f"""
+            [server]
+            host = "127.0.0.1"
+            port = 0
+            admin_token = "{token}"
+
+            [apps_store]
+            kind = "postgres"
+            dsn = "{pg.dsn}"
+        """
+        await migrate(pg.dsn)
+        srv = start_server(tmp_path, cfg)
+        base = srv.http
+
+        async with aiohttp.ClientSession(headers=auth) as http:
+
+            async def admin(method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+                async with http.request(method, f"{base}/admin/apps{path}", json=body) as r:
+                    return r.status, await r.json()
+
+            for app in (
+                {"id": "app-id", "key": "app-key", "secret": "app-secret"},
+                {"id": "chat", "key": "chat-key", "max_connections": 500},
+            ):
+                status, body = await admin("POST", "", app)
+                assert status == 201, body
+            async with http.get(f"{base}/dashboard/apps") as r:
+                assert r.status == 200 and r.headers["X-Frame-Options"] == "DENY"
+            async with (
+                aiohttp.ClientSession() as client,
+                client.ws_connect(srv.ws_url()) as ws,
+            ):
+                hello = await ws.receive_json(timeout=TIMEOUT)
+                assert hello["event"] == "pusher:connection_established"
+                shot = tmp_path / "apps.png"
+                proc = await asyncio.create_subprocess_exec(
+                    "node",
+                    str(HERE / "scenarios.js"),
+                    "apps",
+                    base,
+                    token,
+                    str(shot),
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    cwd=HERE,
+                )
+                try:
+                    out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT * 9)
+                finally:
+                    if proc.returncode is None:
+                        proc.kill()
+                        await proc.wait()
+                assert proc.returncode == 0, err.decode()[-3000:]
+                result = json.loads(out.decode().strip().splitlines()[-1])
+                status, rotated = await admin("GET", "/app-id")
+                assert rotated["connections"] == 1  # rotating left the socket open
+
+            # what the page showed is what the API says
+            status, refused = await admin("POST", "", {"id": "app-id"})
+            assert status == 409
+            assert result["createError"] == refused["error"]
+            assert "admin API" in result["loginError"]  # the 401's message
+            assert not result["errorAfterLogin"] and not result["errorAfterCreate"], result
+            assert "app-key" in result["appRow"] and "enabled" in result["appRow"]
+            status, made = await admin("GET", "/made-in-browser")
+            assert status == 200
+            assert made["enabled"] is False and made["max_connections"] == 50
+            assert made["secret"] in result["created"] and made["key"] in result["created"]
+            assert "disabled" in result["disabledRow"]
+            assert "disabled" in result["afterRefresh"]["made"]
+            assert rotated["secret"] == result["newSecret"] != "app-secret"
+            assert rotated["previous_secret"] == "app-secret"
+            assert result["newSecret"] in result["notice"] and "grace" in result["notice"]
+            assert len(result["dialogs"]) == 2  # disable and rotate ask first
+
+        # the token went only in the Authorization header: in no URL, no cookie
+        assert any(u.endswith("/admin/apps") for u in result["urls"])
+        assert not [u for u in result["urls"] if token in u]
+        assert result["storage"] == {"local": 0, "cookie": "", "session": ["pushwire-admin"]}
+        assert shot.stat().st_size > 10_000
+        keep_screenshot(shot, "apps.png")
+        srv.stop()
+        assert "Traceback" not in srv.log_text(), srv.log_text()
+    finally:
+        try:
+            if srv is not None:
+                srv.stop()
+        finally:
+            pg.close()

@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from pushwire import api
@@ -68,9 +68,19 @@ CONFIG = Config(server=ServerConfig(activity_timeout=20, pong_timeout=5), apps=(
 
 PING = '{"event":"pusher:ping","data":{}}'
 PONG = {"event": "pusher:pong", "data": {}}
-# system events whose `data` is an object; every other pusher: / pusher_internal: event
-# carries its data as a JSON string
+# system events whose `data` is an object, and those whose data is a JSON string. Other events
+# are channel events: client events carry the data their sender gave, and the REST API may
+# trigger any name with any data string (even `pusher:x` names), so only their shape is checked
 OBJECT_DATA_EVENTS = {"pusher:error", "pusher:ping", "pusher:pong", "pusher:signin_success"}
+STRING_DATA_EVENTS = {
+    "pusher:connection_established",
+    "pusher:subscription_error",
+    "pusher_internal:subscription_succeeded",
+    "pusher_internal:member_added",
+    "pusher_internal:member_removed",
+    "pusher_internal:subscription_count",
+    "pusher_internal:watchlist_events",
+}
 TRANSPORT_CLOSE_CODES = {1000, 1009}  # normal close; frame larger than max_frame_size
 REST_STATUSES = {400, 413, 403, 404, 429, 503}
 
@@ -123,16 +133,56 @@ ODD_STRINGS = [
 ]
 
 
+class Huge(str):
+    """A long string that shows itself short (in hypothesis' reports of failing examples)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        if self == self[:1] * len(self):
+            return f"{self[:1]!r} * {len(self)}"
+        return f"Huge({self[:60]!r} + ... {len(self)} characters)"
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(repr(self))
+
+
 def huge_strings() -> st.SearchStrategy[str]:
     """Strings around the limits (200 names, 10240 data, 262144 frames) and beyond."""
     return st.builds(
-        lambda ch, n: ch * n,
+        lambda ch, n: Huge(ch * n),
         st.sampled_from(["a", "\u00e9", "\U0001f600", "\x00", "[", '"', "\\"]),
         st.sampled_from([128, 129, 200, 201, 1024, 1025, 10240, 10241, 70_000, 270_000]),
     )
 
 
-small_text = st.text(max_size=24)  # hypothesis text() never contains surrogates
+_SPECIAL_CHARS = (
+    "\x80\x85\x9f\xa0\xad\xdf\xe9\xff\u0130\u0301\u0361\u0627\u05d0\u0661\u0e01\u1680"
+    "\u180e\u200b\u200d\u200e\u202e\u2028\u2029\u2060\u212a\u3000\u4e2d\ufb01\ufdd0\ufeff"
+    "\uff10\ufffd\ufffe\uffff\U0001d400\U0001f600\U000e0001\U0010ffff"
+)
+# 256 characters, one per byte: ASCII (controls included), odd ones above, and a spread of
+# code points from the rest of the BMP and beyond (never a surrogate)
+CHAR_TABLE = (
+    [chr(i) for i in range(128)]
+    + list(_SPECIAL_CHARS)
+    + [chr(0x100 + (i * 7919) % 0xD700) for i in range(90 - len(_SPECIAL_CHARS) + 38)]
+)
+assert len(CHAR_TABLE) == 256
+
+
+def _from_table(raw: bytes) -> str:
+    return "".join(CHAR_TABLE[b] for b in raw)
+
+
+# hypothesis' text() draws character by character (slow); bytes mapped through the table
+# cost one draw. Both never contain surrogates.
+small_text = st.one_of(
+    st.binary(max_size=24).map(_from_table),
+    st.binary(max_size=24).map(_from_table),
+    st.binary(max_size=24).map(_from_table),
+    st.text(max_size=8),
+)
 strings = st.one_of(small_text, small_text, st.sampled_from(ODD_STRINGS), huge_strings())
 extreme_ints = st.sampled_from(
     [
@@ -164,7 +214,7 @@ json_values = st.recursive(
         st.lists(children, max_size=5),
         st.dictionaries(st.one_of(small_text, st.sampled_from(ODD_STRINGS)), children, max_size=5),
     ),
-    max_leaves=10,
+    max_leaves=6,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -209,10 +259,12 @@ channel_names = st.one_of(
     st.sampled_from(VALID_CHANNELS),
     st.sampled_from(VALID_CHANNELS),
     st.sampled_from(ODD_CHANNELS),
-    st.from_regex(
-        r"(private-|presence-|cache-|private-encrypted-|presence-cache-|#server-to-user-)?"
-        r"[-a-zA-Z0-9_=@,.;]{0,12}",
-        fullmatch=True,
+    st.builds(  # valid characters (or empty) after any prefix
+        str.__add__,
+        st.sampled_from(
+            ["", "private-", "presence-", "cache-", "private-encrypted-", "#server-to-user-"]
+        ),
+        st.text(alphabet="-aZ09_=@,.;", max_size=12),
     ),
     strings,
 )
@@ -338,6 +390,53 @@ def pusher_messages(draw: st.DrawFn) -> dict[str, Any]:
     return msg
 
 
+# well-formed and correctly signed (the server may still refuse some: presence limit, not
+# signed in, rate limit...); mixed with the wrong ones they reach the deeper states
+valid_messages = st.one_of(
+    st.builds(
+        lambda ch: {"event": "pusher:subscribe", "data": {"channel": ch, "auth": AUTH}},
+        st.sampled_from([c for c in VALID_CHANNELS if not c.startswith("presence-")]),
+    ),
+    st.builds(
+        lambda ch, uid, info: {
+            "event": "pusher:subscribe",
+            "data": {
+                "channel": ch,
+                "auth": AUTH,
+                "channel_data": json.dumps({"user_id": uid, "user_info": info}),
+            },
+        },
+        st.sampled_from(["presence-fz", "presence-cache-fz", "presence-fz2"]),
+        st.sampled_from(["u1", "u2", "u3", "u4", 7, 7.5]),
+        json_values,
+    ),
+    st.builds(
+        lambda uid, watchlist: {
+            "event": "pusher:signin",
+            "data": {"user_data": json.dumps({"id": uid, "watchlist": watchlist}), "auth": AUTH},
+        },
+        st.sampled_from(["u1", "u2", "obs"]),
+        st.lists(st.sampled_from(["u1", "u2", "obs", "w"]), max_size=3),
+    ),
+    st.builds(
+        lambda name, ch, data: {"event": name, "channel": ch, "data": data},
+        client_event_names,
+        st.sampled_from(["private-fz", "presence-fz", "private-encrypted-fz", "presence-fz2"]),
+        json_values,
+    ),
+    st.builds(
+        lambda ch: {"event": "pusher:unsubscribe", "data": {"channel": ch}},
+        st.sampled_from(VALID_CHANNELS),
+    ),
+)
+
+client_events = st.builds(
+    lambda name, ch, data: {"event": name, "channel": ch, "data": data},
+    st.sampled_from(["client-x", "client-typing"]) | client_event_names,
+    st.sampled_from(["private-fz", "presence-fz"]),
+    st.one_of(json_values, huge_strings()),
+)
+
 RAW_TEXTS = [
     "",
     " ",
@@ -375,21 +474,43 @@ RAW_TEXTS = [
 Frame = tuple[Any, ...]
 # ("msg", message, data double-encoded, ensure_ascii) | ("text", str) | ("bytes", bytes)
 # | ("binary",) | ("tick", seconds): the clock advances and the heartbeat sweep runs
+# | ("burst", message, n): the message n times in a row
 frames = st.one_of(
+    st.tuples(st.just("msg"), client_events, st.booleans(), st.booleans()),
+    # the same message sent 2 to 15 times at once (the client event rate is 10 per second)
+    st.tuples(st.just("burst"), client_events, st.integers(2, 15)),
+    st.tuples(st.just("msg"), valid_messages, st.booleans(), st.booleans()),
+    st.tuples(st.just("msg"), valid_messages, st.booleans(), st.booleans()),
     st.tuples(st.just("msg"), pusher_messages(), st.booleans(), st.booleans()),
     st.tuples(st.just("msg"), pusher_messages(), st.booleans(), st.booleans()),
     st.tuples(st.just("msg"), pusher_messages(), st.booleans(), st.booleans()),
     st.tuples(st.just("text"), st.one_of(st.text(max_size=64), st.sampled_from(RAW_TEXTS))),
-    st.tuples(st.just("text"), json_values.map(json.dumps)),
+    st.tuples(st.just("text"), json_values.map(lambda v: Huge(json.dumps(v)))),
     st.tuples(st.just("bytes"), st.binary(max_size=64)),
     st.tuples(st.just("binary")),
     st.tuples(st.just("tick"), st.sampled_from([0.05, 1.0, 4.9, 5.0, 20.0, 25.0, 60.0])),
 )
-frame_lists = st.lists(frames, min_size=1, max_size=6)
 
 
 def msg_frame(msg: dict[str, Any], double: bool = False, ascii_only: bool = True) -> Frame:
     return ("msg", msg, double, ascii_only)
+
+
+# half the lists start subscribed to a private and a presence channel, so that client events
+# (and whatever follows) reach the observer
+SETUP: list[Frame] = [
+    msg_frame({"event": "pusher:subscribe", "data": {"channel": "private-fz", "auth": AUTH}}),
+    msg_frame(
+        {
+            "event": "pusher:subscribe",
+            "data": {"channel": "presence-fz", "auth": AUTH, "channel_data": '{"user_id":"u1"}'},
+        }
+    ),
+]
+frame_lists = st.one_of(
+    st.lists(frames, min_size=1, max_size=6),
+    st.lists(frames, min_size=1, max_size=5).map(lambda fs: SETUP + fs),
+)
 
 
 def _nested(depth: int, pattern: str, leaf: Any) -> Any:
@@ -428,7 +549,7 @@ def deep_frames(draw: st.DrawFn) -> list[Frame]:
         depth = draw(st.integers(1, 1100))
         opener = draw(st.sampled_from(["[", '{"a":', "[1,", '{"event":"client-x","data":[']))
         tail = draw(st.sampled_from(["", "]", "]]]", "}", "x", "]" * 1100]))
-        return [("text", opener * depth + tail)]
+        return [("text", Huge(opener * depth + tail))]
     if kind == "subscribe":
         return [msg_frame({"event": "pusher:subscribe", "data": {"channel": "fz", "x": v}})]
     if kind == "client":
@@ -486,10 +607,8 @@ def resolve(frame: Frame, socket_id: str, key: str = KEY, secret: str = SECRET) 
 
 
 def hits_known_bug_deep_user_info(frame: Frame) -> bool:
-    """BUG (not fixed here, see test_known_bug_deep_presence_user_info): a correctly signed
-    presence subscription whose user_info is nested too deeply to be re-encoded inside the
-    subscription_succeeded snapshot (about 252+ levels) makes `on_text` raise
-    `TypeError: Recursion limit reached` (orjson.JSONEncodeError)."""
+    """A correctly signed presence subscription whose user_info is nested too deeply to be
+    encoded again inside a member list (it was a bug, fixed: such user_info is refused)."""
     if frame[0] != "msg" or frame[1].get("event") != "pusher:subscribe":
         return False
     data = frame[1].get("data")
@@ -511,11 +630,15 @@ def hits_known_bug_deep_user_info(frame: Frame) -> bool:
     return False
 
 
-def check_event(ev: Any) -> None:
-    """One frame a client receives: a JSON object with a string event, well-formed errors."""
+def check_event(ev: Any, strict: bool = True) -> None:
+    """One frame a client receives: a JSON object with a string event, well-formed errors.
+    Not `strict`: the REST API may trigger events with any name (even `pusher:error`) and any
+    data, so only the shape of the frame is checked."""
     assert isinstance(ev, dict), ev
     event = ev.get("event")
     assert isinstance(event, str), ev
+    if not strict:
+        return
     if event == "pusher:error":
         data = ev.get("data")
         assert isinstance(data, dict), ev
@@ -527,8 +650,8 @@ def check_event(ev: Any) -> None:
         assert isinstance(data["message"], str), ev
     elif event in OBJECT_DATA_EVENTS:
         assert isinstance(ev.get("data"), dict), ev
-    elif event.startswith(("pusher:", "pusher_internal:")) and "data" in ev:
-        assert isinstance(ev["data"], str), ev
+    elif event in STRING_DATA_EVENTS:
+        assert isinstance(ev.get("data"), str), ev
         inner = orjson.loads(ev["data"])
         if event == "pusher:subscription_error":
             assert isinstance(ev.get("channel"), str), ev
@@ -536,12 +659,12 @@ def check_event(ev: Any) -> None:
             assert isinstance(inner.get("error"), str), ev
 
 
-def check_sent(conn: FakeConnection) -> list[dict[str, Any]]:
+def check_sent(conn: FakeConnection, strict: bool = True) -> list[dict[str, Any]]:
     """Check and clear what `conn` was sent; returns the events."""
     events = []
     for m in conn.sent:
         ev = orjson.loads(m.payload)  # raises if the server sent invalid JSON
-        check_event(ev)
+        check_event(ev, strict)
         events.append(ev)
     conn.sent.clear()
     return events
@@ -608,12 +731,25 @@ async def run_frames(h: PusherHandler, clock: FakeClock, app: App, frames: list[
                 h.sweep()
             elif frame[0] == "binary":
                 h.on_binary(conn)
+            elif frame[0] == "burst":
+                text = resolve(msg_frame(frame[1]), conn.socket_id, app.key, app.secret)
+                for _ in range(frame[2]):
+                    await h.on_text(conn, text)
             else:
                 await h.on_text(conn, resolve(frame, conn.socket_id, app.key, app.secret))
             await settle()
             for c in conns:
                 events = check_sent(c)
                 check_closed(c)
+                for ev in events:  # coverage, shown by --hypothesis-show-statistics
+                    name = ev["event"]
+                    if name == "pusher:error":
+                        name += f" {ev['data']['code']}"
+                    elif name.startswith("client-"):
+                        name = "client event"
+                    event(f"{'observer' if c is obs else 'socket'} got {name}"[:60])
+                if c.closed and id(c) not in was_closed:
+                    event(f"closed {c.close_code}")
                 if c.closed and id(c) not in was_closed:
                     # the client is told why before the close
                     errs = [e for e in events if e["event"] == "pusher:error"]
@@ -666,24 +802,17 @@ def test_inbound_frames(env, frames: list[Frame], strict: int) -> None:
     runner.run(run_frames(h, clock, app, frames))
 
 
-@settings(max_examples=250, **FUZZ_SETTINGS)
+@settings(max_examples=300, **FUZZ_SETTINGS)
 @given(frames=deep_frames())
 def test_deeply_nested_frames(env, frames: list[Frame]) -> None:
-    # the known bug is carved out here and reproduced by the xfail test below
-    assume(not any(hits_known_bug_deep_user_info(f) for f in frames))
     runner, h, clock = env
     runner.run(run_frames(h, clock, APP, frames))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="BUG: presence user_info nested ~252+ levels deep (correctly signed) makes on_text "
-    "raise TypeError 'Recursion limit reached' (handler._parse_member checks only the size, "
-    "messages.presence_subscription_succeeded cannot encode it)",
-)
 @pytest.mark.parametrize("depth", [252, 255, 400])
-def test_known_bug_deep_presence_user_info(env, depth: int) -> None:
+def test_deep_presence_user_info_is_refused(env, depth: int) -> None:
+    """Found by this fuzzing: a signed presence user_info nested ~252+ levels deep could be
+    stored but not encoded again. It is refused now (4305), and the socket goes on."""
     runner, h, clock = env
     cd = json.dumps({"user_id": "u1", "user_info": _nested(depth, "list", None)})
     frame = msg_frame(
@@ -697,8 +826,11 @@ def test_known_bug_deep_presence_user_info(env, depth: int) -> None:
     async def go() -> None:
         conn = await open_conn(h, APP)
         try:
-            await h.on_text(conn, resolve(frame, conn.socket_id))  # raises today
-            check_sent(conn)
+            await h.on_text(conn, resolve(frame, conn.socket_id))
+            events = check_sent(conn)
+            assert events[-1]["event"] == "pusher:error"
+            assert events[-1]["data"]["code"] == 4305
+            assert "nested deeper" in events[-1]["data"]["message"]
         finally:
             await h.on_close(conn)
             await settle()
@@ -713,21 +845,20 @@ socket_ids = st.one_of(
     st.sampled_from(["1.2", "123.456", "1.", ".2", "1.2.3", "a.b", "", "1.2\n", "\u0661.\u0662"]),
     json_values,
 )
-info_values = st.one_of(
-    st.sampled_from(
-        [
-            "",
-            "user_count",
-            "subscription_count",
-            "user_count,subscription_count",
-            "cache",
-            " user_count , ",
-            ",,",
-            "members",
-        ]
-    ),
-    json_values,
+info_strings = st.sampled_from(
+    [
+        "",
+        "user_count",
+        "subscription_count",
+        "user_count,subscription_count",
+        "cache",
+        "subscription_count,cache",
+        " user_count , ",
+        ",,",
+        "members",
+    ]
 )
+info_values = st.one_of(info_strings, info_strings, json_values)
 event_bodies = st.fixed_dictionaries(
     {},
     optional={
@@ -744,6 +875,23 @@ event_bodies = st.fixed_dictionaries(
         "info": info_values,
     },
 )
+# well-formed events (some still refused: 413, too many channels, user_count on a channel
+# that is not a presence channel...)
+valid_event_bodies = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["ev", "my-event", "client-x", "pusher:x"]),
+        "data": st.one_of(json_values.map(json.dumps), json_values, huge_strings()),
+    },
+    optional={"socket_id": st.sampled_from(["1.2", "123.456"]), "info": info_strings},
+).flatmap(
+    lambda body: st.one_of(
+        st.sampled_from(VALID_CHANNELS).map(lambda c: {**body, "channel": c}),
+        st.lists(st.sampled_from(VALID_CHANNELS), min_size=1, max_size=4, unique=True).map(
+            lambda cs: {**body, "channels": cs}
+        ),
+    )
+)
+event_bodies = st.one_of(event_bodies, valid_event_bodies, valid_event_bodies)
 batch_bodies = st.one_of(
     st.fixed_dictionaries(
         {"batch": st.one_of(st.lists(event_bodies, max_size=11), json_values)},
@@ -756,7 +904,7 @@ query_dicts = st.dictionaries(
     st.one_of(st.sampled_from(["filter_by_prefix", "info", "x"]), small_text),
     st.one_of(
         st.sampled_from(["presence-", "private-", "", "user_count", "subscription_count,cache"]),
-        info_values.filter(lambda v: isinstance(v, str)),
+        info_strings,
         small_text,
     ),
     max_size=3,
@@ -821,11 +969,14 @@ async def run_rest(calls: list[tuple[Any, ...]]) -> None:
         except api.ApiError as exc:
             assert exc.status in REST_STATUSES, (exc.status, exc.message)
             assert isinstance(exc.message, str)
+            event(f"{call[0]} -> {exc.status}")
         else:
             assert isinstance(result, dict), result
             orjson.dumps(result)  # the HTTP layer renders it
+            event(f"{call[0]} -> 200{' with info' if result else ''}")
         await settle()
-        check_sent(obs)  # delivered events are valid JSON with a string event
+        if any(e["event"] not in ("pusher:ping",) for e in check_sent(obs, strict=False)):
+            event("delivered to a subscriber")  # valid JSON with a string event
         if obs.closed:  # terminate_connections of u1
             assert obs.close_code == 4009
             await h.on_close(obs)
@@ -835,7 +986,7 @@ async def run_rest(calls: list[tuple[Any, ...]]) -> None:
     await assert_no_state(h, APP)
 
 
-@settings(max_examples=900, **FUZZ_SETTINGS)
+@settings(max_examples=600, **FUZZ_SETTINGS)
 @given(calls=st.lists(rest_calls, min_size=1, max_size=4))
 def test_rest_bodies(env, calls: list[tuple[Any, ...]]) -> None:
     runner, _, _ = env
