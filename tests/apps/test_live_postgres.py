@@ -98,6 +98,22 @@ async def test_changes_reach_every_node_at_once(pg_dsn, postgres_server, redis_s
         assert shop_rest[0] == 403
         assert (await admin(porta, "POST", "/shop/enable"))[0] == 200
 
+        # the CLI through a running server's admin API
+        r = subprocess.run(
+            [sys.executable, "-m", "pushwire", "apps", "list", "--json",
+             "--url", f"http://127.0.0.1:{portb}", "--token", "adm"],
+            capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT * 3,
+        )  # fmt: skip
+        listed = {a["id"]: a for a in orjson.loads(r.stdout)}
+        assert r.returncode == 0 and set(listed) == {"shop", "blog"}, r.stderr
+        assert listed["shop"]["enabled"] is True and "connections" in listed["shop"]
+        r = subprocess.run(
+            [sys.executable, "-m", "pushwire", "apps", "list", "--url",
+             f"http://127.0.0.1:{portb}", "--token", "wrong"],
+            capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT * 3,
+        )  # fmt: skip
+        assert r.returncode == 1 and "HTTP 401" in r.stderr
+
         # a lowered quota refuses new sockets past it on every node
         assert (await admin(porta, "PATCH", "/blog", {"max_connections": 1}))[0] == 200
         await asyncio.sleep(1.0)
