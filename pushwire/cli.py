@@ -84,6 +84,8 @@ async def _serve(
         app,
         metrics,
         config.server.handshake_timeout,
+        # an idle keep-alive connection is closed as fast as a silent new one
+        keepalive_timeout=config.server.handshake_timeout,
         handle_signals=False,
         access_log=None,
         shutdown_timeout=5.0,

@@ -7,6 +7,7 @@ with one line naming the file, the key and the problem (`ConfigError`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -187,6 +188,8 @@ def _check_type(where: str, key: str, value: Any, expected: Any) -> Any:
     if expected is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):
+            raise ConfigError(f"{where}: key '{key}' must be a finite number, got {value!r}")
     elif expected is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     else:
@@ -289,6 +292,15 @@ def _app(data: Any, where: str) -> App:
             raise ConfigError(f"{where}: key '{name}' must be greater than 0")
     if app.max_connections < 0:
         raise ConfigError(f"{where}: key 'max_connections' must be >= 0 (0 = unlimited)")
+    if app.max_channels_per_connection < 1:
+        raise ConfigError(f"{where}: key 'max_channels_per_connection' must be at least 1")
+    for name in (
+        "max_backend_events_per_sec",
+        "max_read_requests_per_sec",
+        "max_client_events_per_sec",
+    ):
+        if 0 < getattr(app, name) < 1 or getattr(app, name) < 0:
+            raise ConfigError(f"{where}: key '{name}' must be 0 (no limit) or at least 1")
     hooks = data.get("webhooks", [])
     if not isinstance(hooks, list):
         raise ConfigError(f"{where}: key 'webhooks' must be a list of tables")
@@ -384,6 +396,10 @@ def _check_server(server: ServerConfig, source: str) -> None:
         raise ConfigError(f"{source}: [server]: key 'log_format' must be plain or json")
     if server.workers < 1:
         raise ConfigError(f"{source}: [server]: key 'workers' must be at least 1")
+    for name in ("max_connections_per_ip", "max_new_connections_per_ip_per_sec"):
+        value = getattr(server, name)
+        if value < 0 or 0 < value < 1:
+            raise ConfigError(f"{source}: [server]: key '{name}' must be 0 (no limit) or >= 1")
     for name in (
         "handshake_timeout",
         "body_timeout",

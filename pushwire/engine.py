@@ -453,6 +453,15 @@ class Engine:
             if not ok:
                 raise OverConnectionQuota(f"Application is over its connection quota ({limit})")
             self.hub.add_connection(conn)
+            current = self.config.app_by_id(app.id)  # changed while we waited for the state?
+            if current is None or not current.enabled:
+                self.hub.remove_connection(conn)
+                await self._call("disconnect", self.state.disconnect, app.id)
+                if current is None:
+                    raise AppNotFound("Application deleted")
+                raise AppDisabled("Application disabled")
+            if current is not app:
+                conn.app = current
 
     async def disconnect(self, conn: Connection) -> list[str]:
         """Forget a closed connection; returns the channels it was in."""

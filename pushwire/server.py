@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 import uuid
@@ -28,6 +27,7 @@ from .hub import Hub
 from .metrics import Metrics
 from .monitor import TrafficMonitor
 from .protocol.errors import ReconnectNow
+from .protocol.signing import same_token
 from .transport.admin import AdminApi
 from .transport.dashboard import Dashboard
 from .transport.rest import BodyBudget, RestApi
@@ -264,7 +264,7 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
         if token:
             header = request.headers.get("Authorization", "")
             given = header[7:] if header.startswith("Bearer ") else ""
-            if not hmac.compare_digest(given.encode(), token.encode()):
+            if not same_token(given, token):
                 return web.json_response(
                     {"error": "metrics need Authorization: Bearer <metrics_token>"}, status=401
                 )

@@ -237,3 +237,14 @@ def server(
     yield srv
     srv.stop()
     assert "Traceback" not in srv.log_text(), srv.log_text()
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test() -> Iterator[None]:
+    """A socket a test forgot to close is reported by the garbage collector, and
+    `filterwarnings = error` turns that into a failure: collect after each test, so the
+    failure lands on the test that leaked, not on whichever test the collector ran in."""
+    yield
+    import gc
+
+    gc.collect()

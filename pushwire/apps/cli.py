@@ -140,18 +140,27 @@ async def _http(args: argparse.Namespace) -> Any:
             method, path = "POST", path + "/" + action
         elif action == "rotate-secret":
             method, path = "POST", path + "/rotate-secret"
-            body = {k: v for k, v in (("secret", args.secret), ("grace", args.grace)) if v}
+            pairs = (("secret", args.secret), ("grace", args.grace))
+            body = {k: v for k, v in pairs if v is not None}  # --grace 0 means now
         elif action == "delete":
             method = "DELETE"
     headers = {"Authorization": f"Bearer {args.token}"}
     timeout = aiohttp.ClientTimeout(total=10)
-    async with (
-        aiohttp.ClientSession(timeout=timeout) as s,
-        s.request(method, base + path, json=body, headers=headers) as r,
-    ):
-        answer = await r.json(content_type=None)
-        if r.status >= 400:
-            raise RuntimeError(f"HTTP {r.status}: {answer.get('error', answer)}")
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as s,
+            s.request(method, base + path, json=body, headers=headers) as r,
+        ):
+            text = await r.text()
+            status = r.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise RuntimeError(f"{args.url}: {exc or type(exc).__name__}") from None
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        raise RuntimeError(f"HTTP {status}: not the admin API (is admin_token set?)") from None
+    if status >= 400:
+        raise RuntimeError(f"HTTP {status}: {answer.get('error', answer)}")
     return answer["apps"] if action == "list" else answer
 
 

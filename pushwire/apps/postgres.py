@@ -74,6 +74,14 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             """,
         ),
     ),
+    (
+        2,
+        (
+            # an app's key is unique across apps, even under concurrent admin writes
+            "CREATE UNIQUE INDEX IF NOT EXISTS pushwire_apps_key "
+            "ON pushwire_apps ((settings->>'key'))",
+        ),
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -271,6 +279,8 @@ class PostgresStore:
                     return await fn(conn)
         except StoreError:
             raise
+        except pg_errors.UniqueViolation:
+            raise AppExists("another app has this key already") from None
         except pg_errors.UndefinedTable:
             raise StoreUnavailable(
                 f"PostgreSQL app store at {self._where} has no {CHANNEL} table: "

@@ -72,6 +72,7 @@ class AppRegistry:
         self._bad: dict[str, str] = {}  # app id -> the problem last logged for it
         self._task: asyncio.Task[None] | None = None
         self._again = False
+        self._lock = asyncio.Lock()  # one reload at a time: a later one never applies older
 
     async def start(self) -> None:
         await self.reload()
@@ -98,6 +99,10 @@ class AppRegistry:
 
     async def reload(self) -> AppChanges:
         """Load every app from the store and apply the differences."""
+        async with self._lock:
+            return await self._reload()
+
+    async def _reload(self) -> AppChanges:
         try:
             rows = await self.store.load()
         except StoreUnavailable as exc:
@@ -119,8 +124,18 @@ class AppRegistry:
                     raise ConfigError(f"app store: app {app_id!r}: key {app.key!r} is taken")
             except ConfigError as exc:
                 bad[app_id] = str(exc)
+                last_good = self.config.app_by_id(app_id)
                 if self._bad.get(app_id) != str(exc):
-                    log.error("%s (this app is refused; the others are served)", exc)
+                    log.error(
+                        "%s (%s; the others are served)",
+                        exc,
+                        "its last good settings stay in force"
+                        if last_good is not None
+                        else "this app is refused",
+                    )
+                if last_good is not None and last_good.key not in keys:
+                    apps[app_id] = last_good  # a typo must not disconnect its clients
+                    keys.add(last_good.key)
                 continue
             apps[app.id] = app
             keys.add(app.key)

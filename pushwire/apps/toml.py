@@ -24,12 +24,19 @@ class TomlStore:
         self._path = path
         # apps that do not come from the file (PUSHWIRE_APP_*, the demo app) stay as they are
         in_file = {str(a.get("id")) for a in self._tables()} if path else set()
-        self._fixed = [app_settings(a) for a in config.apps if a.id not in in_file]
+        self._demo = [app_settings(a) for a in config.apps] if config.demo_credentials else []
+        self._fixed = [
+            app_settings(a)
+            for a in config.apps
+            if a.id not in in_file and not config.demo_credentials
+        ]
 
     async def load(self) -> list[Settings]:
         if not self._path:
-            return list(self._fixed)
+            return list(self._fixed or self._demo)
         tables = self._tables()
+        if not tables and not self._fixed:  # the demo app, until the file has apps
+            return list(self._demo)
         ids = {str(t.get("id")) for t in tables}
         return [*(a for a in self._fixed if a["id"] not in ids), *tables]
 

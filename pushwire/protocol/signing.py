@@ -122,7 +122,7 @@ def verify_rest(
         ts = int(query["auth_timestamp"])
     except ValueError:
         raise RestAuthError("auth_timestamp must be an integer (unix seconds)") from None
-    if abs(now - ts) > window:
+    if abs(int(now) - ts) > window:  # integers: a 400-digit timestamp must not overflow
         raise RestAuthError(
             f"Timestamp expired: auth_timestamp {ts} is more than {int(window)} s from server time "
             f"{int(now)}"
@@ -149,6 +149,14 @@ def verify_body_md5(params: Iterable[tuple[str, str]], body: bytes) -> None:
     actual = hashlib.md5(body).hexdigest()
     if not hmac.compare_digest(given.encode(), actual.encode()):
         raise RestAuthError("body_md5 does not match the MD5 of the request body")
+
+
+def same_token(given: str, expected: str) -> bool:
+    """Constant-time comparison of a bearer token from a request with the expected one (a
+    header may carry undecodable bytes: they simply do not match)."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
+    )
 
 
 def webhook_signature(secret: str, body: bytes) -> str:

@@ -16,7 +16,7 @@ the answer, and reaches the other nodes through the store (PostgreSQL: within a 
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,6 +29,7 @@ from ..apps.registry import AppRegistry
 from ..config import App, Config, ConfigError, app_settings
 from ..engine import Engine
 from ..protocol.frames import loads_checked
+from ..protocol.signing import same_token
 
 ADMIN_BODY = 256 * 1024
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -64,7 +65,7 @@ class AdminApi:
             header = request.headers.get("Authorization", "")
             given = header[7:] if header.startswith("Bearer ") else ""
             token = self.config.server.admin_token
-            if not hmac.compare_digest(given.encode(), token.encode()):
+            if not same_token(given, token):
                 return _json({"error": "admin API: Authorization: Bearer <admin_token>"}, 401)
             try:
                 return await fn(request)
@@ -84,7 +85,11 @@ class AdminApi:
     async def _body(self, request: web.Request) -> dict[str, Any]:
         if (request.content_length or 0) > ADMIN_BODY:
             raise ConfigError(f"admin API: body larger than {ADMIN_BODY} bytes")
-        raw = await request.content.read(ADMIN_BODY + 1)
+        try:
+            async with asyncio.timeout(self.config.server.body_timeout):
+                raw = await request.read()  # bounded by the app's client_max_size
+        except TimeoutError:
+            raise ConfigError("admin API: the body did not arrive in time") from None
         if not raw:
             return {}
         try:

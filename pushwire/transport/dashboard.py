@@ -25,6 +25,7 @@ from ..engine import Engine
 from ..metrics import Metrics
 from ..monitor import TrafficMonitor
 from ..protocol.frames import loads_checked
+from ..protocol.signing import same_token
 from .tap import stream_traffic
 
 DASHBOARD_BODY = 64 * 1024  # the trigger form's largest request
@@ -46,7 +47,7 @@ def verify_session(app: App, token: str, now: float) -> bool:
     except ValueError:
         return False
     good = _session_mac(app, f"{app_id}.{expires}")
-    return hmac.compare_digest(mac.encode(), good.encode()) and app_id == app.id and alive
+    return same_token(mac, good) and app_id == app.id and alive
 
 
 def _session_mac(app: App, payload: str) -> str:
@@ -109,9 +110,7 @@ class Dashboard:
             ok = verify_session(app, token, time.time())
         elif login:
             admin = self.config.server.dashboard_token
-            ok = hmac.compare_digest(token.encode(), app.secret.encode()) or (
-                bool(admin) and hmac.compare_digest(token.encode(), admin.encode())
-            )
+            ok = same_token(token, app.secret) or (bool(admin) and same_token(token, admin))
         else:
             ok = False
         if not ok:
@@ -163,13 +162,13 @@ class Dashboard:
     async def trigger(self, request: web.Request) -> web.Response:
         if not request.headers.get("Authorization", "").startswith("Bearer "):
             return web.json_response({"error": "Bearer token required"}, status=401)
-        if (request.content_length or 0) > DASHBOARD_BODY or request.content_length is None:
+        if request.content_length is None or request.content_length > DASHBOARD_BODY:
             return web.json_response(
                 {"error": f"Body required, at most {DASHBOARD_BODY} bytes"}, status=413
             )
         try:
             async with asyncio.timeout(self.config.server.body_timeout):
-                raw = await request.content.read(DASHBOARD_BODY)
+                raw = await request.read()  # bounded: Content-Length checked above
         except TimeoutError:
             return web.json_response({"error": "Body not received in time"}, status=408)
         except ConnectionError as exc:

@@ -182,7 +182,8 @@ class AddressLimits:
         if not self.proxies or not self._trusted(peer):
             return peer
         # walk X-Forwarded-For from the right, past our own proxies
-        hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")]
+        joined = ",".join(request.headers.getall("X-Forwarded-For", []))  # every header
+        hops = [h.strip() for h in joined.split(",")]
         for hop in reversed([h for h in hops if h]):
             if not self._trusted(hop):
                 return hop

@@ -3,6 +3,7 @@
 from types import SimpleNamespace
 
 import pytest
+from multidict import CIMultiDict
 
 from pushwire.config import ServerConfig
 from pushwire.metrics import Metrics
@@ -11,9 +12,8 @@ from pushwire.testing import FakeClock
 from pushwire.transport.ws import AddressLimits
 
 
-def request(remote: str, xff: str | None = None) -> SimpleNamespace:
-    headers = {"X-Forwarded-For": xff} if xff is not None else {}
-    return SimpleNamespace(remote=remote, headers=headers)
+def request(remote: str, *xff: str) -> SimpleNamespace:
+    return SimpleNamespace(remote=remote, headers=CIMultiDict(("X-Forwarded-For", h) for h in xff))
 
 
 def test_new_connections_per_second_per_address():
@@ -58,5 +58,7 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies():
     # only proxies in the chain: the peer itself
     assert limits.client_ip(request("10.1.2.3", "10.9.9.9")) == "10.1.2.3"
     assert limits.client_ip(request("10.1.2.3")) == "10.1.2.3"
+    # a proxy that adds its own header after the client's forged one: every header counts
+    assert limits.client_ip(request("10.1.2.3", "6.6.6.6", "203.0.113.9")) == "203.0.113.9"
     untrusting = AddressLimits(ServerConfig(), Metrics(), FakeClock())
     assert untrusting.client_ip(request("10.1.2.3", "203.0.113.9")) == "10.1.2.3"

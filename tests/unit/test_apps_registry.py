@@ -54,15 +54,21 @@ async def test_changed_limits_apply_at_once():
     assert conn.app.enable_client_messages is False and conn.close_code is None
 
 
-async def test_a_bad_row_is_refused_and_the_others_served(caplog):
+async def test_a_bad_row_keeps_the_last_good_settings_and_a_new_one_is_refused(caplog):
     config, node, store, registry = await setup(A, B)
+    b = await connect(node, B)
     await store.update("b", {**app_settings(B), "max_batch_size": -1})
     await registry.reload()
-    assert config.app_by_id("b") is None and config.app_by_id("a") is not None
+    assert config.app_by_id("b") == B and b.close_code is None  # a typo disconnects no one
     assert "app store: app 'b'" in caplog.text and "max_batch_size" in caplog.text
+    assert "last good settings" in caplog.text
     lines = caplog.text.count("app store: app 'b'")
     await registry.reload()  # logged once, not on every reload
     assert caplog.text.count("app store: app 'b'") == lines
+    await store.create({"id": "c", "key": "kc", "secret": "sc", "max_batch_size": 0})
+    await registry.reload()
+    assert config.app_by_id("c") is None and "this app is refused" in caplog.text
+    assert config.app_by_id("a") is not None
 
 
 async def test_rotation_keeps_the_old_secret_for_the_grace_window():
