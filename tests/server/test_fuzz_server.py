@@ -201,14 +201,15 @@ async def ws_case(session: aiohttp.ClientSession, srv: Any, frames: list[Frame])
                     out, count = resolve(frame, socket_id), 1
                 raw = out if isinstance(out, bytes) else out.encode()
                 for _ in range(count):
+                    # known before sending: the server may close mid-write (ConnectionError)
+                    oversized = len(raw) > MAX_FRAME
                     if isinstance(out, bytes):
                         await ws.send_bytes(out)  # raw bytes go as a binary frame
                     else:
                         await ws.send_str(out)
-                    if len(raw) > MAX_FRAME:
+                    if oversized:
                         # stop writing: data sent after the server's close makes its TCP
                         # stack reset the connection
-                        oversized = True
                         break
                 if oversized:
                     break
