@@ -142,8 +142,9 @@ class AppRegistry:
         self._bad = bad
         old = {a.id: a for a in self.config.apps}
         changes = diff(old, apps)
-        if changes:
-            self.config.replace_apps(tuple(apps.values()))
+        if changes:  # unchanged apps keep their objects (open sockets hold them)
+            kept = {i: old[i] if old.get(i) == a else a for i, a in apps.items()}
+            self.config.replace_apps(tuple(kept.values()))
             for kind, app in changes.changed:
                 log.info("app %s %s", app.id, kind.value)
             self.on_changes(changes)

@@ -193,7 +193,17 @@ class Dashboard:
         return web.json_response(result)
 
     async def live(self, request: web.Request) -> web.StreamResponse:
-        app = self._auth(request, request.query.get("app", ""), request.query.get("session", ""))
+        session = request.query.get("session", "")
+        app = self._auth(request, request.query.get("app", ""), session)
+        config = self.config
+
+        def still_allowed() -> bool:  # the same app settings, and the session not expired
+            return config.app_by_id(app.id) == app and verify_session(app, session, time.time())
+
         return await stream_traffic(
-            request, self.monitor, lambda event: event.get("app") == app.id, 1000
+            request,
+            self.monitor,
+            lambda event: event.get("app") == app.id,
+            1000,
+            still_allowed,
         )

@@ -51,7 +51,10 @@ class TapEndpoint:
                 return False
             return not prefix or str(event.get("channel") or "").startswith(prefix)
 
-        return await stream_traffic(request, self.monitor, accept, 10_000)
+        config = self.config
+        return await stream_traffic(
+            request, self.monitor, accept, 10_000, lambda: config.app_by_id(app.id) == app
+        )
 
 
 async def stream_traffic(
@@ -59,9 +62,12 @@ async def stream_traffic(
     monitor: TrafficMonitor,
     accept: Callable[[dict[str, Any]], bool],
     maxsize: int,
+    still_allowed: Callable[[], bool] = lambda: True,
 ) -> web.WebSocketResponse:
     """Stream the accepted traffic events (cluster-wide) as JSON text frames until the client
-    goes; a reader that falls `maxsize` events behind loses events instead of slowing us."""
+    goes; a reader that falls `maxsize` events behind loses events instead of slowing us.
+    The stream closes (1008) once `still_allowed` says no: the credentials it was opened with
+    changed (a rotated secret, an app disabled or deleted) or expired."""
     ws = web.WebSocketResponse(compress=False, heartbeat=30)
     await ws.prepare(request)
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=maxsize)
@@ -73,7 +79,16 @@ async def stream_traffic(
 
     async def pump() -> None:
         while True:
-            event = await queue.get()
+            try:
+                async with asyncio.timeout(1.0):  # check the credentials at least each second
+                    event = await queue.get()
+            except TimeoutError:
+                event = None
+            if not still_allowed():
+                await ws.close(code=1008, message=b"credentials changed or expired")
+                return
+            if event is None:
+                continue
             try:
                 text = orjson.dumps(event).decode()
             except orjson.JSONEncodeError:  # a stream survives any message

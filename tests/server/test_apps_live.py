@@ -6,6 +6,7 @@ API answers 409 on this read-only store."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import textwrap
 import time
@@ -139,5 +140,31 @@ async def test_admin_api_is_off_without_a_token(tmp_path):
             as r,
         ):
             assert r.status == 404
+    finally:
+        stop_node(proc)
+
+
+async def test_an_open_tap_closes_when_its_app_changes(tmp_path):
+    from pushwire.protocol.signing import sign_rest
+
+    proc, port, _ = start_node(tmp_path, APPS)
+    cfg = next(tmp_path.glob("pushwire-*.toml"))
+    try:
+        query = sign_rest("off-key", "off-secret", "GET", "/tap", {"app": "off"}, b"")
+        async with aiohttp.ClientSession() as s:
+            tap = await s.ws_connect(f"ws://127.0.0.1:{port}/tap", params=query)
+            other = sign_rest("app-key", "app-secret", "GET", "/tap", {"app": "app-id"}, b"")
+            keeps = await s.ws_connect(f"ws://127.0.0.1:{port}/tap", params=other)
+            cfg.write_text(
+                textwrap.dedent(APPS).replace('secret = "off-secret"', 'secret = "rotated"')
+            )
+            proc.send_signal(signal.SIGHUP)  # its secret changed: the stream ends
+            msg = await tap.receive(timeout=TIMEOUT)
+            assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1008
+            with contextlib.suppress(TimeoutError):  # another app's stream goes on
+                msg = await keeps.receive(timeout=2.0)
+                raise AssertionError(f"the other app's tap got {msg}")
+            await tap.close()
+            await keeps.close()
     finally:
         stop_node(proc)
