@@ -30,6 +30,7 @@ from .protocol.errors import ReconnectNow
 from .protocol.signing import same_token
 from .transport.admin import AdminApi
 from .transport.dashboard import Dashboard
+from .transport.http import bearer_token
 from .transport.rest import BodyBudget, RestApi
 from .transport.tap import TapEndpoint
 from .transport.ws import WsEndpoint
@@ -261,13 +262,10 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
 
     async def metrics_page(request: web.Request) -> web.Response:
         token = config.server.metrics_token
-        if token:
-            header = request.headers.get("Authorization", "")
-            given = header[7:] if header.startswith("Bearer ") else ""
-            if not same_token(given, token):
-                return web.json_response(
-                    {"error": "metrics need Authorization: Bearer <metrics_token>"}, status=401
-                )
+        if token and not same_token(bearer_token(request), token):
+            return web.json_response(
+                {"error": "metrics need Authorization: Bearer <metrics_token>"}, status=401
+            )
         depth = await node.webhooks.queue_size()
         extra = metrics.render() + (
             "# HELP pushwire_webhook_queue_depth webhooks waiting to be sent\n"

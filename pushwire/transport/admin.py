@@ -30,6 +30,7 @@ from ..config import App, Config, ConfigError, app_settings
 from ..engine import Engine
 from ..protocol.frames import loads_checked
 from ..protocol.signing import same_token
+from .http import bearer_token
 
 ADMIN_BODY = 256 * 1024
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -62,10 +63,7 @@ class AdminApi:
 
     def _guard(self, fn: Handler) -> Handler:
         async def handler(request: web.Request) -> web.Response:
-            header = request.headers.get("Authorization", "")
-            given = header[7:] if header.startswith("Bearer ") else ""
-            token = self.config.server.admin_token
-            if not same_token(given, token):
+            if not same_token(bearer_token(request), self.config.server.admin_token):
                 return _json({"error": "admin API: Authorization: Bearer <admin_token>"}, 401)
             try:
                 return await fn(request)

@@ -26,6 +26,7 @@ from ..metrics import Metrics
 from ..monitor import TrafficMonitor
 from ..protocol.frames import loads_checked
 from ..protocol.signing import same_token
+from .http import bearer_token
 from .tap import stream_traffic
 
 DASHBOARD_BODY = 64 * 1024  # the trigger form's largest request
@@ -104,8 +105,7 @@ class Dashboard:
         if app is None:
             raise web.HTTPNotFound(text='{"error": "Unknown app"}', content_type="application/json")
         if token is None:
-            header = request.headers.get("Authorization", "")
-            token = header[7:] if header.startswith("Bearer ") else ""
+            token = bearer_token(request)
         if token.startswith(SESSION_PREFIX):
             ok = verify_session(app, token, time.time())
         elif login:
@@ -160,7 +160,7 @@ class Dashboard:
         return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())
 
     async def trigger(self, request: web.Request) -> web.Response:
-        if not request.headers.get("Authorization", "").startswith("Bearer "):
+        if not bearer_token(request):
             return web.json_response({"error": "Bearer token required"}, status=401)
         if request.content_length is None or request.content_length > DASHBOARD_BODY:
             return web.json_response(

@@ -79,6 +79,12 @@ class GuardedRunner(web.AppRunner):
         )
 
 
+def bearer_token(request: web.BaseRequest) -> str:
+    """The token of an `Authorization: Bearer <token>` header ("" without one)."""
+    header = request.headers.get("Authorization", "")
+    return header[7:] if header.startswith("Bearer ") else ""
+
+
 _last_logged: dict[str, float] = {}
 
 

@@ -4,6 +4,7 @@ driver process (driver.js), and the `pusher` PyPI SDK in-process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import shutil
@@ -111,8 +112,9 @@ class Driver:
         return await self.cmd("rest", method=method, app=app, args=args)
 
 
-@pytest.fixture
-async def js(server: Any) -> AsyncIterator[Driver]:
+@contextlib.asynccontextmanager
+async def driver(server: Any, env: dict[str, str] | None = None) -> AsyncIterator[Driver]:
+    """The node driver process against `server`; closed (stdin) and awaited afterwards."""
     proc = await asyncio.create_subprocess_exec(
         "node",
         str(HERE / "driver.js"),
@@ -120,6 +122,7 @@ async def js(server: Any) -> AsyncIterator[Driver]:
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         cwd=HERE,
+        env=env,
     )
     d = Driver(proc, server)
     yield d
@@ -130,3 +133,9 @@ async def js(server: Any) -> AsyncIterator[Driver]:
     except TimeoutError:
         proc.kill()
     await d.reader
+
+
+@pytest.fixture
+async def js(server: Any) -> AsyncIterator[Driver]:
+    async with driver(server) as d:
+        yield d

@@ -22,7 +22,7 @@ import pytest
 import requests
 from pusher.requests import RequestsBackend
 
-from tests.compat.conftest import APP, HERE, Driver
+from tests.compat.conftest import APP, Driver, driver
 from tests.conftest import ROOT, TIMEOUT, Server, start_server
 from tests.server.helpers import Client
 
@@ -105,24 +105,8 @@ async def wss_client(port: int, key: str, tls: Tls) -> Client:
 @pytest.fixture
 async def tls_js(tls_server: Server, tls: Tls) -> AsyncIterator[Driver]:
     """The node driver, trusting the test's certificate (NODE_EXTRA_CA_CERTS)."""
-    proc = await asyncio.create_subprocess_exec(
-        "node",
-        str(HERE / "driver.js"),
-        str(tls_server.port),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        cwd=HERE,
-        env={**os.environ, "NODE_EXTRA_CA_CERTS": str(tls.ca)},
-    )
-    d = Driver(proc, tls_server)
-    yield d
-    assert proc.stdin is not None
-    proc.stdin.close()
-    try:
-        await asyncio.wait_for(proc.wait(), TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-    await d.reader
+    async with driver(tls_server, {**os.environ, "NODE_EXTRA_CA_CERTS": str(tls.ca)}) as d:
+        yield d
 
 
 def test_log_says_https(tls_server: Server) -> None:
