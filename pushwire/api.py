@@ -25,6 +25,7 @@ from .protocol.channels import (
     validate_channel_name,
 )
 from .protocol.errors import InvalidChannel
+from .protocol.positions import MAX_OFFSET
 
 SOCKET_ID_RE = re.compile(r"^\d+\.\d+$")
 TRIGGER_INFO = frozenset({"user_count", "subscription_count"})
@@ -234,6 +235,51 @@ async def users(engine: Engine, app: App, name: str) -> dict[str, Any]:
         raise ApiError(400, "users: only presence channels have users")
     members = await engine.members(app, name)
     return {"users": [{"id": uid} for uid in members]}
+
+
+def _int_param(query: dict[str, str], key: str, default: int | None, low: int, high: int) -> Any:
+    raw = query.get(key)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ApiError(400, f"history: '{key}' must be an integer from {low} to {high}")
+    return int(raw)
+
+
+async def history(engine: Engine, app: App, name: str, query: dict[str, str]) -> dict[str, Any]:
+    """A channel's kept events (a Pushwire extension): the last `limit`, or with `since` the
+    first `limit` after that offset. `complete` is false when some events after `since`
+    are gone (trimmed, expired, or `since` is from before the current epoch)."""
+    name = _channel(app, name, "history")
+    await _limit(engine, app, RateKind.READ_REQUESTS, 1, app.max_read_requests_per_sec)
+    if app.history_policy(name) is None:
+        raise ApiError(
+            400,
+            f"history: channel {name} keeps no history (the app's history_size is 0, or "
+            "history_channels does not match it)",
+        )
+    top = max(app.history_size, 1)
+    limit = _int_param(query, "limit", min(100, top), 1, top)
+    since = _int_param(query, "since", None, 0, MAX_OFFSET)
+    try:
+        page = await engine.history(app, name, since, limit)
+    except Unavailable as exc:
+        raise ApiError(503, f"history: the store cannot be reached ({exc})") from None
+    assert page is not None
+    events = []
+    for e in page.events:
+        frame = orjson.loads(e.payload)
+        item = {"offset": e.offset, "event": frame.get("event"), "data": frame.get("data")}
+        if "user_id" in frame:
+            item["user_id"] = frame["user_id"]
+        item["published_at"] = e.time
+        events.append(item)
+    return {
+        "epoch": page.top.epoch,
+        "offset": page.top.offset,
+        "complete": page.complete,
+        "events": events,
+    }
 
 
 async def terminate(engine: Engine, app: App, user_id: str) -> dict[str, Any]:

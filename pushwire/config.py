@@ -7,6 +7,7 @@ with one line naming the file, the key and the problem (`ConfigError`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -15,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
+
+from .cluster.base import HistoryPolicy
 
 DEMO_APP = ("app-id", "app-key", "app-secret")
 APP_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,100}")  # it is part of Redis keys and URLs
@@ -83,6 +86,12 @@ class App:
     # empty: any origin
     allowed_origins: tuple[str, ...] = ()
     cache_ttl: float = 1800.0  # seconds a cache channel remembers its last event
+    # channel history (opt-in): the last `history_size` events of each channel whose name
+    # starts with one of `history_channels` (empty: every channel) are kept `history_ttl`
+    # seconds, with offsets, so clients that opted in recover what they missed on reconnect
+    history_size: int = 0
+    history_ttl: float = 300.0
+    history_channels: tuple[str, ...] = ()
     webhooks: tuple[Webhook, ...] = ()
     webhook_delay: float = 3.0  # seconds channel_vacated / member_removed wait (and cancel)
     webhook_batch_ms: float = 0.0  # > 0: wait this long so one POST carries many events
@@ -90,6 +99,19 @@ class App:
     # until this unix time, so backends can be redeployed one by one
     previous_secret: str = ""
     previous_secret_until: float = 0.0
+
+    @functools.cached_property
+    def _history(self) -> HistoryPolicy | None:
+        return HistoryPolicy(self.history_size, self.history_ttl) if self.history_size else None
+
+    def history_policy(self, channel: str) -> HistoryPolicy | None:
+        """How `channel` keeps history; None when it keeps none."""
+        policy = self._history
+        if policy is None or (
+            self.history_channels and not channel.startswith(self.history_channels)
+        ):
+            return None
+        return policy
 
     def secrets(self, now: float) -> tuple[str, ...]:
         """The secrets a signature may use now: the secret, and the previous one in grace."""
@@ -136,6 +158,9 @@ class ServerConfig:
     webhook_timeout: float = 10.0
     role: str = "all"  # all | websocket | api
     workers: int = 1  # processes sharing the port (SO_REUSEPORT); > 1 needs [cluster]
+    # WebSocket transport: "raw" (an asyncio.Protocol of our own, ~2 KB per idle socket) or
+    # "aiohttp" (aiohttp's WebSocketResponse, ~15 KB); other HTTP is aiohttp's either way
+    ws_transport: str = "aiohttp"
 
 
 @dataclass(frozen=True)
@@ -270,7 +295,9 @@ _POSITIVE = (
     "client_event_rate",
     "cache_ttl",
     "user_authentication_timeout",
+    "history_ttl",
 )
+MAX_HISTORY_SIZE = 10_000
 
 
 def _app(data: Any, where: str) -> App:
@@ -294,6 +321,10 @@ def _app(data: Any, where: str) -> App:
         raise ConfigError(f"{where}: key 'max_connections' must be >= 0 (0 = unlimited)")
     if app.max_channels_per_connection < 1:
         raise ConfigError(f"{where}: key 'max_channels_per_connection' must be at least 1")
+    if not 0 <= app.history_size <= MAX_HISTORY_SIZE:
+        raise ConfigError(
+            f"{where}: key 'history_size' must be 0 (no history) to {MAX_HISTORY_SIZE}"
+        )
     for name in (
         "max_backend_events_per_sec",
         "max_read_requests_per_sec",
@@ -392,6 +423,8 @@ def parse(data: Mapping[str, Any], source: str = "<config>") -> Config:
 def _check_server(server: ServerConfig, source: str) -> None:
     if server.role not in ("all", "websocket", "api"):
         raise ConfigError(f"{source}: [server]: key 'role' must be all, websocket or api")
+    if server.ws_transport not in ("raw", "aiohttp"):
+        raise ConfigError(f"{source}: [server]: key 'ws_transport' must be raw or aiohttp")
     if server.log_format not in ("plain", "json"):
         raise ConfigError(f"{source}: [server]: key 'log_format' must be plain or json")
     if server.workers < 1:
@@ -471,6 +504,7 @@ def load(
         ("log_level", str),
         ("workers", int),
         ("role", str),
+        ("ws_transport", str),
     ):
         raw = env.get(f"PUSHWIRE_{key.upper()}")
         if raw:

@@ -30,6 +30,7 @@ import enum
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -44,10 +45,13 @@ from .cluster.base import (
     Changes,
     ChannelStats,
     ClusterState,
+    HistoryPage,
+    HistoryPolicy,
     Joined,
     Left,
     Liveness,
     PartialDelivery,
+    Position,
     Unavailable,
     app_topic,
     channel_topic,
@@ -76,6 +80,19 @@ T = TypeVar("T")
 InternalHandler = Callable[[dict[str, Any], str], Any]
 _IN_OPERATION: contextvars.ContextVar[bool] = contextvars.ContextVar("in_op", default=False)
 REDO_LIMIT = 10_000  # announcements kept to publish again after an outage
+
+
+class Resyncing(PartialDelivery):
+    """Not published at all: the cluster waits for nodes to come back after its shared state
+    was lost."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """A socket opted in to history positions on a channel it subscribes to. `since`: the
+    last position it saw (recover what came after it), or None (nothing to recover)."""
+
+    since: Position | None = None
 
 
 class RateKind(enum.StrEnum):
@@ -380,17 +397,24 @@ class Engine:
         task = self._topic_ops[topic] = asyncio.ensure_future(run())
         return task
 
-    async def _publish(self, topic: str, bm: BusMessage, strict: bool = False) -> None:
-        """Send to the other nodes. `strict`: the caller reports success, so raise
-        `Unavailable` unless every subscribed node is known to have it. Otherwise (an
-        announcement) a failed send is kept and sent again after the resync."""
+    async def _publish(
+        self,
+        topic: str,
+        bm: BusMessage,
+        strict: bool = False,
+        history: HistoryPolicy | None = None,
+    ) -> None:
+        """Send to the other nodes (with `history`: to every node, this one too, see Broker).
+        `strict`: the caller reports success, so raise `Unavailable` unless every subscribed
+        node is known to have it. Otherwise (an announcement) a failed send is kept and sent
+        again after the resync."""
         try:
             if self._waiting:
-                raise PartialDelivery(
+                raise Resyncing(
                     "the cluster is resynchronising after losing its shared state (waiting "
                     f"for {len(self._waiting)} node(s) to come back)"
                 )
-            await self.broker.publish(topic, bm)
+            await self.broker.publish(topic, bm, history)
             self.metrics.bus_published += 1
         except Unavailable as exc:
             self.metrics.bus_publish_failures += 1
@@ -426,7 +450,7 @@ class Engine:
         if app is None:
             return
         if kind is BusKind.CHANNEL:
-            self.hub.broadcast(app, m.channel, Outbound(m.payload), m.except_socket)
+            self.hub.broadcast(app, m.channel, Outbound(m.payload), m.except_socket, m.position)
         elif kind is BusKind.MEMBER:
             self.hub.member_event(app, m.channel, m.user, m.version, Outbound(m.payload))
         elif kind is BusKind.USER:
@@ -476,15 +500,28 @@ class Engine:
 
     # Channels ----------------------------------------------------------------------------
     async def subscribe(
-        self, conn: Connection, name: str, member: tuple[str, Any] | None
+        self,
+        conn: Connection,
+        name: str,
+        member: tuple[str, Any] | None,
+        recovery: Recovery | None = None,
     ) -> None:
         """Join `conn` to `name` and send its subscription_succeeded (with the presence
         snapshot, and the count where enabled), then what was published meanwhile.
+        With `recovery`, the socket gets history positions: first the events it missed
+        since its last position, then a subscription_succeeded that says where the channel
+        is and whether it recovered (see `_recover`).
         Raises PresenceLimit when a new member would exceed the app's limit."""
         async with self._operation():
-            await self._subscribe(conn, name, member)
+            await self._subscribe(conn, name, member, recovery)
 
-    async def _subscribe(self, conn: Connection, name: str, member: tuple[str, Any] | None) -> None:
+    async def _subscribe(
+        self,
+        conn: Connection,
+        name: str,
+        member: tuple[str, Any] | None,
+        recovery: Recovery | None,
+    ) -> None:
         app = conn.app
         if name in conn.channels:  # subscribed already: answer again, change nothing
             await self._resend_succeeded(conn, name)
@@ -505,14 +542,27 @@ class Engine:
                 await self._unsubscribe_topic(topic)
             raise
         ctype = channel_type(name)
-        receipts = [
+        succeeded = (
             messages.presence_subscription_succeeded(name, joined.members)
             if ctype.presence and joined.members is not None
             else messages.subscription_succeeded(name)
-        ]
+        )
+        top: Position | None = None
+        if recovery is None:
+            receipts = [succeeded]
+        else:  # after the bus subscription: anything published later is held for it
+            receipts, top = await self._recover(app, name, recovery, succeeded)
         if app.enable_subscription_count and not ctype.presence:
             receipts.append(messages.subscription_count(name, joined.count))
-        self.hub.activate(conn, name, receipts, joined.version, member[1] if member else None)
+        self.hub.activate(
+            conn,
+            name,
+            receipts,
+            joined.version,
+            member[1] if member else None,
+            after=top,
+            positioned=recovery is not None,
+        )
         if self.monitor.active:
             for msg in receipts:
                 self.monitor.out(conn, msg)
@@ -524,6 +574,43 @@ class Engine:
                 app, name, member[0], joined.version, msg, Happening.MEMBER_ADDED, local
             )
         await self._count_changed(app, name, joined.count, conn.socket_id, local)
+
+    async def _recover(
+        self, app: App, name: str, recovery: Recovery, succeeded: Outbound
+    ) -> tuple[list[Outbound], Position | None]:
+        """The frames a joiner that opted in to positions gets before it is a subscriber: the
+        events after `recovery.since` (each with its position), then `succeeded` carrying the
+        channel's last position and, when it asked to recover, `recovered`: true when every
+        event after its position is among them, false when some are gone (another epoch,
+        trimmed, expired) or the channel keeps no history; then none are sent and the app
+        should fetch its state again. Also returns that last position (None: unknown)."""
+        since = recovery.since
+        page: HistoryPage | None = None
+        with contextlib.suppress(Unavailable):  # the store is down: cannot recover
+            if since is None:
+                page = await self.history(app, name, None, 0)
+            else:
+                page = await self.history(app, name, since.offset, app.history_size)
+        if page is None:
+            asked = None if since is None else False  # no history here, or the store is down
+            return [messages.recovery_receipt(succeeded, None, asked)], None
+        top = page.top
+        if since is None:
+            return [messages.recovery_receipt(succeeded, top, None)], top
+        recovered = (
+            page.complete
+            and top.epoch == since.epoch
+            and len(page.events) == top.offset - since.offset
+        )
+        frames = []
+        if recovered:
+            frames = [
+                messages.positioned(Outbound(e.payload), Position(top.epoch, e.offset))
+                for e in page.events
+            ]
+        self.metrics.recoveries["recovered" if recovered else "failed"] += 1
+        frames.append(messages.recovery_receipt(succeeded, top, recovered))
+        return frames, top
 
     async def _resend_succeeded(self, conn: Connection, name: str) -> None:
         app = conn.app
@@ -628,12 +715,41 @@ class Engine:
         self, app: App, channel: str, msg: Outbound, except_socket_id: str | None
     ) -> None:
         """Deliver to every subscriber of `channel` in the deployment; raises Unavailable when
-        that cannot be confirmed (this node's subscribers have it already)."""
-        self.hub.broadcast(app, channel, msg, except_socket_id)
+        that cannot be confirmed (this node's subscribers have it already, or will: see
+        below)."""
+        topic = channel_topic(app.id, channel)
         bm = BusMessage(
             BusKind.CHANNEL, app.id, channel, except_socket=except_socket_id, payload=msg.payload
         )
-        await self._publish(channel_topic(app.id, channel), bm, strict=True)
+        policy = app.history_policy(channel)
+        if policy is None:
+            self.hub.broadcast(app, channel, msg, except_socket_id)
+            await self._publish(topic, bm, strict=True)
+            return
+        # A channel with history: this node's sockets get the event from the bus's echo, with
+        # its position, in the order the store appended it (never ahead of an earlier event
+        # another node published). When it was not published at all, they get it now,
+        # without a position: local knowledge, as for any decision the store cannot confirm.
+        try:
+            await self._publish(topic, bm, strict=True, history=policy)
+        except Unavailable as exc:
+            if not isinstance(exc, PartialDelivery) or isinstance(exc, Resyncing):
+                self.hub.broadcast(app, channel, msg, except_socket_id)
+            raise
+
+    async def history(
+        self, app: App, channel: str, since: int | None, limit: int
+    ) -> HistoryPage | None:
+        """The kept events of `channel` (see Broker.history); None when it keeps no history.
+        Raises Unavailable."""
+        policy = app.history_policy(channel)
+        if policy is None:
+            return None
+        try:
+            return await self.broker.history(channel_topic(app.id, channel), since, limit, policy)
+        except Unavailable as exc:
+            self._unavailable("history", exc)
+            raise
 
     # Users -------------------------------------------------------------------------------
     async def sign_in(self, conn: Connection, user_id: str, user_data: str) -> None:

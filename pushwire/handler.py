@@ -19,7 +19,7 @@ import orjson
 from .cluster.base import Unavailable
 from .config import App, Config
 from .connection import Connection
-from .engine import Engine, RateKind
+from .engine import Engine, RateKind, Recovery
 from .extensions import Extensions
 from .happenings import Happening, HappeningSink, NoSink
 from .monitor import TrafficMonitor
@@ -33,6 +33,7 @@ from .protocol.channels import (
 )
 from .protocol.errors import PusherError
 from .protocol.frames import Outbound, json_depth, loads_checked
+from .protocol.positions import EPOCH_RE, MAX_OFFSET, Position
 from .protocol.signing import channel_string_to_sign, user_string_to_sign, verify_auth
 
 VERSION_RE = re.compile(r"v?\d+(\.\d+)*([-+.~][0-9A-Za-z.\-+~]*)?")
@@ -209,6 +210,7 @@ class PusherHandler:
         self, conn: Connection, name: str, ctype: ChannelType, data: dict[str, Any]
     ) -> None:
         app = conn.app
+        recovery = _recovery(data)
         user_id = server_to_user_id(name)
         if user_id is not None:
             if conn.user_id != user_id:
@@ -236,7 +238,7 @@ class PusherHandler:
                 assert isinstance(channel_data, str)
                 member = _parse_member(app, name, channel_data)
             conn.authorized = True
-        await self.engine.subscribe(conn, name, member)
+        await self.engine.subscribe(conn, name, member, recovery)
         if ctype.cache:
             cached = await self.engine.cache_get(app, name)
             if cached is not None:
@@ -441,6 +443,30 @@ def _data_object(msg: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise errors.InvalidMessage(f"Invalid message: {msg['event']} needs a 'data' object")
     return data
+
+
+def _recovery(data: dict[str, Any]) -> Recovery | None:
+    """A subscribe's `recover` (a Pushwire extension): absent for Pusher clients; `{}` to get
+    history positions; `{"epoch": E, "offset": N}` to also recover what came after them."""
+    recover = data.get("recover")
+    if recover is None:
+        return None
+    if not isinstance(recover, dict):
+        raise errors.InvalidMessage("pusher:subscribe: 'recover' must be an object")
+    if not recover:
+        return Recovery()
+    epoch, offset = recover.get("epoch"), recover.get("offset")
+    if not isinstance(epoch, str) or not EPOCH_RE.fullmatch(epoch):
+        raise errors.InvalidMessage(
+            "pusher:subscribe: 'recover.epoch' must be the epoch the server sent (1-32 letters "
+            "or digits)"
+        )
+    if type(offset) is not int or not 0 <= offset <= MAX_OFFSET:
+        raise errors.InvalidMessage(
+            "pusher:subscribe: 'recover.offset' must be the offset the server sent (an integer "
+            ">= 0)"
+        )
+    return Recovery(Position(epoch, offset))
 
 
 def _parse_member(app: App, channel: str, channel_data: str) -> tuple[str, Any]:

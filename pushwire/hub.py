@@ -11,6 +11,10 @@ snapshot: whatever is published to the channel meanwhile is kept for them and se
 their `subscription_succeeded` (membership changes only if newer than their snapshot).
 Membership frames carry a version; a node applies a user's changes in version order and
 drops stale ones, so messages from different nodes cannot undo each other.
+
+Channel history: a socket that opted in to positions on a channel (`Channel.positioned`) gets
+each event that has a position as a frame of its own with `offset` and `epoch` added; the
+others get the shared frame, byte for byte what they get without history.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cluster.base import AppSnapshot
+from .cluster.base import AppSnapshot, Position
 from .config import App
 from .connection import Connection
 from .protocol import messages
@@ -33,8 +37,9 @@ class WatchStatus(enum.StrEnum):
     OFFLINE = "offline"
 
 
-# (membership version or 0, message, socket to leave out, user the message is about)
-Buffered = tuple[int, Outbound, str | None, str | None]
+# (membership version or 0, message, socket to leave out, user the message is about,
+#  the event's history position)
+Buffered = tuple[int, Outbound, str | None, str | None, Position | None]
 
 
 @dataclass(slots=True)
@@ -52,6 +57,7 @@ class Channel:
     members: dict[str, Member] = field(default_factory=dict)  # presence: local members
     since: dict[str, int] = field(default_factory=dict)  # presence: socket -> snapshot version
     versions: dict[str, int] = field(default_factory=dict)  # presence: user -> last applied
+    positioned: set[str] | None = None  # sockets that get history positions (made on demand)
 
     @property
     def empty(self) -> bool:
@@ -115,22 +121,35 @@ class Hub:
         receipts: list[Outbound],
         version: int = 0,
         user_info: Any = None,
+        after: Position | None = None,
+        positioned: bool = False,
     ) -> None:
-        """The joiner's snapshot is known: send `receipts` (subscription_succeeded first),
-        then what was published meanwhile, and make it a subscriber."""
+        """The joiner's snapshot is known: send `receipts` (subscription_succeeded last),
+        then what was published meanwhile, and make it a subscriber. `positioned`: the socket
+        gets history positions; events at or before `after` (sent with the receipts, or older
+        than the position its subscription_succeeded told it) are not sent again."""
         ch = self.state(conn.app).channels[name]
         held = ch.pending.pop(conn.socket_id, [])
         sid = conn.socket_id
         user_id = conn.channels.get(name)
         for msg in receipts:
             conn.send(msg)
-        for v, msg, except_sid, about in held:
+        for v, msg, except_sid, about, pos in held:
             if v == 0:
-                if except_sid != sid:
+                if except_sid == sid:
+                    continue
+                if pos is not None and positioned:
+                    if after is None or pos.epoch != after.epoch or pos.offset > after.offset:
+                        conn.send(messages.positioned(msg, pos))
+                else:
                     conn.send(msg)
             elif v > version and about != user_id:
                 conn.send(msg)
         ch.subscribers[sid] = conn
+        if positioned:
+            if ch.positioned is None:
+                ch.positioned = set()
+            ch.positioned.add(sid)
         if user_id is not None:
             ch.since[sid] = version
             m = ch.members.get(user_id)
@@ -150,6 +169,8 @@ class Hub:
         was_subscriber = ch.subscribers.pop(sid, None) is not None
         ch.pending.pop(sid, None)
         ch.since.pop(sid, None)
+        if ch.positioned is not None:
+            ch.positioned.discard(sid)
         if user_id is not None and was_subscriber:
             m = ch.members.get(user_id)
             if m is not None:
@@ -165,18 +186,33 @@ class Hub:
         return self.state(app).channels.get(name)
 
     # Delivery ----------------------------------------------------------------------------
-    def broadcast(self, app: App, name: str, msg: Outbound, except_socket_id: str | None) -> int:
+    def broadcast(
+        self,
+        app: App,
+        name: str,
+        msg: Outbound,
+        except_socket_id: str | None,
+        position: Position | None = None,
+    ) -> int:
         ch = self.state(app).channels.get(name)
         if ch is None:
             return 0
         n = 0
-        for sid, conn in ch.subscribers.items():
-            if sid != except_socket_id:
-                conn.send(msg)
-                n += 1
+        positioned = ch.positioned
+        if position is not None and positioned:
+            ext = messages.positioned(msg, position)
+            for sid, conn in ch.subscribers.items():
+                if sid != except_socket_id:
+                    conn.send(ext if sid in positioned else msg)
+                    n += 1
+        else:  # the hot loop: one shared frame, nothing per socket but the send
+            for sid, conn in ch.subscribers.items():
+                if sid != except_socket_id:
+                    conn.send(msg)
+                    n += 1
         if ch.pending:
             for held in ch.pending.values():
-                held.append((0, msg, except_socket_id, None))
+                held.append((0, msg, except_socket_id, None, position))
         return n
 
     def member_event(self, app: App, name: str, user_id: str, version: int, msg: Outbound) -> None:
@@ -197,7 +233,7 @@ class Hub:
             if since.get(sid, 0) < version and conn.channels.get(name) != user_id:
                 conn.send(msg)
         for held in ch.pending.values():
-            held.append((version, msg, None, user_id))
+            held.append((version, msg, None, user_id, None))
 
     @staticmethod
     def _prune_versions(ch: Channel) -> None:

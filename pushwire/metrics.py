@@ -28,6 +28,7 @@ class Metrics:
         self.client_errors: Counter[str] = Counter()
         self.rate_limited: Counter[str] = Counter()  # refusals by limit kind
         self.refused: Counter[str] = Counter()  # handshakes refused by reason (per-IP, origin)
+        self.recoveries: Counter[str] = Counter()  # history recoveries: recovered / failed
         self.gauges: list[Callable[[], Iterable[tuple[str, str, dict[str, str], float]]]] = []
 
     def render(self) -> str:
@@ -128,6 +129,12 @@ class Metrics:
             "counter",
             "WebSocket handshakes refused by reason",
             [({"reason": k}, n) for k, n in sorted(self.refused.items())],
+        )
+        metric(
+            "pushwire_history_recoveries_total",
+            "counter",
+            "subscribes that asked to recover missed events, by result",
+            [({"result": k}, n) for k, n in sorted(self.recoveries.items())],
         )
         grouped: dict[str, tuple[str, str, list[tuple[dict[str, str], float]]]] = {}
         for gauge in self.gauges:

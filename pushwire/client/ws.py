@@ -10,6 +10,12 @@
 Reconnection follows Pusher's close-code ranges: 4000-4099 never (the server refused us),
 4100-4199 after a backoff, 4200-4299 at once, anything else (network loss) with capped
 exponential backoff; channels are subscribed again and a signed-in user signs in again.
+
+Recovery (Pushwire's channel history, `recover=True`, the default): the client remembers the
+last position (`epoch`, `offset`) of each channel and asks for what it missed when it
+subscribes again. The missed events arrive first, in order, each once; then the channel
+emits `pushwire:recovered`, or `pushwire:recovery_failed` (history gone or too far behind:
+fetch your state again). Servers without history (any Pusher server) ignore the request.
 """
 
 from __future__ import annotations
@@ -65,6 +71,19 @@ class Channel:
         self._handlers: dict[str, list[Handler]] = {}
         self._global: list[Callable[[str, Any], Any]] = []
         self._ready: asyncio.Future[Channel] | None = None
+        self.position: tuple[str, int] | None = None  # (epoch, offset) of the last event
+
+    def _positioned(self, msg: dict[str, Any]) -> bool:
+        """Take the position of a positioned frame; False for one seen already (it must not
+        be delivered twice)."""
+        epoch, offset = msg.get("epoch"), msg.get("offset")
+        if not isinstance(epoch, str) or not isinstance(offset, int):
+            return True
+        pos = self.position
+        if pos is not None and pos[0] == epoch and offset <= pos[1]:
+            return False
+        self.position = (epoch, offset)
+        return True
 
     def bind(self, event: str, handler: Handler) -> Handler:
         self._handlers.setdefault(event, []).append(handler)
@@ -112,6 +131,7 @@ class PushwireClient:
         activity_timeout: float = 120.0,
         pong_timeout: float = 30.0,
         subscribe_timeout: float = 10.0,
+        recover: bool = True,
     ) -> None:
         scheme = "wss" if ssl else "ws"
         self.url = f"{scheme}://{host}:{port}/app/{key}?protocol=7&client=pushwire-py&version=0.1.0"
@@ -125,6 +145,7 @@ class PushwireClient:
         self.activity_timeout = activity_timeout
         self.pong_timeout = pong_timeout
         self.subscribe_timeout = subscribe_timeout
+        self.recover = recover
         self.socket_id: str | None = None
         self.state = "initialized"
         self.channels: dict[str, Channel] = {}
@@ -259,8 +280,17 @@ class PushwireClient:
 
     async def _channel_event(self, ch: Channel, event: str, data: Any, msg: dict[str, Any]) -> None:
         meta = {"user_id": msg["user_id"]} if "user_id" in msg else {}
+        if "offset" in msg and not event.startswith("pusher"):
+            if not ch._positioned(msg):
+                return
+            meta["offset"], meta["epoch"] = msg["offset"], msg["epoch"]
         if event == "pusher_internal:subscription_succeeded":
             ch.subscribed = True
+            recovered = msg.get("recovered")
+            if isinstance(msg.get("epoch"), str) and isinstance(msg.get("offset"), int):
+                ch.position = (msg["epoch"], msg["offset"])
+            elif recovered is False:
+                ch.position = None
             if isinstance(data, dict) and "presence" in data:
                 ch.members.members = dict(data["presence"].get("hash", {}))
             if ch._ready is not None and not ch._ready.done():
@@ -268,6 +298,9 @@ class PushwireClient:
             await ch._emit(
                 "pusher:subscription_succeeded", ch.members if ch.members.me else data, meta
             )
+            if recovered is not None:
+                name = "pushwire:recovered" if recovered else "pushwire:recovery_failed"
+                await ch._emit(name, {"epoch": msg.get("epoch"), "offset": msg.get("offset")}, {})
         elif event == "pusher:subscription_error":
             if ch._ready is not None and not ch._ready.done():
                 ch._ready.set_exception(SubscriptionError(str(data)))
@@ -311,6 +344,9 @@ class PushwireClient:
         ch._ready = asyncio.get_running_loop().create_future()
         ch._ready.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
         data: dict[str, Any] = {"channel": ch.name}
+        if self.recover and not ch.name.startswith("#"):
+            pos = ch.position
+            data["recover"] = {} if pos is None else {"epoch": pos[0], "offset": pos[1]}
         if ch.name.startswith(("private-", "presence-")):
             auth = await self._authorize(ch.name)
             data["auth"] = auth["auth"]

@@ -24,6 +24,9 @@ from typing import Any, Protocol
 
 import orjson
 
+from ..protocol.positions import EPOCH_RE as EPOCH_RE
+from ..protocol.positions import Position as Position
+
 WIRE_VERSION = 2
 
 
@@ -38,6 +41,34 @@ class NotRegistered(Unavailable):
 class PartialDelivery(Unavailable):
     """A publish reached fewer nodes than are subscribed to its topic (one of them is
     reconnecting its bus): the store itself is fine."""
+
+
+# Channel history ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class HistoryPolicy:
+    """How a channel keeps history: its last `size` events, each for `ttl` seconds. The
+    channel's epoch and top offset are kept for `meta_ttl` seconds after its last event, so a
+    client that missed nothing recovers even after its events expired."""
+
+    size: int
+    ttl: float
+    meta_ttl: float = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEvent:
+    offset: int
+    payload: bytes  # the event's frame JSON, as sent to sockets that did not opt in
+    time: float  # unix time it was published
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    top: Position  # the channel's last position (offset 0: nothing published in this epoch)
+    events: list[HistoryEvent]  # ascending offsets
+    # every event after the offset asked for is in `events`, or past `limit` (nothing of it
+    # expired, was trimmed, or belongs to another epoch than the one asked for)
+    complete: bool
 
 
 class BusKind(enum.StrEnum):
@@ -61,6 +92,7 @@ class BusMessage:
     tag: str = ""  # WATCH: "online" | "offline"; INTERNAL: the extension's kind
     payload: bytes = b""
     origin: str = ""  # the sending node (filled in on receipt)
+    position: Position | None = None  # CHANNEL: its place in the channel's history, if kept
 
 
 class BadBusMessage(ValueError):
@@ -85,7 +117,17 @@ def encode(msg: BusMessage, node: str) -> bytes:
 
 
 def decode(raw: bytes) -> BusMessage | None:
-    """The message in `raw`; None for another wire version. Raises BadBusMessage."""
+    """The message in `raw`; None for another wire version. Raises BadBusMessage.
+
+    A message published with history starts with a position line `@OFFSET EPOCH` that the
+    store put there when it assigned the offset (the publisher cannot know it in advance)."""
+    position = None
+    if raw[:1] == b"@":
+        line, _, raw = raw.partition(b"\n")
+        offset, _, epoch = line[1:].decode("ascii", "replace").partition(" ")
+        if not offset.isdigit() or not EPOCH_RE.fullmatch(epoch):
+            raise BadBusMessage("bad position line")
+        position = Position(epoch, int(offset))
     head_raw, sep, payload = raw.partition(b"\n")
     try:
         head = orjson.loads(head_raw)
@@ -106,6 +148,7 @@ def decode(raw: bytes) -> BusMessage | None:
             tag=str(head.get("t", "")),
             payload=payload,
             origin=str(head.get("n", "")),
+            position=position,
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise BadBusMessage(f"bad bus header: {exc}") from None
@@ -140,6 +183,13 @@ class Broker(Protocol):
       store is unreachable or this node is not registered: then it always raises).
     - `deliver`, given to `start`, is called for every received message, in order, from the
       event loop; it must not block.
+    - History: `publish(..., history=policy)` appends the message to the topic's history in
+      the same atomic step that publishes it, so history order is delivery order. It returns
+      the message's `Position`, and the message reaches every subscribed node *this one
+      included* (no echo suppression: a node delivers its history events in the store's
+      order, never ahead of it), carrying that position. Offsets increase by one per
+      message of the topic within an epoch. A publish retried after a lost connection is
+      appended once.
     """
 
     node: str
@@ -161,7 +211,17 @@ class Broker(Protocol):
     async def resubscribed(self) -> None:
         """Wait until every wanted topic is subscribed again (after a reconnection)."""
 
-    async def publish(self, topic: str, msg: BusMessage) -> None: ...
+    async def publish(
+        self, topic: str, msg: BusMessage, history: HistoryPolicy | None = None
+    ) -> Position | None:
+        """None without `history`; raises Unavailable (see above)."""
+
+    async def history(
+        self, topic: str, since: int | None, limit: int, policy: HistoryPolicy
+    ) -> HistoryPage:
+        """The kept events of `topic`: the first `limit` after offset `since`, or the last
+        `limit` when `since` is None. Creates the topic's epoch if it has none (a client told
+        it now can recover from offset 0 later). Raises Unavailable."""
 
 
 # Cluster state ------------------------------------------------------------------------------

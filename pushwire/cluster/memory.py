@@ -10,8 +10,11 @@ node that cannot reach the store.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
+import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -24,9 +27,13 @@ from .base import (
     Changes,
     ChannelStats,
     Heartbeat,
+    HistoryEvent,
+    HistoryPage,
+    HistoryPolicy,
     Joined,
     Left,
     NotRegistered,
+    Position,
     Unavailable,
 )
 
@@ -53,6 +60,8 @@ class Backplane:
         self.claims: dict[str, float] = {}
         self.rates: dict[str, tuple[int, float]] = {}  # rate counter -> (total, expiry)
         self.version = 0
+        self.histories: dict[str, _History] = {}
+        self._histories_swept = 0
         self.unreachable: set[str] = set()
         # tests: state and bus calls yield to the loop before and after, a random number of
         # times, like requests and replies over a network (None: they don't)
@@ -73,6 +82,38 @@ class Backplane:
         if rec is None:
             rec = self.apps[app_id] = _AppRecords()
         return rec
+
+    def _history(self, topic: str, policy: HistoryPolicy) -> _History:
+        now = self.clock()
+        h = self.histories.get(topic)
+        if h is not None and h.kept_until <= now:
+            h = None  # idle past its retention: a new epoch
+        if h is None:
+            h = self.histories[topic] = _History(secrets.token_hex(6))
+            h.kept_until = now + max(policy.meta_ttl, policy.ttl)
+            if len(self.histories) > 2 * self._histories_swept + 1000:
+                self.histories = {t: x for t, x in self.histories.items() if x.kept_until > now}
+                self._histories_swept = len(self.histories)
+        h.trim(now, policy.size)
+        return h
+
+    def append_history(self, topic: str, payload: bytes, policy: HistoryPolicy) -> Position:
+        h = self._history(topic, policy)
+        h.top += 1
+        now = self.clock()
+        h.events.append((HistoryEvent(h.top, payload, time.time()), now + policy.ttl))
+        h.trim(now, policy.size)
+        h.kept_until = now + max(policy.meta_ttl, policy.ttl)
+        return Position(h.epoch, h.top)
+
+    def history_page(
+        self, topic: str, since: int | None, limit: int, policy: HistoryPolicy
+    ) -> HistoryPage:
+        return self._history(topic, policy).page(since, limit)
+
+    def forget_history(self) -> None:
+        """Tests: the store lost every history (a flush): new epochs from now on."""
+        self.histories.clear()
 
     def next_version(self) -> int:
         """Increasing, and from the wall clock like the Redis backend's (microseconds)."""
@@ -145,27 +186,54 @@ class MemoryBroker:
             return  # a cut-off node misses what is published meanwhile, as over a network
         self._deliver(msg)
 
-    async def publish(self, topic: str, msg: BusMessage) -> None:
+    async def publish(
+        self, topic: str, msg: BusMessage, history: HistoryPolicy | None = None
+    ) -> Position | None:
         self.plane.check(self.node)
         loop = asyncio.get_running_loop()
-        msg = _with_origin(msg, self.node)
+        position = None
+        if history is not None:
+            position = self.plane.append_history(topic, msg.payload, history)
+        msg = dataclasses.replace(msg, origin=self.node, position=position)
         for node, deliver in self.plane.topics.get(topic, {}).items():
-            if node != self.node:
+            if node != self.node or position is not None:  # history events echo (see Broker)
                 loop.call_soon(deliver, msg)  # FIFO: per-topic order holds
+        return position
+
+    @_round_trip
+    async def history(
+        self, topic: str, since: int | None, limit: int, policy: HistoryPolicy
+    ) -> HistoryPage:
+        self.plane.check(self.node)
+        return self.plane.history_page(topic, since, limit, policy)
 
 
-def _with_origin(msg: BusMessage, node: str) -> BusMessage:
-    return BusMessage(
-        kind=msg.kind,
-        app=msg.app,
-        channel=msg.channel,
-        user=msg.user,
-        except_socket=msg.except_socket,
-        version=msg.version,
-        tag=msg.tag,
-        payload=msg.payload,
-        origin=node,
-    )
+class _History:
+    """One topic's history: its epoch, its top offset and its last events (oldest first)."""
+
+    __slots__ = ("epoch", "events", "kept_until", "top")
+
+    def __init__(self, epoch: str) -> None:
+        self.epoch = epoch
+        self.top = 0
+        self.events: deque[tuple[HistoryEvent, float]] = deque()  # (event, expires at)
+        self.kept_until = 0.0
+
+    def trim(self, now: float, size: int) -> None:
+        ev = self.events
+        while ev and (len(ev) > size or ev[0][1] <= now):
+            ev.popleft()
+
+    def page(self, since: int | None, limit: int) -> HistoryPage:
+        kept = [e for e, _ in self.events]
+        if since is None:
+            events = kept[-limit:] if limit > 0 else []
+            complete = True
+        else:
+            first = kept[0].offset if kept else self.top + 1
+            events = [e for e in kept if e.offset > since][:limit]
+            complete = first - 1 <= since <= self.top
+        return HistoryPage(Position(self.epoch, self.top), events, complete)
 
 
 class MemoryState:

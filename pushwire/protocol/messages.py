@@ -15,6 +15,7 @@ import orjson
 
 from .errors import PusherError
 from .frames import Outbound
+from .positions import Position
 
 _dumps = orjson.dumps
 
@@ -92,6 +93,29 @@ def signin_success(user_data: str) -> Outbound:
 
 def watchlist_events(events: list[dict[str, Any]]) -> Outbound:
     return _event("pusher_internal:watchlist_events", {"events": events})
+
+
+def positioned(msg: Outbound, position: Position) -> Outbound:
+    """`msg` (a JSON object) with its history position added as top-level `offset` and
+    `epoch`: the frame a socket that opted in to positions gets. Spliced in, not re-encoded:
+    the rest stays byte for byte the frame the other sockets get."""
+    tail = b',"offset":%d,"epoch":"%s"}' % (position.offset, position.epoch.encode())
+    return Outbound(msg.payload[:-1] + tail)
+
+
+def recovery_receipt(msg: Outbound, top: Position | None, recovered: bool | None) -> Outbound:
+    """A subscription_succeeded for a socket that opted in to positions: the channel's last
+    position (`epoch`, `offset`; absent when the channel keeps no history) and, when it asked
+    to recover, whether every missed event was sent (`recovered`)."""
+    extra: dict[str, Any] = {}
+    if top is not None:
+        extra["offset"] = top.offset
+        extra["epoch"] = top.epoch
+    if recovered is not None:
+        extra["recovered"] = recovered
+    if not extra:
+        return msg
+    return Outbound(msg.payload[:-1] + b"," + _dumps(extra)[1:])
 
 
 def channel_event(event: str, channel: str, data: Any, user_id: str | None = None) -> Outbound:

@@ -144,6 +144,7 @@ class RestApi:
             ("GET", "/apps/{app_id}/channels", self._wrap(self._channels)),
             ("GET", "/apps/{app_id}/channels/{channel_name}", self._wrap(self._channel)),
             ("GET", "/apps/{app_id}/channels/{channel_name}/users", self._wrap(self._users)),
+            ("GET", "/apps/{app_id}/channels/{channel_name}/history", self._wrap(self._history)),
             (
                 "POST",
                 "/apps/{app_id}/users/{user_id}/terminate_connections",
@@ -248,6 +249,10 @@ class RestApi:
 
     async def _users(self, request: web.Request, app: App, body: Any) -> dict[str, Any]:
         return await api.users(self.engine, app, request.match_info["channel_name"])
+
+    async def _history(self, request: web.Request, app: App, body: Any) -> dict[str, Any]:
+        name = request.match_info["channel_name"]
+        return await api.history(self.engine, app, name, dict(request.query))
 
     async def _terminate(self, request: web.Request, app: App, body: Any) -> dict[str, Any]:
         return await api.terminate(self.engine, app, request.match_info["user_id"])

@@ -13,6 +13,8 @@ Publishing: one Lua script per message (`lua/publish.lua`): it fails when this n
 registered, publishes, and for a channel or user topic compares the nodes subscribed to the
 Redis channel with the nodes the cluster state lists for it (`chn` / `usr` hash, this node
 aside), raising `Unavailable("published to X of Y nodes")` when some cannot have received it.
+A publish with history is appended to the topic's stream in the same script, gets its
+position line, and echoes back to this node (which then counts among the receivers).
 
 Order: the receiving side reads one connection in order. On the publishing side messages to
 one topic are sent one at a time, in the order `publish` was called (a FIFO lock per topic):
@@ -31,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,9 +47,19 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from ...aio import cancel_and_wait
-from ..base import BusMessage, PartialDelivery, Unavailable, decode, encode
+from ..base import (
+    BusMessage,
+    HistoryEvent,
+    HistoryPage,
+    HistoryPolicy,
+    PartialDelivery,
+    Position,
+    Unavailable,
+    decode,
+    encode,
+)
 from .keys import Keys
-from .state import Scripts
+from .state import Scripts, as_str, to_ms
 
 log = logging.getLogger("pushwire.cluster.redis")
 
@@ -81,7 +94,8 @@ class _Outgoing:
     record: str
     listening: str
     data: bytes
-    done: asyncio.Future[None]
+    history: tuple[str | bytes | int, ...]  # publish.lua's history arguments, or ('',)
+    done: asyncio.Future[Position | None]
 
 
 def _ignore(msg: BusMessage) -> None:
@@ -117,6 +131,8 @@ class RedisBroker:
         self._down_logged = False
         self._malformed = 0
         self._malformed_logged = float("-inf")
+        self._token = secrets.token_hex(4)  # names this process's history publishes
+        self._seq = 0
 
     # Lifecycle ----------------------------------------------------------------------------
     @property
@@ -351,7 +367,9 @@ class RedisBroker:
         except Exception as exc:  # BadBusMessage, or anything else a stranger could send
             self._on_malformed(topic, exc)
             return
-        if msg is None or msg.origin == self.node:  # another wire version, or our own echo
+        if msg is None:  # another wire version
+            return
+        if msg.origin == self.node and msg.position is None:  # our own echo (history echoes)
             return
         try:
             self._deliver(msg)
@@ -372,7 +390,9 @@ class RedisBroker:
             self._malformed_logged = now
 
     # Publishing ---------------------------------------------------------------------------
-    async def publish(self, topic: str, msg: BusMessage) -> None:
+    async def publish(
+        self, topic: str, msg: BusMessage, history: HistoryPolicy | None = None
+    ) -> Position | None:
         """Queue the message for the next pipeline and wait for its verdict.
 
         Auto-pipelining: publishes made while a pipeline is in flight go out together in the
@@ -381,24 +401,55 @@ class RedisBroker:
         trips, not one each, and no publish waits behind another's reply."""
         name = self._name(topic)
         ch = self._channels.get(name) if self._up else None
+        hist: tuple[str | bytes | int, ...] = ("",)
+        if history is not None:
+            self._seq += 1
+            hist = (
+                topic,
+                history.size,
+                to_ms(history.ttl),
+                to_ms(max(history.meta_ttl, history.ttl)),
+                msg.payload,
+                f"{self.node}:{self._token}:{self._seq}",
+            )
         out = _Outgoing(
             name,
             self._keys.record_of_topic(topic) or "",
             "1" if ch is not None and ch.maybe_counted else "0",
             encode(msg, self.node),
+            hist,
             asyncio.get_running_loop().create_future(),
         )
         self._outbox.append(out)
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_outbox())
-        await asyncio.shield(out.done)
+        return await asyncio.shield(out.done)
+
+    async def history(
+        self, topic: str, since: int | None, limit: int, policy: HistoryPolicy
+    ) -> HistoryPage:
+        reply = await self._scripts.run(
+            "history",
+            topic,
+            "" if since is None else since,
+            limit,
+            to_ms(policy.ttl),
+            to_ms(max(policy.meta_ttl, policy.ttl)),
+        )
+        epoch, top, complete = as_str(reply[0]), int(reply[1]), bool(int(reply[2]))
+        events = [
+            HistoryEvent(int(reply[i]), bytes(reply[i + 1]), int(reply[i + 2]) / 1000)
+            for i in range(3, len(reply) - 2, 3)
+        ]
+        return HistoryPage(Position(epoch, top), events, complete)
 
     async def _send_outbox(self) -> None:
         while self._outbox:
             batch, self._outbox = self._outbox, []
             try:
                 results = await self._scripts.pipeline(
-                    "publish", [(o.name, o.record, o.listening, o.data) for o in batch]
+                    "publish",
+                    [(o.name, o.record, o.listening, o.data, *o.history) for o in batch],
                 )
             except (RedisError, OSError) as exc:
                 err = Unavailable(f"Redis unreachable (publish): {exc}")
@@ -420,5 +471,7 @@ class RedisBroker:
                         o.done.set_exception(self._scripts.error("publish", r))
                 elif isinstance(r, Exception):
                     o.done.set_exception(Unavailable(f"Redis unreachable (publish): {r}"))
+                elif isinstance(r, list):  # with history: receivers, offset, epoch
+                    o.done.set_result(Position(as_str(r[2]), int(r[1])))
                 else:
                     o.done.set_result(None)

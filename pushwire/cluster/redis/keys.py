@@ -21,6 +21,12 @@ Let p = prefix, A an app id, N a node id, C a channel, U a user id:
 - `p:once:K`           string SET NX PX: once-only claims
 - `p:wh:jobs`, `p:wh:due`  hash id -> job, zset id by due time: webhook jobs
 - `p:bus:T`            pub/sub channel of bus topic T
+- `p:hist:T`           stream: topic T's history, entry id "OFFSET-0", fields d (payload)
+                       and t (unix ms); trimmed to the app's size (MAXLEN), read back only
+                       while younger than its ttl; PEXPIRE ttl after each append
+- `p:histm:T`          hash epoch, top: T's history epoch and last offset (meta ttl)
+- `p:hid:I`            string "OFFSET EPOCH" with PX: a history publish already appended
+                       (a publish retried after a lost reply is not appended twice)
 
 Assumptions: app ids and node ids contain no ':' and no newline, channel names no newline
 (Pusher channel names cannot); user ids may contain anything (they always come last, or after
@@ -51,6 +57,9 @@ TEMPLATES: dict[str, str] = {
     "wh_jobs": "wh:jobs",
     "wh_due": "wh:due",
     "bus": "bus:{topic}",
+    "hist": "hist:{topic}",
+    "histm": "histm:{topic}",
+    "hid": "hid:{id}",
 }
 
 # How long a presence channel's membership version outlives its last change. Versions are
@@ -122,6 +131,9 @@ class Keys:
     def bus(self, topic: str) -> str:
         return self._k("bus", topic=topic)
 
+    def hist(self, topic: str) -> str:
+        return self._k("hist", topic=topic)
+
     def record_of_topic(self, topic: str) -> str | None:
         """The hash (node -> count) listing the nodes that must receive a publish to `topic`:
         `chn` for a channel topic `c:A:C`, `usr` for a user topic `u:A:U`; None otherwise.
@@ -183,6 +195,15 @@ def lua_prelude() -> str:
         "  return next_version(app, channel)",
         "end",
         # split 'channel\nuser' on the first newline
+        # a history's epoch: the store's clock in hex (a lost history never gets it back)
+        "local function new_epoch()",
+        "  local t = redis.call('TIME')",
+        "  return string.format('%x%05x', tonumber(t[1]), tonumber(t[2]))",
+        "end",
+        "local function now_ms()",
+        "  local t = redis.call('TIME')",
+        "  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)",
+        "end",
         "local function split_field(f)",
         "  local i = string.find(f, '\\n', 1, true)",
         "  return string.sub(f, 1, i - 1), string.sub(f, i + 1)",

@@ -1,0 +1,51 @@
+-- ARGV[3] topic, ARGV[4] offset to read after ('' for the last events), ARGV[5] limit,
+-- ARGV[6] ttl ms (older entries count as gone), ARGV[7] meta ttl ms.
+-- Creates the topic's epoch when it has none. Returns {epoch, top, complete (0/1),
+-- offset1, data1, time1, offset2, ...} in ascending offsets.
+local topic = ARGV[3]
+local meta, stream = K_histm(topic), K_hist(topic)
+local epoch = redis.call('HGET', meta, 'epoch')
+if not epoch then
+  redis.call('DEL', stream)
+  epoch = new_epoch()
+  redis.call('HSET', meta, 'epoch', epoch, 'top', 0)
+  redis.call('PEXPIRE', meta, ARGV[7])
+end
+local top = tonumber(redis.call('HGET', meta, 'top') or '0')
+local limit = tonumber(ARGV[5])
+local cutoff = now_ms() - tonumber(ARGV[6])
+local entries
+if ARGV[4] == '' then
+  entries = {}
+  if limit > 0 then
+    local rev = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', limit)
+    for i = #rev, 1, -1 do entries[#entries + 1] = rev[i] end
+  end
+else
+  local since = tonumber(ARGV[4])
+  entries = redis.call('XRANGE', stream, int(since + 1) .. '-0', '+', 'COUNT', math.max(limit, 1))
+end
+local out = {epoch, top, 0}
+local first = nil
+for _, e in ipairs(entries) do
+  local f = e[2]
+  local fields = {}
+  for i = 1, #f, 2 do fields[f[i]] = f[i + 1] end
+  local t = tonumber(fields['t'] or '0')
+  if t >= cutoff then
+    local off = tonumber(string.match(e[1], '^(%d+)'))
+    if not first then first = off end
+    if #out < 3 + 3 * limit then
+      out[#out + 1] = off
+      out[#out + 1] = fields['d']
+      out[#out + 1] = t
+    end
+  end
+end
+if ARGV[4] == '' then
+  out[3] = 1
+else
+  local since = tonumber(ARGV[4])
+  if since == top or (since < top and first == since + 1) then out[3] = 1 end
+end
+return out
