@@ -1,0 +1,448 @@
+#!/usr/bin/env python3
+"""Scale benchmarks (issue 12): Pushwire and soketi 1.6.1 started one after the other in the
+same invocation, with the same load from the compiled load generator (bench/loadgen/loadgen.c,
+built by gcc on first use), and ratios Pushwire/soketi.
+
+Scenarios (each selected by its flag; --all for every one):
+  --memory      RSS per subscribed idle connection at 10,000 and 19,000 connections
+                (server RSS after subscribing minus before, over N)
+  --sparse      10,000 subscribers of one channel, 5 events/s: p99 latency, CPU per message
+  --rates       2,000 subscribers at 25 and 50 events/s: the same
+  --max-rate    2,000 subscribers: the highest rate (of a stepped list) with p99 <= 100 ms
+  --handshakes  connect + subscribe throughput of 10,000 clients (first connect to last
+                subscription_succeeded)
+  --storm       10,000 subscribed clients, the server is stopped with SIGTERM (graceful) and
+                started again on the same port; every client reconnects at once on a 4200
+                close (a refused connect is retried after 25 ms doubling up to 200 ms):
+                time from SIGTERM until the last client is subscribed again
+
+Latency counts from each event's SCHEDULED send time (the publisher writes that
+CLOCK_MONOTONIC ns into the event; the generator samples 1 event in --sample). Every row
+shows the server's and the generator's CPU per delivered message and each side's CPU
+utilisation over the run window (1.0 = one core busy), and says which side saturated.
+
+    flock /tmp/pushwire-bench.lock .venv/bin/python bench/scale.py --all
+    .venv/bin/python bench/scale.py --rates --quick        # a small run to check the tools
+    .venv/bin/python bench/scale.py --sparse --servers pushwire
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped,unused-ignore]
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import (
+    LoadGen,
+    Server,
+    cleanup,
+    hist_pct,
+    listen_drops,
+    machine_busy,
+    merge_hist,
+    publish,
+    restart,
+    start_pushwire,
+    start_soketi_server,
+)
+
+CORES = psutil.cpu_count() or 1
+SATURATED = 0.9  # of one core: a single-threaded process at this share is the bottleneck
+
+
+def _git_commit() -> str:
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "pushwire"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout.split("\n")
+    except OSError:
+        return "?"
+    changed = [line[3:] for line in dirty if line.strip()]
+    # the server runs from the working tree: say which of its files differ from the commit
+    return head + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
+
+
+def emit(row: dict[str, Any]) -> None:
+    print(json.dumps(row), flush=True)
+
+
+def saturation(server_util: float, gen_max: float, pub_util: float, machine: float) -> str:
+    """The most loaded side, each against its capacity: the server, the busiest generator
+    process and the publisher are single-threaded (1 core), the machine has CORES cores."""
+    loads = {
+        "server": server_util,
+        "generator": gen_max,
+        "publisher": pub_util,
+        "machine": machine / CORES,
+    }
+    side, load = max(loads.items(), key=lambda kv: kv[1])
+    verdict = "saturated" if load >= SATURATED else "busiest, not saturated"
+    return f"{side} {load:.0%} ({verdict})"
+
+
+def start(name: str, args: argparse.Namespace) -> Server:
+    if name == "pushwire":
+        return start_pushwire(args.port)
+    return start_soketi_server(args.soketi_port)
+
+
+# ------------------------------------------------------------------------ connect scenarios
+def connect_run(name: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Fresh server, N clients connect and subscribe; RSS and handshake figures."""
+    srv = start(name, args)
+    gen = None
+    try:
+        time.sleep(1.5)
+        rss0 = srv.rss()
+        cpu0, m0, ld0 = srv.cpu_s(), machine_busy(), listen_drops()
+        w0 = time.monotonic()
+        gen = LoadGen(srv.port, n, args.procs, inflight=args.inflight, sample=args.sample)
+        lines = gen.wait_subscribed(args.timeout)
+        ld1 = listen_drops()
+        w1 = time.monotonic()
+        cpu1, m1 = srv.cpu_s(), machine_busy()
+        first = min(d["t_first_connect_ns"] for d in lines)
+        last = max(d["t_last_sub_ns"] for d in lines)
+        secs = (last - first) / 1e9
+        gen_cpu = [d["cpu_total_s"] for d in lines]
+        wall = w1 - w0
+        time.sleep(args.settle)
+        rss1 = srv.rss()
+        server_util = (cpu1 - cpu0) / secs
+        gen_max = max(gen_cpu) / secs
+        return {
+            "server": name,
+            "connections": n,
+            "rss_before_mb": round(rss0 / 2**20, 1),
+            "rss_after_mb": round(rss1 / 2**20, 1),
+            "rss_per_conn_kb": round((rss1 - rss0) / n / 1024, 2),
+            "handshakes_per_s": round(n / secs),
+            "connect_s": round(secs, 3),
+            "errors": sum(d["connect_errors"] + d["handshake_errors"] for d in lines),
+            "retries": sum(d["retries"] for d in lines),
+            "listen_overflows": ld1["ListenOverflows"] - ld0["ListenOverflows"],
+            "server_us_per_handshake": round((cpu1 - cpu0) / n * 1e6, 1),
+            "gen_us_per_handshake": round(sum(gen_cpu) / n * 1e6, 1),
+            "server_util": round(server_util, 2),
+            "gen_util_max": round(gen_max, 2),
+            "gen_rss_kb_per_conn": round(sum(d["rss_kb"] for d in lines) / n, 2),
+            "machine_util": round((m1 - m0) / wall, 2),
+            "saturated": saturation(server_util, gen_max, 0.0, (m1 - m0) / wall),
+        }
+    finally:
+        if gen:
+            gen.close()
+        cleanup(srv)
+
+
+# ------------------------------------------------------------------------- fan-out at a rate
+def rate_run(
+    srv: Server, gen: LoadGen, rate: float, duration: float, args: argparse.Namespace
+) -> dict[str, Any]:
+    events = max(1, int(rate * duration))
+    gen.start_window()
+    cpu0, m0 = srv.cpu_s(), machine_busy()
+    res = publish(srv.port, rate, events, args.size)
+    expected = res.ok * gen.conns
+    deadline = time.monotonic() + args.drain
+    while True:
+        reps = gen.report()
+        got = sum(r["events"] for r in reps)
+        if got >= expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    t_end = time.monotonic_ns()
+    cpu1, m1 = srv.cpu_s(), machine_busy()
+    pub_cpu = res.cpu_s  # the publisher's own CPU (this process) while it sent
+    window = (t_end - res.start_ns) / 1e9
+    server_cpu = cpu1 - cpu0
+    gen_cpu = [r["cpu_user_s"] + r["cpu_sys_s"] for r in reps]
+    hist = merge_hist(reps)
+    server_util = server_cpu / window
+    gen_max = max(gen_cpu) / window
+    pub_util = pub_cpu / window
+    machine = (m1 - m0) / window  # includes the lead-in (signing), slightly under-reported
+    d = max(got, 1)
+    return {
+        "server": srv.name,
+        "subscribers": gen.conns,
+        "rate": rate,
+        "events": events,
+        "triggers_ok": res.ok,
+        "delivered": got,
+        "expected": expected,
+        "lost": expected - got,
+        "msgs_per_s": round(got / window),
+        "p50_ms": hist_pct(hist, 50),
+        "p99_ms": hist_pct(hist, 99),
+        "p999_ms": hist_pct(hist, 99.9),
+        "max_ms": hist_pct(hist, 100),
+        "samples": sum(c for _, c in hist),
+        "server_us_per_msg": round(server_cpu / d * 1e6, 2),
+        "gen_us_per_msg": round(sum(gen_cpu) / d * 1e6, 2),
+        "gen_sys_share": round(sum(r["cpu_sys_s"] for r in reps) / max(sum(gen_cpu), 1e-9), 2),
+        "pub_us_per_event": round(pub_cpu / max(res.ok, 1) * 1e6, 1),
+        "server_util": round(server_util, 2),
+        "gen_util_sum": round(sum(gen_cpu) / window, 2),
+        "gen_util_max": round(gen_max, 2),
+        "pub_util": round(pub_util, 2),
+        "machine_util": round(machine, 2),
+        # CPU of everything else on the machine (other engineers' tests, the kernel's softirq
+        # work not charged to a process): noise
+        "others_util": round(machine - server_util - sum(gen_cpu) / window - pub_util, 2),
+        "window_s": round(window, 2),
+        "saturated": saturation(server_util, gen_max, pub_util, machine),
+    }
+
+
+def fanout_runs(
+    name: str,
+    n: int,
+    rates: list[float],
+    duration: float,
+    args: argparse.Namespace,
+    stop_p99: float | None = None,
+) -> list[dict[str, Any]]:
+    srv = start(name, args)
+    gen = None
+    rows = []
+    try:
+        gen = LoadGen(srv.port, n, args.procs, inflight=args.inflight, sample=args.sample)
+        gen.wait_subscribed(args.timeout)
+        time.sleep(1)
+        for rate in rates:
+            row = rate_run(srv, gen, rate, duration, args)
+            emit(row)
+            rows.append(row)
+            if stop_p99 is not None and not _passes(row, stop_p99):
+                break
+            time.sleep(0.5)
+    finally:
+        if gen:
+            gen.close()
+        cleanup(srv)
+    return rows
+
+
+def _passes(row: dict[str, Any], p99_limit: float) -> bool:
+    return bool(
+        row["lost"] == 0
+        and row["triggers_ok"] == row["events"]
+        and row["p99_ms"] is not None
+        and row["p99_ms"] <= p99_limit
+    )
+
+
+# -------------------------------------------------------------------------------- the storm
+def storm_run(name: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    srv = start(name, args)
+    gen = None
+    try:
+        gen = LoadGen(
+            srv.port, n, args.procs, inflight=args.inflight, sample=args.sample, reconnect=True
+        )
+        gen.wait_subscribed(args.timeout)
+        time.sleep(1)
+        gen.start_window()
+        m0, ld0 = machine_busy(), listen_drops()
+        t0 = time.monotonic_ns()
+        stop_s = srv.stop()
+        t_exit = time.monotonic_ns()
+        srv2 = restart(srv)
+        t_listen = time.monotonic_ns()
+        srv = srv2
+        cpu0 = srv.cpu_s()  # the new server's CPU from its start
+        deadline = time.monotonic() + args.timeout
+        while True:
+            reps = gen.report()
+            subscribed = sum(r["subscribed"] for r in reps)
+            resub = sum(r["resubscribed"] for r in reps)
+            if (subscribed == n and resub >= n) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        t_done = max(r["t_last_resub_ns"] for r in reps)
+        cpu1, m1, ld1 = srv.cpu_s(), machine_busy(), listen_drops()
+        total = (t_done - t0) / 1e9
+        gen_cpu = [r["cpu_user_s"] + r["cpu_sys_s"] for r in reps]
+        after_listen = (t_done - t_listen) / 1e9
+        server_util = (cpu1 - cpu0) / max(after_listen, 1e-3)
+        gen_max = max(gen_cpu) / total
+        machine = (m1 - m0) / ((time.monotonic_ns() - t0) / 1e9)
+        return {
+            "server": name,
+            "clients": n,
+            "all_back": subscribed == n and resub >= n,
+            "resubscribed": resub,
+            "closed_42xx": sum(r["closed_42xx"] for r in reps),
+            "other_closes": sum(r["other_closes"] for r in reps),
+            "refused_retries": sum(r["retries"] for r in reps),
+            "listen_overflows": ld1["ListenOverflows"] - ld0["ListenOverflows"],
+            "old_exit_s": round((t_exit - t0) / 1e9, 3),
+            "stop_call_s": round(stop_s, 3),
+            "new_listening_s": round((t_listen - t0) / 1e9, 3),
+            "last_resubscribed_s": round(total, 3),
+            "listen_to_last_s": round(after_listen, 3),
+            "resubscribe_per_s_after_listen": round(n / after_listen) if after_listen > 0 else None,
+            "server_us_per_client": round((cpu1 - cpu0) / n * 1e6, 1),
+            "gen_us_per_client": round(sum(gen_cpu) / n * 1e6, 1),
+            "server_util_after_listen": round(server_util, 2),
+            "gen_util_max": round(gen_max, 2),
+            "machine_util": round(machine, 2),
+            "saturated": saturation(server_util, gen_max, 0.0, machine),
+        }
+    finally:
+        if gen:
+            gen.close()
+        cleanup(srv)
+
+
+# ----------------------------------------------------------------------------------- ratios
+def ratio(a: Any, b: Any) -> float | None:
+    try:
+        return round(float(a) / float(b), 2)
+    except (TypeError, ZeroDivisionError, ValueError):
+        return None
+
+
+def ratios(scenario: str, rows: list[dict[str, Any]], keys: list[str], match: list[str]) -> None:
+    pw = [r for r in rows if r["server"] == "pushwire"]
+    so = [r for r in rows if r["server"] == "soketi"]
+    for a in pw:
+        for b in so:
+            if all(a.get(k) == b.get(k) for k in match):
+                emit(
+                    {
+                        "ratio": "pushwire/soketi",
+                        "scenario": scenario,
+                        **{k: a.get(k) for k in match},
+                        **{k: ratio(a.get(k), b.get(k)) for k in keys},
+                    }
+                )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    for flag in ("memory", "sparse", "rates", "max-rate", "handshakes", "storm", "all"):
+        ap.add_argument(f"--{flag}", action="store_true")
+    ap.add_argument("--servers", default="pushwire,soketi")
+    ap.add_argument("--port", type=int, default=7101)
+    ap.add_argument("--soketi-port", type=int, default=7102)
+    ap.add_argument("--procs", type=int, default=4, help="load-generator processes")
+    ap.add_argument(
+        "--inflight",
+        type=int,
+        default=24,
+        help="handshakes in flight per process (all processes together stay under the "
+        "servers' listen backlog: Pushwire's is aiohttp's default, 128)",
+    )
+    ap.add_argument("--sample", type=int, default=4, help="latency from 1 event in K")
+    ap.add_argument("--size", type=int, default=100, help="bytes of event data")
+    ap.add_argument("--duration", type=float, default=20, help="seconds per paced run")
+    ap.add_argument("--step-duration", type=float, default=6, help="seconds per --max-rate step")
+    ap.add_argument(
+        "--steps",
+        default="10,20,30,40,50,75,100,150,200,300,400,500,700,1000",
+        help="events/s tried by --max-rate, in order, until p99 > 100 ms or a loss",
+    )
+    ap.add_argument("--memory-counts", default="10000,19000")
+    ap.add_argument("--clients", type=int, default=10000, help="--handshakes / --storm / --sparse")
+    ap.add_argument("--drain", type=float, default=10, help="seconds to wait for stragglers")
+    ap.add_argument("--settle", type=float, default=3, help="seconds before the RSS reading")
+    ap.add_argument("--timeout", type=float, default=180)
+    ap.add_argument("--quick", action="store_true", help="10x fewer clients, short runs")
+    args = ap.parse_args()
+    if args.all:
+        for f in ("memory", "sparse", "rates", "max_rate", "handshakes", "storm"):
+            setattr(args, f, True)
+    div = 10 if args.quick else 1
+    if args.quick:
+        args.duration = min(args.duration, 5)
+        args.step_duration = min(args.step_duration, 3)
+    servers = [s for s in args.servers.split(",") if s]
+    emit({"commit": _git_commit(), "cores": CORES, "argv": sys.argv[1:], "pid": os.getpid()})
+
+    if args.memory or args.handshakes:
+        counts = [int(c) // div for c in args.memory_counts.split(",")] if args.memory else []
+        if args.handshakes and args.clients // div not in counts:
+            counts.append(args.clients // div)
+        rows = []
+        for n in counts:
+            for name in servers:
+                row = connect_run(name, n, args)
+                emit(row)
+                rows.append(row)
+        ratios(
+            "connect",
+            rows,
+            ["rss_per_conn_kb", "handshakes_per_s", "server_us_per_handshake"],
+            ["connections"],
+        )
+    keys = ["p50_ms", "p99_ms", "server_us_per_msg", "msgs_per_s"]
+    if args.sparse:
+        rows = []
+        for name in servers:
+            rows += fanout_runs(name, args.clients // div, [5], args.duration, args)
+        ratios("sparse", rows, keys, ["subscribers", "rate"])
+    if args.rates:
+        rows = []
+        for name in servers:
+            rows += fanout_runs(name, 2000 // div, [25, 50], args.duration, args)
+        ratios("rates", rows, keys, ["subscribers", "rate"])
+    if args.max_rate:
+        steps = [float(s) for s in args.steps.split(",")]
+        best: dict[str, dict[str, Any] | None] = {}
+        for name in servers:
+            rows = fanout_runs(name, 2000 // div, steps, args.step_duration, args, stop_p99=100)
+            ok = [r for r in rows if _passes(r, 100)]
+            best[name] = ok[-1] if ok else None
+            emit(
+                {
+                    "server": name,
+                    "max_rate_p99_le_100ms": ok[-1]["rate"] if ok else None,
+                    "msgs_per_s": ok[-1]["msgs_per_s"] if ok else None,
+                    "first_failing": rows[-1]["rate"]
+                    if rows and not _passes(rows[-1], 100)
+                    else None,
+                }
+            )
+        bp, bs = best.get("pushwire"), best.get("soketi")
+        if bp and bs:
+            emit(
+                {
+                    "ratio": "pushwire/soketi",
+                    "scenario": "max-rate",
+                    "rate": ratio(bp["rate"], bs["rate"]),
+                }
+            )
+    if args.storm:
+        rows = []
+        for name in servers:
+            row = storm_run(name, args.clients // div, args)
+            emit(row)
+            rows.append(row)
+        ratios(
+            "storm",
+            rows,
+            ["last_resubscribed_s", "listen_to_last_s", "server_us_per_client"],
+            ["clients"],
+        )
+
+
+if __name__ == "__main__":
+    main()
