@@ -31,6 +31,8 @@ id = "app-id"
 key = "app-key"
 secret = "app-secret"
 enable_watchlist_events = true
+# every channel keeps history: the SDK scenarios must see no difference (issue 11)
+history_size = 50
 
 [[apps]]
 id = "1001"

@@ -194,7 +194,7 @@ class PushwireClient:
             self._global.remove(handler)
 
     async def _run(self) -> None:
-        backoff = 1.0
+        backoff = min(1.0, self.max_backoff)
         while not self._closing:
             code = await self._session_once()
             self._connected.clear()
@@ -215,7 +215,7 @@ class PushwireClient:
             self.state = "unavailable"
             await asyncio.sleep(delay)
             if code is not None and 4200 <= code < 4300:
-                backoff = 1.0
+                backoff = min(1.0, self.max_backoff)
 
     async def _session_once(self) -> int | None:
         assert self._session is not None
