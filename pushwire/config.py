@@ -140,6 +140,9 @@ class ServerConfig:
     # native TLS: both set = wss:// and https:// on the same port (PEM files)
     tls_cert: str = ""
     tls_key: str = ""
+    # single node: channel history is written here on a graceful stop and read back at start,
+    # so clients recover across a restart (a cluster keeps history in Redis); "" = not kept
+    history_file: str = ""
     # per client address (this node): open WebSockets, and new ones per second (0 = no limit)
     max_connections_per_ip: int = 0
     max_new_connections_per_ip_per_sec: float = 0.0

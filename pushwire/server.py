@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -33,7 +34,7 @@ from .transport.dashboard import Dashboard
 from .transport.http import bearer_token
 from .transport.rest import BodyBudget, RestApi
 from .transport.tap import TapEndpoint
-from .transport.ws import WsEndpoint
+from .transport.ws import WS_ENDPOINT, WsEndpoint
 from .webhooks import MemoryStore, Webhooks, WebhookStore
 
 log = logging.getLogger("pushwire")
@@ -95,7 +96,22 @@ def make_backends(config: Config, node: str, clock: Callable[[], float]) -> Back
             rb.webhook_store(config.server.webhook_queue_size),
             rb.aclose,
         )
-    return memory_backends(config, node, Backplane(clock, c.node_timeout))
+    plane = Backplane(clock, c.node_timeout)
+    path = config.server.history_file
+    if not path:
+        return memory_backends(config, node, plane)
+    try:
+        log.info("channel history: %d channel(s) read from %s", plane.load_history(path), path)
+    except (OSError, ValueError) as exc:
+        log.error("channel history not read (clients will not recover): %s", exc)
+
+    async def save() -> None:
+        try:
+            log.info("channel history: %d channel(s) written to %s", plane.save_history(path), path)
+        except OSError as exc:
+            log.error("channel history not written to %s: %s", path, exc)
+
+    return dataclasses.replace(memory_backends(config, node, plane), close=save)
 
 
 def make_app_store(config: Config) -> AppStore:
@@ -287,6 +303,7 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
     metrics.gauges.append(lambda: _gauges(node))
 
     endpoint = WsEndpoint(handler, metrics)
+    app[WS_ENDPOINT] = endpoint  # ws_transport = "raw" serves its sockets through it too
     if role in ("all", "websocket"):
         app.router.add_get("/app/{key}", endpoint.handle)
     app.router.add_get("/tap", TapEndpoint(config, monitor).handle)

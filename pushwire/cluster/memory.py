@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import random
 import secrets
 import time
@@ -19,8 +20,11 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+import orjson
+
 from ..protocol.errors import PresenceLimit
 from .base import (
+    EPOCH_RE,
     AppSnapshot,
     BusKind,
     BusMessage,
@@ -110,6 +114,60 @@ class Backplane:
         self, topic: str, since: int | None, limit: int, policy: HistoryPolicy
     ) -> HistoryPage:
         return self._history(topic, policy).page(since, limit)
+
+    def save_history(self, path: str) -> int:
+        """Write every kept history to `path` (JSON, replaced atomically), so a single node
+        restarted gracefully keeps its epochs and events; returns how many were written.
+        Times are stored as wall-clock times (the clock here need not survive a restart)."""
+        now, wall = self.clock(), time.time()
+        out = {}
+        for topic, h in self.histories.items():
+            if h.kept_until <= now:
+                continue
+            out[topic] = {
+                "epoch": h.epoch,
+                "top": h.top,
+                "kept_until": wall + h.kept_until - now,
+                "events": [
+                    [e.offset, e.payload.decode(), e.time, wall + exp - now]
+                    for e, exp in h.events
+                    if exp > now
+                ],
+            }
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(orjson.dumps({"version": 1, "histories": out}))
+        os.replace(tmp, path)
+        return len(out)
+
+    def load_history(self, path: str) -> int:
+        """Read what `save_history` wrote (a missing file is an empty history); returns how
+        many histories were read. Raises ValueError for a file that is not one."""
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+        except FileNotFoundError:
+            return 0
+        now, wall = self.clock(), time.time()
+        try:
+            doc = orjson.loads(raw)
+            if doc.get("version") != 1:
+                raise ValueError(f"unknown version {doc.get('version')!r}")
+            for topic, d in doc["histories"].items():
+                if not EPOCH_RE.fullmatch(d["epoch"]) or d["kept_until"] <= wall:
+                    continue
+                h = _History(d["epoch"])
+                h.top = int(d["top"])
+                h.kept_until = now + float(d["kept_until"]) - wall
+                for offset, payload, at, expires in d["events"]:
+                    if expires > wall:
+                        event = HistoryEvent(int(offset), payload.encode(), float(at))
+                        h.events.append((event, now + float(expires) - wall))
+                self.histories[str(topic)] = h
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            self.histories.clear()
+            raise ValueError(f"{path} is not a history file: {exc}") from None
+        return len(self.histories)
 
     def forget_history(self) -> None:
         """Tests: the store lost every history (a flush): new epochs from now on."""

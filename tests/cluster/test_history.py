@@ -12,7 +12,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from pushwire.client import PushwireClient
-from tests.conftest import TIMEOUT, cluster_config, start_node, start_redis, stop_node
+from tests.conftest import (
+    TIMEOUT,
+    cluster_config,
+    free_port,
+    start_node,
+    start_redis,
+    stop_node,
+)
 from tests.server.helpers import Client, rest
 
 CONFIG = """
@@ -291,3 +298,32 @@ async def test_pusher_clients_see_the_frames_they_see_without_history(two_nodes)
         await rec.close()
         await v1.close()
         await plain.close()
+
+
+async def test_single_node_recovers_across_a_graceful_restart(tmp_path):
+    """One node, no Redis: history_file keeps the history over a graceful restart."""
+    port = free_port()
+    cfg = CONFIG.replace("port = 0", f'port = {port}\nhistory_file = "{tmp_path}/history.json"')
+    node = start_node(tmp_path, cfg)
+    rec = Recorder(port, "room-single")
+    try:
+        await rec.start()
+        await trigger(port, "room-single", "before")
+        await rec.wait_for(1)
+        stop_node(node[0])  # 4200: the client comes back at once, and again until it is up
+        node = start_node(tmp_path, cfg)
+        for i in range(5):
+            await trigger(port, "room-single", f"m{i}")
+        await rec.wait_for(6, "recovered")
+        assert rec.data() == ["before", *(f"m{i}" for i in range(5))]
+        assert [o for _, o in rec.events] == list(range(1, 7))
+        assert "1 channel(s) read" in node[2].read_text()
+    finally:
+        await rec.close()
+        stop_node(node[0])
+    assert "Traceback" not in node[2].read_text()
+    # a broken file is reported and the node starts with empty history
+    (tmp_path / "history.json").write_text("{not json")
+    node = start_node(tmp_path, cfg)
+    stop_node(node[0])
+    assert "channel history not read" in node[2].read_text()
