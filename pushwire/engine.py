@@ -582,8 +582,9 @@ class Engine:
         events after `recovery.since` (each with its position), then `succeeded` carrying the
         channel's last position and, when it asked to recover, `recovered`: true when every
         event after its position is among them, false when some are gone (another epoch,
-        trimmed, expired) or the channel keeps no history; then none are sent and the app
-        should fetch its state again. Also returns that last position (None: unknown)."""
+        trimmed, expired, more than half of `max_pending_bytes`) or the channel keeps no
+        history; then none are sent and the app should fetch its state again. Also returns
+        that last position (None: unknown)."""
         since = recovery.since
         page: HistoryPage | None = None
         with contextlib.suppress(Unavailable):  # the store is down: cannot recover
@@ -601,6 +602,8 @@ class Engine:
             page.complete
             and top.epoch == since.epoch
             and len(page.events) == top.offset - since.offset
+            # what would close the socket as a slow consumer is not recovery either
+            and sum(len(e.payload) for e in page.events) * 2 < self.config.server.max_pending_bytes
         )
         frames = []
         if recovered:

@@ -20,10 +20,11 @@ from pushwire.testing import FakeConnection, InProcessCluster
 HIST = App(id="h", key="hk", secret="hs", history_size=100, history_channels=("room-", "private-"))
 SMALL = App(id="s", key="sk", secret="ss", history_size=10)
 PLAIN = App(id="p", key="pk", secret="ps")
+BIG = App(id="b", key="bk", secret="bs", history_size=1000)
 CONFIG = Config(
     server=ServerConfig(),
     cluster=ClusterConfig(node_timeout=6.0, heartbeat_interval=1.0),
-    apps=(HIST, SMALL, PLAIN),
+    apps=(HIST, SMALL, PLAIN, BIG),
 )
 
 
@@ -306,3 +307,27 @@ async def test_store_down_delivers_locally_without_position(cluster):
     ok = succeeded(c2, "room-d")
     assert ok["recovered"] is False and "offset" not in ok
     cluster.plane.cut("n0", down=False)
+
+
+async def test_recovery_larger_than_half_the_pending_limit_fails(cluster):
+    """Replaying more than a socket may hold unsent would close it as a slow consumer."""
+    a, b = cluster.nodes
+    c1 = await connect(a.handler, BIG)
+    await subscribe(a.handler, c1, "room-big", {})
+    await cluster.settle()
+    epoch = succeeded(c1, "room-big")["epoch"]
+    await a.handler.on_close(c1)
+    big = "x" * (BIG.max_message_size - 100)
+    n = CONFIG.server.max_pending_bytes // 2 // len(big)
+    for _ in range(n - 5):  # within half the limit: recovered
+        await trigger(b, BIG, "room-big", big)
+    c2 = await connect(a.handler, BIG)
+    await subscribe(a.handler, c2, "room-big", {"epoch": epoch, "offset": 0})
+    assert succeeded(c2, "room-big")["recovered"] is True
+    assert len(data_of(c2, "room-big")) == n - 5
+    for _ in range(10):  # past it: not
+        await trigger(b, BIG, "room-big", big)
+    c3 = await connect(a.handler, BIG)
+    await subscribe(a.handler, c3, "room-big", {"epoch": epoch, "offset": 0})
+    assert succeeded(c3, "room-big")["recovered"] is False
+    assert data_of(c3, "room-big") == [] and not c3.closed
