@@ -9,6 +9,20 @@
  *
  * Reconnects by Pusher's close-code ranges (4000-4099: never; 4100-4199: after a backoff;
  * 4200-4299: at once; anything else: capped exponential backoff) and subscribes again.
+ *
+ * Recovery (Pushwire's channel history; option `recover`, default true): each channel
+ * remembers the last position (`epoch`, `offset`) it saw and asks for what it missed when it
+ * subscribes again (after a server restart or a network loss). The missed events arrive
+ * first, in order, each once (an event seen already is never delivered twice); positioned
+ * events carry `offset` and `epoch` in the handler's metadata. After
+ * `pusher:subscription_succeeded` the channel emits `pushwire:recovered`, or
+ * `pushwire:recovery_failed` (history gone or too far behind: fetch your state again), with
+ * data `{ epoch, offset }`:
+ *
+ *   room.bind("pushwire:recovery_failed", () => reloadState());
+ *   room.bind("message", (data, meta) => console.log(meta.offset, data));
+ *
+ * Servers without history (any Pusher server) ignore the request.
  */
 (function (global) {
   "use strict";
@@ -44,8 +58,17 @@
     Emitter.call(this);
     this.client = client; this.name = name; this.subscribed = false;
     this.members = new Members();
+    this.position = null;  // { epoch, offset } of the last event seen (history recovery)
   }
   Channel.prototype = Object.create(Emitter.prototype);
+  // Takes the position of a positioned frame; false for one seen already (not delivered twice).
+  Channel.prototype._positioned = function (msg) {
+    var epoch = msg.epoch, offset = msg.offset, pos = this.position;
+    if (typeof epoch !== "string" || typeof offset !== "number") return true;
+    if (pos && pos.epoch === epoch && offset <= pos.offset) return false;
+    this.position = { epoch: epoch, offset: offset };
+    return true;
+  };
   Channel.prototype.trigger = function (event, data) {
     if (event.indexOf("client-") !== 0) {
       throw new Error("Client events must start with 'client-': " + event);
@@ -142,11 +165,24 @@
     }
     if (ch) {
       var meta = msg.user_id ? { user_id: msg.user_id } : {};
+      if ("offset" in msg && msg.event.indexOf("pusher") !== 0) {
+        if (!ch._positioned(msg)) return;  // seen already: never delivered twice
+        meta.offset = msg.offset; meta.epoch = msg.epoch;
+      }
       switch (msg.event) {
         case "pusher_internal:subscription_succeeded":
           ch.subscribed = true;
+          if (typeof msg.epoch === "string" && typeof msg.offset === "number") {
+            ch.position = { epoch: msg.epoch, offset: msg.offset };
+          } else if (msg.recovered === false) {
+            ch.position = null;
+          }
           if (data && data.presence) ch.members._set(data.presence.hash);
           ch.emit("pusher:subscription_succeeded", data && data.presence ? ch.members : data);
+          if (typeof msg.recovered === "boolean") {
+            ch.emit(msg.recovered ? "pushwire:recovered" : "pushwire:recovery_failed",
+                    { epoch: msg.epoch, offset: msg.offset });
+          }
           break;
         case "pusher_internal:member_added":
           ch.members.members[data.user_id] = data.user_info;
@@ -181,6 +217,14 @@
       .then(function (j) { cb(null, j); }, function (e) { cb(e); });
   };
 
+  // The subscribe's `recover` (Pushwire's extension): {} the first time, then the position.
+  Pushwire.prototype._recover = function (ch, data) {
+    if (this.opts.recover === false || ch.name.charAt(0) === "#") return data;
+    var pos = ch.position;
+    data.recover = pos ? { epoch: pos.epoch, offset: pos.offset } : {};
+    return data;
+  };
+
   Pushwire.prototype._subscribe = function (ch) {
     var self = this;
     if (!self.socket_id) return;
@@ -197,11 +241,11 @@
             var cd = JSON.parse(auth.channel_data);
             ch.members.me = { id: String(cd.user_id), info: cd.user_info };
           }
-          self._send({ event: "pusher:subscribe", data: { channel: ch.name, auth: auth.auth,
-                                                          channel_data: auth.channel_data } });
+          self._send({ event: "pusher:subscribe", data: self._recover(ch, {
+            channel: ch.name, auth: auth.auth, channel_data: auth.channel_data }) });
         });
     } else {
-      self._send({ event: "pusher:subscribe", data: { channel: ch.name } });
+      self._send({ event: "pusher:subscribe", data: self._recover(ch, { channel: ch.name }) });
     }
   };
 

@@ -2,6 +2,7 @@
 //   node scenarios.js chat <chatUrl> <screenshot.png>
 //   node scenarios.js dashboard <subscriberNodeUrl> <dashboardNodeUrl> <appSecret> <screenshot.png>
 //   node scenarios.js apps <serverUrl> <adminToken> <screenshot.png>
+//   node scenarios.js drive <serverUrl>   (a page with /pushwire.js, driven over stdin/stdout)
 'use strict';
 const { chromium } = require('playwright-core');
 
@@ -152,10 +153,42 @@ async function reconnect(base) {
   }
 }
 
+// A page with the server's /pushwire.js, driven by the test: each stdin line is
+// {"op": "eval" | "wait", "js": "<expression>", "timeout": ms}; "wait" first waits until the
+// expression is truthy. Each is answered with one stdout line, {"ok": value} or {"error": ...}.
+// The page stays open across server restarts (it was loaded before them); EOF ends it.
+async function drive(base) {
+  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ARGS });
+  try {
+    const page = await browser.newPage();
+    page.on('console', (m) => console.error('page: ' + m.text()));
+    await page.goto(base + '/dashboard');
+    await page.setContent('<html><body><script src="' + base + '/pushwire.js"></script></body></html>');
+    await page.waitForFunction(() => typeof window.Pushwire === 'function');
+    process.stdout.write(JSON.stringify({ ok: 'ready' }) + '\n');
+    const lines = require('readline').createInterface({ input: process.stdin });
+    for await (const line of lines) {
+      const { op, js, timeout } = JSON.parse(line);
+      let reply;
+      try {
+        if (op === 'wait') await page.waitForFunction(js, null, { timeout: timeout || 30000 });
+        reply = { ok: await page.evaluate(js) };
+      } catch (e) {
+        reply = { error: String((e && e.stack) || e) };
+      }
+      process.stdout.write(JSON.stringify(reply) + '\n');
+    }
+    return { done: true };
+  } finally {
+    await browser.close();
+  }
+}
+
 (async () => {
   const [cmd, ...rest] = process.argv.slice(2);
   const result = cmd === 'chat' ? await chat(...rest)
     : cmd === 'reconnect' ? await reconnect(...rest)
+    : cmd === 'drive' ? await drive(...rest)
     : cmd === 'apps' ? await apps(...rest) : await dashboard(...rest);
   process.stdout.write(JSON.stringify(result) + '\n');
 })().catch((e) => { console.error(e); process.exit(1); });
