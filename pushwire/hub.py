@@ -13,8 +13,9 @@ Membership frames carry a version; a node applies a user's changes in version or
 drops stale ones, so messages from different nodes cannot undo each other.
 
 Channel history: a socket that opted in to positions on a channel (`Channel.positioned`) gets
-each event that has a position as a frame of its own with `offset` and `epoch` added; the
-others get the shared frame, byte for byte what they get without history.
+each event that has a position as a frame of its own with `offset` and `epoch` added (and,
+for an event it is left out of, `pushwire:position` with the position alone); the others get
+the shared frame, byte for byte what they get without history.
 """
 
 from __future__ import annotations
@@ -136,12 +137,13 @@ class Hub:
             conn.send(msg)
         for v, msg, except_sid, about, pos in held:
             if v == 0:
-                if except_sid == sid:
-                    continue
                 if pos is not None and positioned:
                     if after is None or pos.epoch != after.epoch or pos.offset > after.offset:
-                        conn.send(messages.positioned(msg, pos))
-                else:
+                        if except_sid == sid:
+                            conn.send(messages.position_only(name, pos))
+                        else:
+                            conn.send(messages.positioned(msg, pos))
+                elif except_sid != sid:
                     conn.send(msg)
             elif v > version and about != user_id:
                 conn.send(msg)
@@ -205,6 +207,8 @@ class Hub:
                 if sid != except_socket_id:
                     conn.send(ext if sid in positioned else msg)
                     n += 1
+                elif sid in positioned:  # it must not get the event back when it recovers
+                    conn.send(messages.position_only(name, position))
         else:  # the hot loop: one shared frame, nothing per socket but the send
             for sid, conn in ch.subscribers.items():
                 if sid != except_socket_id:

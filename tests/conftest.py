@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -213,6 +214,23 @@ def start_server(tmp: Path, config: str, *extra: str, nodes: int = 1) -> Server:
     return Server(
         [p for p, _, _ in started], [port for _, port, _ in started], [log for _, _, log in started]
     )
+
+
+@contextlib.contextmanager
+def cluster_nodes(
+    redis: Redis, tmp: Path, config: str, prefix: str, n: int = 2
+) -> Iterator[list[tuple[subprocess.Popen[str], int, Path]]]:
+    """`n` nodes of one cluster over `redis`; stopped afterwards, and none may have logged a
+    traceback."""
+    cfg = cluster_config(redis, config, prefix=prefix)
+    nodes = [start_node(tmp, cfg) for _ in range(n)]
+    try:
+        yield nodes
+    finally:
+        for p, _, _ in nodes:
+            stop_node(p)
+    text = "".join(log.read_text() for _, _, log in nodes)
+    assert "Traceback" not in text, text
 
 
 def cluster_config(redis: Redis, config: str = BASE_CONFIG, prefix: str = "pw") -> str:

@@ -273,7 +273,13 @@ class PushwireClient:
             if self._signin is not None and not self._signin.done():
                 self._signin.set_result(self.user)
         if channel is not None and channel in self.channels:
-            await self._channel_event(self.channels[channel], event, data, msg)
+            ch = self.channels[channel]
+            if event == "pushwire:position":  # an event left out for us: its position only
+                ch._positioned(msg)
+                return
+            if "offset" in msg and not event.startswith("pusher") and not ch._positioned(msg):
+                return  # seen already: never delivered twice, globally neither
+            await self._channel_event(ch, event, data, msg)
         if not event.startswith("pusher_internal:"):
             for g in list(self._global):
                 await _maybe(g(event, data))
@@ -281,8 +287,6 @@ class PushwireClient:
     async def _channel_event(self, ch: Channel, event: str, data: Any, msg: dict[str, Any]) -> None:
         meta = {"user_id": msg["user_id"]} if "user_id" in msg else {}
         if "offset" in msg and not event.startswith("pusher"):
-            if not ch._positioned(msg):
-                return
             meta["offset"], meta["epoch"] = msg["offset"], msg["epoch"]
         if event == "pusher_internal:subscription_succeeded":
             ch.subscribed = True

@@ -103,6 +103,21 @@ def positioned(msg: Outbound, position: Position) -> Outbound:
     return Outbound(msg.payload[:-1] + tail)
 
 
+def position_only(channel: str, position: Position) -> Outbound:
+    """Tells a socket that opted in to positions that an event it does not get (it sent it
+    itself, or the trigger excluded it) took `position`: it must not recover it later."""
+    return Outbound(
+        _dumps(
+            {
+                "event": "pushwire:position",
+                "channel": channel,
+                "offset": position.offset,
+                "epoch": position.epoch,
+            }
+        )
+    )
+
+
 def recovery_receipt(msg: Outbound, top: Position | None, recovered: bool | None) -> Outbound:
     """A subscription_succeeded for a socket that opted in to positions: the channel's last
     position (`epoch`, `offset`; absent when the channel keeps no history) and, when it asked

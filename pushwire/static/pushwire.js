@@ -163,6 +163,10 @@
         self.emit("signin_success", self.user);
         return;
     }
+    if (ch && msg.event === "pushwire:position") {  // an event left out for us: position only
+      ch._positioned(msg);
+      return;
+    }
     if (ch) {
       var meta = msg.user_id ? { user_id: msg.user_id } : {};
       if ("offset" in msg && msg.event.indexOf("pusher") !== 0) {

@@ -15,6 +15,7 @@ from pushwire.client import PushwireClient
 from tests.conftest import (
     TIMEOUT,
     cluster_config,
+    cluster_nodes,
     free_port,
     start_node,
     start_redis,
@@ -51,13 +52,8 @@ APPS = {"app-key": ("app-id", "app-secret"), "small-key": ("small-id", "small-se
 
 @pytest.fixture
 def two_nodes(redis_server, tmp_path, request):
-    cfg = cluster_config(redis_server, CONFIG, prefix=f"hist-{request.node.name}")
-    nodes = [start_node(tmp_path, cfg) for _ in range(2)]
-    yield nodes
-    for p, _, _ in nodes:
-        stop_node(p)
-    text = "".join(log.read_text() for _, _, log in nodes)
-    assert "Traceback" not in text, text
+    with cluster_nodes(redis_server, tmp_path, CONFIG, f"hist-{request.node.name}") as nodes:
+        yield nodes
 
 
 class Recorder:

@@ -11,7 +11,14 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import TIMEOUT, cluster_config, start_node, start_redis, stop_node
+from tests.conftest import (
+    TIMEOUT,
+    cluster_config,
+    cluster_nodes,
+    start_node,
+    start_redis,
+    stop_node,
+)
 from tests.server.helpers import Client, data, rest
 
 QUOTA_CONFIG = """
@@ -43,13 +50,8 @@ def http(port: int) -> str:
 
 @pytest.fixture
 def two_nodes(redis_server, tmp_path, request):
-    cfg = cluster_config(redis_server, QUOTA_CONFIG, prefix=f"race-{request.node.name}")
-    nodes = [start_node(tmp_path, cfg) for _ in range(2)]
-    yield nodes
-    for p, _, _ in nodes:
-        stop_node(p)
-    text = "".join(log.read_text() for _, _, log in nodes)
-    assert "Traceback" not in text, text
+    with cluster_nodes(redis_server, tmp_path, QUOTA_CONFIG, f"race-{request.node.name}") as nodes:
+        yield nodes
 
 
 async def members_seen(client: Client, channel: str, quiet: float = 0.5) -> set[str]:

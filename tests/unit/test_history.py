@@ -73,6 +73,16 @@ def succeeded(conn: FakeConnection, channel: str) -> dict[str, Any]:
     return found[0]
 
 
+async def gone(cluster, handler, app: App, channel: str) -> str:
+    """A socket that subscribed with positions and was cut off: the epoch it was told."""
+    c = await connect(handler, app)
+    await subscribe(handler, c, channel, {})
+    await cluster.settle()
+    epoch: str = succeeded(c, channel)["epoch"]
+    await handler.on_close(c)
+    return epoch
+
+
 def data_of(conn: FakeConnection, channel: str, event: str = "e") -> list[str]:
     return [e["data"] for e in received(conn, channel) if e["event"] == event]
 
@@ -165,11 +175,7 @@ async def test_epoch_change_is_not_recovered(cluster):
 
 async def test_too_far_behind_is_not_recovered(cluster):
     a, b = cluster.nodes
-    c1 = await connect(a.handler, SMALL)
-    await subscribe(a.handler, c1, "news", {})
-    await cluster.settle()
-    epoch = succeeded(c1, "news")["epoch"]
-    await a.handler.on_close(c1)
+    epoch = await gone(cluster, a.handler, SMALL, "news")
     for i in range(11):  # one more than the 10 kept
         await trigger(b, SMALL, "news", f"m{i}")
     c2 = await connect(b.handler, SMALL)
@@ -312,11 +318,7 @@ async def test_store_down_delivers_locally_without_position(cluster):
 async def test_recovery_larger_than_half_the_pending_limit_fails(cluster):
     """Replaying more than a socket may hold unsent would close it as a slow consumer."""
     a, b = cluster.nodes
-    c1 = await connect(a.handler, BIG)
-    await subscribe(a.handler, c1, "room-big", {})
-    await cluster.settle()
-    epoch = succeeded(c1, "room-big")["epoch"]
-    await a.handler.on_close(c1)
+    epoch = await gone(cluster, a.handler, BIG, "room-big")
     big = "x" * (BIG.max_message_size - 100)
     n = CONFIG.server.max_pending_bytes // 2 // len(big)
     for _ in range(n - 5):  # within half the limit: recovered
@@ -331,3 +333,33 @@ async def test_recovery_larger_than_half_the_pending_limit_fails(cluster):
     await subscribe(a.handler, c3, "room-big", {"epoch": epoch, "offset": 0})
     assert succeeded(c3, "room-big")["recovered"] is False
     assert data_of(c3, "room-big") == [] and not c3.closed
+
+
+async def test_a_socket_left_out_gets_the_position_and_never_the_event(cluster):
+    """The sender of a client event (or the socket a trigger excludes) gets the event's
+    position alone, so recovering later does not hand it back its own event."""
+    a, b = cluster.nodes
+    s1 = await connect(a.handler)
+    s2 = await connect(b.handler)
+    await subscribe(a.handler, s1, "private-own", {})
+    await subscribe(b.handler, s2, "private-own", {})
+    await cluster.settle()
+    s1.take()
+    msg = {"event": "client-hi", "channel": "private-own", "data": {}}
+    await a.handler.on_text(s1, orjson.dumps(msg))
+    body = {"name": "e", "channel": "private-own", "data": "x", "socket_id": s1.socket_id}
+    await api.trigger(b.engine, HIST, body)
+    await trigger(b, HIST, "private-own", "for-all")
+    await cluster.settle()
+    got = s1.take()
+    assert [(e["event"], e["offset"]) for e in got] == [
+        ("pushwire:position", 1),
+        ("pushwire:position", 2),
+        ("e", 3),
+    ]
+    await a.handler.on_close(s1)
+    await trigger(b, HIST, "private-own", "missed")
+    back = await connect(a.handler)
+    await subscribe(a.handler, back, "private-own", {"epoch": got[-1]["epoch"], "offset": 3})
+    assert data_of(back, "private-own") == ["missed"]
+    assert succeeded(back, "private-own")["recovered"] is True
