@@ -91,7 +91,12 @@ async def _serve(
         shutdown_timeout=5.0,
     )
     await runner.setup()
-    site = web.TCPSite(
+    site_class = web.TCPSite
+    if config.server.ws_transport == "raw":
+        from .transport.rawws import RawSite
+
+        site_class = RawSite
+    site = site_class(
         runner,
         config.server.host,
         config.server.port,

@@ -44,13 +44,13 @@ class Flusher:
 
     def __init__(self, metrics: Metrics, slice_s: float = 0.0005) -> None:
         self.metrics = metrics
-        self.dirty: list[WsConnection] = []
-        self.current: list[WsConnection] = []
+        self.dirty: list[QueuedConnection] = []
+        self.current: list[QueuedConnection] = []
         self.index = 0
         self.scheduled = False
         self.slice_s = slice_s
 
-    def mark(self, conn: WsConnection) -> None:
+    def mark(self, conn: QueuedConnection) -> None:
         self.dirty.append(conn)
         if not self.scheduled:
             self.scheduled = True
@@ -79,27 +79,26 @@ class Flusher:
             self.scheduled = False
 
 
-class WsConnection(Connection):
-    __slots__ = ("_closing_tasks", "_flusher", "_max_pending", "_pending", "_transport", "_ws")
+class QueuedConnection(Connection):
+    """A connection whose frames are queued by `send` and written by the `Flusher`: nothing
+    is allocated per socket while nothing is pending. Subclasses implement `close`."""
+
+    __slots__ = ("_flusher", "_max_pending", "_pending", "_transport")
 
     def __init__(
         self,
         app: App,
         socket_id: str,
         now: float,
-        ws: web.WebSocketResponse,
         transport: asyncio.Transport,
         flusher: Flusher,
         max_pending: int,
-        closing_tasks: set[asyncio.Task[None]],
     ) -> None:
         super().__init__(app, socket_id, now)
-        self._ws = ws
         self._transport = transport
         self._flusher = flusher
         self._max_pending = max_pending
         self._pending: bytes | list[bytes] | None = None
-        self._closing_tasks = closing_tasks
 
     def send(self, msg: Outbound) -> None:
         if self.closed:
@@ -148,6 +147,27 @@ class WsConnection(Connection):
         transport.close()  # flushes what it can; abort if the peer never reads it
         asyncio.get_running_loop().call_later(2.0, transport.abort)
 
+
+class WsConnection(QueuedConnection):
+    """A socket served by aiohttp's `WebSocketResponse` (`ws_transport = "aiohttp"`)."""
+
+    __slots__ = ("_closing_tasks", "_ws")
+
+    def __init__(
+        self,
+        app: App,
+        socket_id: str,
+        now: float,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport,
+        flusher: Flusher,
+        max_pending: int,
+        closing_tasks: set[asyncio.Task[None]],
+    ) -> None:
+        super().__init__(app, socket_id, now, transport, flusher, max_pending)
+        self._ws = ws
+        self._closing_tasks = closing_tasks
+
     def close(self, code: int, reason: str) -> None:
         if self.closed:
             return
@@ -178,11 +198,16 @@ class AddressLimits:
         self.buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, at)
 
     def client_ip(self, request: web.Request) -> str:
-        peer = request.remote or ""
+        forwarded = request.headers.getall("X-Forwarded-For", [])
+        return self.client_ip_of(request.remote or "", forwarded)
+
+    def client_ip_of(self, peer: str, forwarded_for: list[str]) -> str:
+        """The client's address: `peer`, or from the X-Forwarded-For headers' values when
+        `peer` is a trusted proxy."""
         if not self.proxies or not self._trusted(peer):
             return peer
         # walk X-Forwarded-For from the right, past our own proxies
-        joined = ",".join(request.headers.getall("X-Forwarded-For", []))  # every header
+        joined = ",".join(forwarded_for)  # every header
         hops = [h.strip() for h in joined.split(",")]
         for hop in reversed([h for h in hops if h]):
             if not self._trusted(hop):
@@ -319,3 +344,6 @@ class WsEndpoint:
         finally:
             await handler.on_close(conn)
         return ws
+
+
+WS_ENDPOINT = web.AppKey("pushwire_ws_endpoint", WsEndpoint)  # for the raw transport's site

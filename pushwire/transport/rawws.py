@@ -1,0 +1,589 @@
+"""WebSocket transport on a plain `asyncio.Protocol` (`[server] ws_transport = "raw"`).
+
+aiohttp keeps ~13.5 KB per open WebSocket (request, protocol, parser, reader, writer,
+response objects and their buffers). Here an idle subscribed socket is one object, which is
+both the transport's protocol and the `Connection` the handler sees, and holds no buffer,
+timer or task while nothing is pending.
+
+The listening protocol (`HeadReader`) reads the first request head of each new TCP connection
+itself, bounded in size (`MAX_HEAD`) and time (`handshake_timeout`). A clean RFC 6455 upgrade
+to `/app/{key}` is answered here; anything else (REST, /metrics, pages, the dashboard, a
+malformed or unusual request, even an odd upgrade) is handed to aiohttp on the same
+connection, with the bytes already read, so aiohttp answers it exactly as it would have.
+TLS sits below the protocol, so it works unchanged.
+
+Frames: client frames must be masked; fragmented messages are joined; control frames may
+come between fragments; a message longer than `max_frame_size` closes with 1009 (its payload
+is skipped, never buffered), text that is not UTF-8 with 1007, other protocol errors with
+1002. Ping is answered with pong. Closing waits for the peer's close frame (at most
+`CLOSE_TIMEOUT` seconds). Outbound frames go through the same `Flusher` as the aiohttp
+transport: one write per socket per loop tick. Inbound messages are handled one at a time,
+in order, by a task that exists only while a socket has messages to handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+import re
+import socket
+from typing import TYPE_CHECKING, Any, cast
+
+from aiohttp import web
+from yarl import URL
+
+from ..handler import new_socket_id
+from ..protocol import messages
+from ..protocol.errors import ConnectionUnauthorized, PusherError
+from ..protocol.frames import close_frame
+from .http import client_error
+from .ws import WS_ENDPOINT, Flusher, QueuedConnection, WsEndpoint
+
+if TYPE_CHECKING:
+    from ..config import App
+
+log = logging.getLogger("pushwire.ws")
+
+MAX_HEAD = 16384  # bytes of a request head read here; a longer one is aiohttp's to judge
+CLOSE_TIMEOUT = 5.0  # seconds to wait for the peer's close frame before dropping the socket
+INBOX_HIGH = 65536  # queued inbound text (characters) past which reading pauses
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+PREFIX = b"GET /app/"
+KEY_RE = re.compile(r"[A-Za-z0-9._~-]+")  # app keys taken as they are (no %-decoding needed)
+TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+BAD_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+REQUEST_START_RE = re.compile(rb"[A-Z]{1,20}(?: |$)")  # what an HTTP request starts with
+
+# opcodes
+CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+# socket states
+OPEN, CLOSING, GONE = 0, 1, 2
+# inbox items besides text messages
+_OPENED, _BINARY, _LOST = 0, 1, 2
+
+
+class Upgrade:
+    """A parsed WebSocket upgrade request."""
+
+    __slots__ = ("app_key", "headers", "query", "ws_key")
+
+    def __init__(self, app_key: str, query: str, headers: dict[str, list[str]], ws_key: str):
+        self.app_key = app_key
+        self.query = query
+        self.headers = headers
+        self.ws_key = ws_key
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.get(name)
+        return values[0] if values else None
+
+
+def parse_upgrade(head: bytes) -> Upgrade | None:
+    """The upgrade request in `head` (without the blank line), or None when it is anything
+    else than a plain, well-formed RFC 6455 upgrade to /app/{key}: aiohttp takes those."""
+    try:
+        text = head.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or parts[0] != "GET" or parts[2] != "HTTP/1.1":
+        return None
+    path, _, query = parts[1].partition("?")
+    app_key = path[5:]
+    if not path.startswith("/app/") or "#" in query or not KEY_RE.fullmatch(app_key):
+        return None
+    headers: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not TOKEN_RE.fullmatch(name) or BAD_VALUE_RE.search(value):
+            return None
+        headers.setdefault(name.lower(), []).append(value.strip(" \t"))
+
+    def one(name: str) -> str | None:
+        values = headers.get(name)
+        return values[0] if values is not None and len(values) == 1 else None
+
+    upgrade = one("upgrade")
+    tokens = {t.strip().lower() for v in headers.get("connection", ()) for t in v.split(",")}
+    ws_key = one("sec-websocket-key")
+    if (
+        upgrade is None
+        or upgrade.lower() != "websocket"
+        or "upgrade" not in tokens
+        or one("sec-websocket-version") != "13"
+        or ws_key is None
+        or "transfer-encoding" in headers
+        or headers.get("content-length", ["0"]) != ["0"]
+    ):
+        return None
+    try:
+        if len(base64.b64decode(ws_key, validate=True)) != 16:
+            return None
+    except (binascii.Error, ValueError):
+        return None
+    return Upgrade(app_key, query, headers, ws_key)
+
+
+def accept_key(ws_key: str) -> bytes:
+    return base64.b64encode(hashlib.sha1(ws_key.encode() + GUID).digest())
+
+
+def unmask(payload: bytes | bytearray, mask: bytes | bytearray) -> bytes:
+    n = len(payload)
+    if not n:
+        return b""
+    key = (bytes(mask) * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+def valid_close_code(code: int) -> bool:
+    """Codes a peer may send in a close frame (RFC 6455 section 7.4)."""
+    return (1000 <= code <= 1014 and code not in (1004, 1005, 1006)) or 3000 <= code <= 4999
+
+
+class RawServer:
+    """What the raw protocols share: the endpoint (handler, flusher, limits, counters), the
+    aiohttp server that takes every other request, and the tasks handling messages."""
+
+    def __init__(self, http: web.Server, endpoint: WsEndpoint) -> None:
+        server = endpoint.handler.config.server
+        self.http = http
+        self.endpoint = endpoint
+        self.handler = endpoint.handler
+        self.metrics = endpoint.metrics
+        self.addresses = endpoint.addresses
+        self.flusher: Flusher = endpoint.flusher
+        self.max_message = endpoint.max_frame
+        self.max_pending = endpoint.max_pending
+        self.handshake_timeout = server.handshake_timeout
+        self.websocket = server.role in ("all", "websocket")
+        self.loop = asyncio.get_running_loop()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def protocol(self) -> HeadReader:
+        return HeadReader(self)
+
+    def hand_over(self, transport: asyncio.Transport, data: bytes) -> None:
+        """Let aiohttp serve this connection from here on, starting with `data`."""
+        handler = self.http()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if data:
+            handler.data_received(data)
+
+    def upgrade(self, transport: asyncio.Transport, req: Upgrade, rest: bytes) -> None:
+        transport.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept_key(req.ws_key) + b"\r\n\r\n"
+        )
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # as aiohttp does: find peers that vanished
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        peername = transport.get_extra_info("peername")
+        peer = str(peername[0]) if isinstance(peername, list | tuple) else ""
+        ip = self.addresses.client_ip_of(peer, req.headers.get("x-forwarded-for", []))
+        query = URL.build(query_string=req.query, encoded=True).query
+        try:
+            self.addresses.admit(ip)
+            app = self.handler.check_handshake(req.app_key, query, req.header("origin"))
+        except PusherError as exc:
+            self.metrics.connections_refused += 1
+            if isinstance(exc, ConnectionUnauthorized) and "Origin" in exc.message:
+                self.metrics.refused["origin"] += 1
+            transport.write(messages.error(exc).wire + close_frame(exc.code or 4000, exc.message))
+            transport.set_protocol(Refused(transport, self.loop))
+            return
+        self.addresses.opened(ip)
+        self.endpoint.active += 1
+        conn = RawWsConnection(app, new_socket_id(), self.handler.clock(), transport, self, ip)
+        transport.set_protocol(conn)
+        conn.deliver(_OPENED)
+        if rest:
+            conn.data_received(rest)
+
+
+class HeadReader(asyncio.Protocol):
+    """A new connection until its first request head is read."""
+
+    __slots__ = ("_buf", "_srv", "_timer", "_transport")
+
+    def __init__(self, srv: RawServer) -> None:
+        self._srv = srv
+        self._buf = b""
+        self._timer: asyncio.TimerHandle | None = None
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self._timer = self._srv.loop.call_later(self._srv.handshake_timeout, self._expire)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_timer()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        client_error(self._srv.metrics, "handshake_timeout", "connection sent no request in time")
+        if self._transport is not None:
+            self._transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf + data if self._buf else data
+        transport = self._transport
+        assert transport is not None
+        srv = self._srv
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            # wait for the whole head (within the handshake timeout), unless aiohttp can
+            # judge it now: too long, bare line feeds, or not an HTTP request line at all
+            if len(buf) > MAX_HEAD or b"\n\n" in buf or not REQUEST_START_RE.match(buf):
+                self._stop_timer()
+                srv.hand_over(transport, buf)
+            else:
+                self._buf = buf
+            return
+        self._stop_timer()
+        self._buf = b""
+        req = parse_upgrade(buf[:end]) if buf.startswith(PREFIX) else None
+        if req is None:
+            srv.hand_over(transport, buf)  # the head is whole: aiohttp's timer stops at once
+        else:
+            srv.upgrade(transport, req, buf[end + 4 :])
+
+
+class Refused(asyncio.Protocol):
+    """A refused handshake: the error and close frames are written; wait for the peer's
+    close frame (any data) or the timeout, then close."""
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        loop.call_later(CLOSE_TIMEOUT, transport.abort)
+
+    def data_received(self, data: bytes) -> None:
+        self._transport.close()
+
+
+class RawWsConnection(QueuedConnection, asyncio.Protocol):
+    """One WebSocket: the transport's protocol and the handler's `Connection` at once."""
+
+    __slots__ = (
+        "_buf",
+        "_busy",
+        "_frag",
+        "_inbox",
+        "_ip",
+        "_opened",
+        "_queued",
+        "_skip",
+        "_srv",
+        "_state",
+    )
+
+    def __init__(
+        self,
+        app: App,
+        socket_id: str,
+        now: float,
+        transport: asyncio.Transport,
+        srv: RawServer,
+        ip: str,
+    ) -> None:
+        super().__init__(app, socket_id, now, transport, srv.flusher, srv.max_pending)
+        self._srv = srv
+        self._ip = ip
+        self._state = OPEN
+        self._buf: bytearray | None = None  # an incomplete frame
+        self._frag: list[Any] | None = None  # [opcode, size, part, ...] of a fragmented message
+        self._skip = 0  # payload bytes still to drop (of a frame refused while closing)
+        self._inbox: list[str | int] | None = None  # waiting while a message is handled
+        self._queued = 0  # characters of text in the inbox
+        self._busy = False  # a task is handling this socket's messages
+        self._opened = False  # the handler accepted it (on_close is due)
+
+    # Outbound ------------------------------------------------------------------------------
+    def close(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.flush()  # queued frames (e.g. the pusher:error) go out before the close frame
+        self.closed = True
+        self._start_closing(code, reason)
+
+    def _start_closing(self, code: int, reason: str) -> None:
+        if self._state != OPEN:
+            return
+        self._state = CLOSING
+        self._frag = None
+        self.deliver(_LOST)  # the session ends now (as with aiohttp), the socket a bit later
+        transport = self._transport
+        if transport.is_closing():
+            return
+        transport.write(close_frame(code, reason))
+        self._srv.loop.call_later(CLOSE_TIMEOUT, transport.abort)
+
+    def _fail(self, code: int, reason: str) -> None:
+        """A protocol error: close with `code`, drop whatever else the peer sends."""
+        self.flush()
+        self.closed = True
+        self._start_closing(code, reason)
+
+    # Inbound frames --------------------------------------------------------------------------
+    def data_received(self, data: bytes | bytearray) -> None:
+        if self._state == GONE:
+            return
+        skip = self._skip
+        if skip:
+            if len(data) <= skip:
+                self._skip = skip - len(data)
+                return
+            data = data[skip:]
+            self._skip = 0
+        buf = self._buf
+        if buf is not None:
+            buf += data
+            data = buf
+            self._buf = None
+        n = len(data)
+        pos = 0
+        while n - pos >= 2 and self._state != GONE:
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            length = b1 & 0x7F
+            hdr = 2
+            if length == 126:
+                if n - pos < 4:
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+                hdr = 4
+            elif length == 127:
+                if n - pos < 10:
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                hdr = 10
+            masked = b1 & 0x80
+            if masked:
+                hdr += 4
+            op = b0 & 0x0F
+            end = pos + hdr + length
+            if self._state == CLOSING:  # only the peer's close frame matters now
+                if op == CLOSE and length <= 125:
+                    if end > n:
+                        break
+                    self._transport.close()
+                    return
+                if end > n:
+                    self._skip = end - n
+                    return
+                pos = end
+                continue
+            error = self._check(b0, masked, op, length)
+            if error is not None:
+                self._fail(*error)
+                continue  # parsed again in the closing state: the payload is skipped
+            if end > n:
+                break
+            payload = data[pos + hdr : end]
+            if masked:
+                payload = unmask(payload, data[end - length - 4 : end - length])
+            pos = end
+            self._frame(op, b0 & 0x80, payload)
+        if pos < n and self._state != GONE:
+            rest = data[pos:]
+            self._buf = rest if isinstance(rest, bytearray) else bytearray(rest)
+
+    def _check(self, b0: int, masked: int, op: int, length: int) -> tuple[int, str] | None:
+        """Why this frame header fails the connection (close code, reason), if it does."""
+        if b0 & 0x70:
+            return 1002, "reserved bits set (no extension was negotiated)"
+        if not masked:
+            return 1002, "client frames must be masked"
+        if op >= 8:
+            if op > PONG:
+                return 1002, f"unknown opcode {op}"
+            if length > 125 or not b0 & 0x80:
+                return 1002, "control frames must be final and at most 125 bytes"
+            return None
+        if op == CONT:
+            if self._frag is None:
+                return 1002, "continuation frame without a message to continue"
+        elif op in (TEXT, BINARY):
+            if self._frag is not None:
+                return 1002, "new message before the fragmented one ended"
+        else:
+            return 1002, f"unknown opcode {op}"
+        size = length + (self._frag[1] if self._frag is not None else 0)
+        if size > self._srv.max_message:
+            return 1009, f"message larger than {self._srv.max_message} bytes"
+        return None
+
+    def _frame(self, op: int, fin: int, payload: bytes | bytearray) -> None:
+        if op in (TEXT, BINARY):
+            if fin:
+                self._message(op, payload)
+            else:
+                self._frag = [op, len(payload), payload]
+        elif op == CONT:
+            frag = self._frag
+            assert frag is not None
+            frag.append(payload)
+            frag[1] += len(payload)
+            if fin:
+                self._frag = None
+                self._message(frag[0], b"".join(frag[2:]))
+        elif op == PING:
+            if not self._transport.is_closing():
+                self._transport.write(bytes((0x8A, len(payload))) + payload)
+        elif op == CLOSE:
+            self._peer_closed(payload)
+        # PONG: nothing to do
+
+    def _message(self, op: int, payload: bytes | bytearray) -> None:
+        if op == BINARY:
+            self.deliver(_BINARY)
+            return
+        try:
+            text = payload.decode()
+        except UnicodeDecodeError:
+            self._fail(1007, "text message is not valid UTF-8")
+            return
+        metrics = self._srv.metrics
+        metrics.frames_in += 1
+        metrics.bytes_in += len(payload)
+        self.deliver(text)
+
+    def _peer_closed(self, payload: bytes | bytearray) -> None:
+        """The peer started the closing handshake: answer it and close."""
+        if len(payload) >= 2:
+            code = int.from_bytes(payload[:2], "big")
+            try:
+                bytes(payload[2:]).decode()
+                reply = code if valid_close_code(code) else 1002
+            except UnicodeDecodeError:
+                reply = 1007
+        else:
+            reply = 1000 if not payload else 1002
+        self.flush()
+        self.closed = True
+        if self._state == OPEN:
+            self._state = CLOSING
+            self.deliver(_LOST)
+        transport = self._transport
+        if not transport.is_closing():
+            transport.write(close_frame(reply, ""))
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was = self._state
+        self._state = GONE
+        self._buf = None
+        self._frag = None
+        if was == OPEN:
+            self.deliver(_LOST)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    # Handling messages, one at a time --------------------------------------------------------
+    def deliver(self, item: str | int) -> None:
+        if self._busy:
+            inbox = self._inbox
+            if inbox is None:
+                inbox = self._inbox = []
+            inbox.append(item)
+            if type(item) is str:
+                self._queued += len(item)
+                if self._queued > INBOX_HIGH and not self._transport.is_closing():
+                    self._transport.pause_reading()
+            return
+        self._busy = True
+        task = self._srv.loop.create_task(self._drive(item))
+        tasks = self._srv.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def _drive(self, item: str | int) -> None:
+        handler = self._srv.handler
+        while True:
+            try:
+                if type(item) is str:
+                    if self._opened:
+                        await handler.on_text(self, item)
+                elif item == _OPENED:
+                    await self._open()
+                elif item == _BINARY:
+                    if self._opened:
+                        handler.on_binary(self)
+                else:
+                    await self._lost()
+                    return
+            except Exception:  # one socket's failure never escapes
+                log.exception("error on connection %s", self)
+            inbox = self._inbox
+            if not inbox:
+                self._busy = False
+                return
+            item = inbox.pop(0)
+            if not inbox:
+                self._inbox = None
+            if type(item) is str:
+                was = self._queued
+                self._queued -= len(item)
+                if was > INBOX_HIGH >= self._queued and self._state == OPEN:
+                    self._transport.resume_reading()
+
+    async def _open(self) -> None:
+        srv = self._srv
+        try:
+            await srv.handler.open(self)
+        except PusherError:
+            srv.metrics.connections_refused += 1  # the handler sent the error and closed
+            return
+        except Exception:
+            log.exception("error opening connection %s", self)
+            self.close(1011, "internal error")
+            return
+        self._opened = True
+        srv.metrics.connections_opened += 1
+
+    async def _lost(self) -> None:
+        srv = self._srv
+        try:
+            if self._opened:
+                await srv.handler.on_close(self)
+        finally:
+            self.closed = True
+            self._inbox = None
+            srv.addresses.closed(self._ip)
+            srv.endpoint.active -= 1
+
+
+class RawSite(web.TCPSite):
+    """A TCPSite whose connections start with a `HeadReader` (see the module docstring)."""
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with the runner
+        runner = self._runner
+        assert isinstance(runner, web.AppRunner) and runner.server is not None
+        raw = RawServer(runner.server, runner.app[WS_ENDPOINT])
+        # role = "api": no WebSocket here, every connection is aiohttp's from the start
+        factory = raw.protocol if raw.websocket else runner.server
+        self._server = await raw.loop.create_server(
+            factory,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+        )
+        sockets = self._server.sockets
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port

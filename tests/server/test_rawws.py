@@ -1,0 +1,300 @@
+"""The raw WebSocket transport (`ws_transport = "raw"`) at the frame level, over real
+sockets against a real server: fragmentation, control frames, close codes, limits, and
+every other request handed to aiohttp on the same connection. (The rest of the suite runs
+against either transport: `PUSHWIRE_WS_TRANSPORT=raw pytest`.)"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import struct
+
+import aiohttp
+import orjson
+import pytest
+
+from pushwire.config import ConfigError, load
+from tests.conftest import TIMEOUT, start_server
+from tests.server.helpers import Client
+
+CONFIG = """
+[server]
+host = "127.0.0.1"
+port = 0
+handshake_timeout = 1.0
+max_frame_size = 1000
+ws_transport = "raw"
+
+[[apps]]
+id = "app-id"
+key = "app-key"
+secret = "app-secret"
+"""
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    s = start_server(tmp_path_factory.mktemp("rawws"), CONFIG)
+    yield s
+    s.stop()
+    text = s.log_text()
+    assert "Traceback" not in text, text[-3000:]
+
+
+def frame(op: int, payload: bytes, fin: bool = True, mask: bool = True) -> bytes:
+    n = len(payload)
+    b0 = (0x80 if fin else 0) | op
+    if n < 126:
+        head = bytes((b0, (0x80 if mask else 0) | n))
+    elif n < 65536:
+        head = struct.pack("!BBH", b0, (0x80 if mask else 0) | 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, (0x80 if mask else 0) | 127, n)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+class Raw:
+    """A WebSocket client written by hand, to send what libraries refuse to."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, port: int, path: str = "/app/app-key?protocol=7") -> Raw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        return cls(reader, writer)
+
+    async def recv(self) -> tuple[int, bytes]:
+        async with asyncio.timeout(TIMEOUT):
+            b0, b1 = await self.reader.readexactly(2)
+            n = b1 & 0x7F
+            if n == 126:
+                (n,) = struct.unpack("!H", await self.reader.readexactly(2))
+            elif n == 127:
+                (n,) = struct.unpack("!Q", await self.reader.readexactly(8))
+            assert not b1 & 0x80, "server frames are not masked"
+            return b0 & 0x0F, await self.reader.readexactly(n)
+
+    async def event(self) -> dict:
+        op, payload = await self.recv()
+        assert op == 1, (op, payload)
+        return orjson.loads(payload)
+
+    async def close_code(self) -> int:
+        """Read until the server's close frame; its code."""
+        while True:
+            op, payload = await self.recv()
+            if op == 8:
+                return struct.unpack("!H", payload[:2])[0]
+
+    async def eof(self) -> bool:
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                return await self.reader.read() == b""
+        except ConnectionResetError:
+            return True
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def aclose(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+async def opened(port: int) -> Raw:
+    c = await Raw.connect(port)
+    assert (await c.event())["event"] == "pusher:connection_established"
+    return c
+
+
+async def test_fragments_with_a_ping_between_them(srv):
+    c = await opened(srv.port)
+    msg = b'{"event":"pusher:ping","data":{}}'
+    c.send(frame(1, msg[:5], fin=False))
+    c.send(frame(9, b"are you there"))
+    c.send(frame(0, msg[5:12], fin=False))
+    c.send(frame(0, msg[12:]))
+    assert await c.recv() == (10, b"are you there")  # the pong comes first
+    assert (await c.event())["event"] == "pusher:pong"
+    await c.aclose()
+
+
+async def test_messages_are_handled_in_order(srv):
+    c = await opened(srv.port)
+    names = [f"order-{i}" for i in range(40)]
+    c.send(
+        b"".join(
+            frame(1, orjson.dumps({"event": "pusher:subscribe", "data": {"channel": n}}))
+            for n in names
+        )
+    )
+    got = [(await c.event())["channel"] for _ in names]
+    assert got == names
+    await c.aclose()
+
+
+async def test_binary_frame_is_a_pusher_error(srv):
+    c = await opened(srv.port)
+    c.send(frame(2, b"\x00\x01"))
+    ev = await c.event()
+    assert ev["event"] == "pusher:error" and orjson.loads(orjson.dumps(ev["data"]))["code"] == 4300
+    await c.aclose()
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (frame(1, b'{"event":"x"}', mask=False), 1002),  # client frames must be masked
+        (frame(1, b"\xff\xfe not utf-8"), 1007),
+        (frame(0, b"x"), 1002),  # a continuation of nothing
+        (frame(1, b"a", fin=False) + frame(1, b"b"), 1002),  # a new message mid-message
+        (frame(5, b""), 1002),  # unknown opcode
+        (frame(9, b"x" * 126), 1002),  # control frames are short
+        (bytes((0xC1, 0x80)) + b"\0\0\0\0", 1002),  # RSV1 without an extension
+        (frame(1, b"x" * 1001), 1009),  # max_frame_size = 1000
+        (frame(1, b"x" * 600, fin=False) + frame(0, b"x" * 600), 1009),  # the message counts
+    ],
+)
+async def test_protocol_errors_close_with_their_code(srv, data, code):
+    c = await opened(srv.port)
+    c.send(data)
+    assert await c.close_code() == code
+    c.send(frame(8, struct.pack("!H", 1000)))  # our side of the closing handshake
+    assert await c.eof()
+    await c.aclose()
+
+
+async def test_oversized_frame_is_skipped_not_buffered(srv):
+    c = await opened(srv.port)
+    c.send(frame(1, b"x" * 300_000))  # the server answers 1009 and reads on past it
+    assert await c.close_code() == 1009
+    c.send(frame(8, struct.pack("!H", 1000)))
+    assert await c.eof()
+    await c.aclose()
+
+
+async def test_exactly_max_frame_size_is_accepted(srv):
+    c = await opened(srv.port)
+    c.send(frame(1, b" " * 1000))
+    ev = await c.event()
+    assert ev["event"] == "pusher:error"  # not JSON, but not too large either
+    await c.aclose()
+
+
+async def test_client_close_is_echoed_and_the_socket_closed(srv):
+    c = await opened(srv.port)
+    c.send(frame(8, struct.pack("!H", 4321) + b"bye"))
+    assert await c.close_code() == 4321
+    assert await c.eof()
+    await c.aclose()
+    c = await opened(srv.port)
+    c.send(frame(8, struct.pack("!H", 1005)))  # not a code one may send
+    assert await c.close_code() == 1002
+    await c.aclose()
+
+
+async def test_refused_handshake_waits_for_the_close_reply(srv):
+    c = await Raw.connect(srv.port, "/app/nope?protocol=7")
+    assert (await c.event())["event"] == "pusher:error"
+    assert await c.close_code() == 4001
+    c.send(frame(8, struct.pack("!H", 4001)))
+    assert await c.eof()
+    await c.aclose()
+
+
+async def test_frames_sent_with_the_handshake_are_read(srv):
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET /app/app-key?protocol=7 HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\n"
+        f"Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        f"Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        + frame(1, b'{"event":"pusher:ping","data":{}}')
+    )
+    await reader.readuntil(b"\r\n\r\n")
+    c = Raw(reader, writer)
+    assert (await c.event())["event"] == "pusher:connection_established"
+    assert (await c.event())["event"] == "pusher:pong"
+    await c.aclose()
+
+
+async def test_other_requests_are_aiohttps_on_the_same_port(srv):
+    async with aiohttp.ClientSession() as s:
+        async with s.get(srv.http + "/up") as r:
+            assert r.status == 200
+        async with s.get(srv.http + "/app/app-key?protocol=7") as r:  # not an upgrade
+            assert r.status == 400
+            assert "only speaks WebSocket" in (await r.json())["error"]
+        async with s.get(srv.http + "/nothing-here") as r:
+            assert r.status == 404
+        # a keep-alive connection that served a request can still upgrade (through aiohttp)
+        async with s.get(srv.http + "/up") as r:
+            await r.read()
+        ws = await s.ws_connect(srv.http + "/app/app-key?protocol=7")
+        msg = await ws.receive(timeout=TIMEOUT)
+        assert "connection_established" in msg.data
+        await ws.close()
+
+
+async def test_pipelined_requests_are_all_answered(srv):
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    writer.write(b"GET /up HTTP/1.1\r\nHost: x\r\n\r\nGET /up HTTP/1.1\r\nHost: x\r\n\r\n")
+    body = b""
+    async with asyncio.timeout(TIMEOUT):
+        while body.count(b"HTTP/1.1 200") < 2:
+            body += await reader.read(4096)
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_malformed_request_gets_400_at_once(srv):
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    try:
+        writer.write(b"\x16\x03\x01\x02\x00garbage")  # e.g. TLS spoken to a plain port
+        async with asyncio.timeout(0.9):  # before the handshake timeout
+            head = await reader.read(4096)
+        assert b" 400 " in head.split(b"\r\n")[0], head
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_partial_head_is_closed_after_the_handshake_timeout(srv):
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    writer.write(b"GET /app/app-key?protocol=7 HTTP/1.1\r\nHost: x\r\n")
+    async with asyncio.timeout(3.0):
+        with contextlib.suppress(ConnectionResetError):
+            assert await reader.read() == b""
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_library_client_round_trip(srv):
+    c = await Client.connect(srv.ws_url())
+    ev = await c.subscribe("plain")
+    assert ev["event"] == "pusher_internal:subscription_succeeded"
+    await c.close()
+
+
+def test_ws_transport_is_checked(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[server]\nws_transport = "fast"\n')
+    with pytest.raises(ConfigError, match="ws_transport"):
+        load(str(cfg), env={})
+    cfg.write_text('[server]\nws_transport = "raw"\n')
+    assert load(str(cfg), env={}).server.ws_transport == "raw"
+    assert load(None, env={"PUSHWIRE_WS_TRANSPORT": "raw"}).server.ws_transport == "raw"
