@@ -128,7 +128,14 @@ class LoadGen:
                     st = self.report()
                     raise TimeoutError(
                         "not all subscribed: "
-                        + ", ".join(f"{s['subscribed']}/{s['conns']}" for s in st)
+                        + ", ".join(
+                            f"{s['subscribed']}/{s['conns']} (pending {s['pending']}, retrying "
+                            f"{s['waiting_retry']}, connect errors {s['connect_errors']}, "
+                            f"handshake errors {s['handshake_errors']}, disconnects "
+                            f"{s['disconnects']}, close codes {s['close_codes']}, errors "
+                            f"{s['error_codes']})"
+                            for s in st
+                        )
                     ) from None
                 if d["type"] == "subscribed":
                     lines.append(d)
@@ -442,14 +449,37 @@ def start_pushwire(port: int, config: str | None = None) -> Server:
 
 
 def start_soketi_server(port: int) -> Server:
-    pid = start_soketi(port)
-    return Server("soketi", port, pid)
+    """soketi 1.6.1 as installed by /work/shared/peers/soketi/start.sh, with that script's
+    config.json except: user authentication off (the peer config turns it on, and soketi then
+    closes every socket that has not signed in after 30 s with 4009; Pushwire's default is
+    off too) and its metrics/usage port moved next to `port` (default 9601 is shared)."""
+    d = Path(os.environ.get("SOKETI_DIR") or Path(tempfile.gettempdir()) / "soketi-baseline")
+    binary = d / "node_modules" / ".bin" / "soketi"
+    if not binary.exists():  # install through the peer script once, then stop what it started
+        pid = start_soketi(port)
+        Server("soketi", port, pid).stop()
+    peer = ROOT.parent / "shared" / "peers" / "soketi" / "config.json"
+    cfg = json.loads(peer.read_text())
+    cfg["port"] = port
+    cfg["metrics.port"] = port + 50
+    for a in cfg.get("appManager.array.apps", []):
+        a["enableUserAuthentication"] = False
+    fd, path = tempfile.mkstemp(prefix="soketi-scale-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(cfg, f)
+    with open(d / "soketi-scale.log", "ab") as log:
+        p = subprocess.Popen(
+            [str(binary), "start", f"--config={path}"], cwd=d, stdout=log, stderr=log
+        )
+    wait_port(port, 120)
+    return Server("soketi", port, p.pid, p, path)
 
 
 def restart(server: Server) -> Server:
     """Start the same server again on the same port (after stop())."""
     if server.name == "pushwire":
         return start_pushwire(server.port, server.config)
+    with_suppress_unlink(server.config or "")
     return start_soketi_server(server.port)
 
 

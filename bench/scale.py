@@ -143,6 +143,7 @@ def connect_run(name: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
             "gen_util_max": round(gen_max, 2),
             "gen_rss_kb_per_conn": round(sum(d["rss_kb"] for d in lines) / n, 2),
             "machine_util": round((m1 - m0) / wall, 2),
+            "others_util": round((m1 - m0 - (cpu1 - cpu0) - sum(gen_cpu)) / wall, 2),
             "saturated": saturation(server_util, gen_max, 0.0, (m1 - m0) / wall),
         }
     finally:

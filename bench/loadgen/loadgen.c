@@ -100,6 +100,8 @@ static int64_t t_first_connect, t_last_sub, t_all_sub;
 static uint64_t connect_errors, handshake_errors, disconnects, sub_errors, pings, retries;
 static uint64_t closed_42xx, other_closes, reconnects, resubscribed;
 static int64_t t_first_close, t_last_resub;
+static uint64_t close_codes[5000]; /* sockets lost, by close code (0: no close frame) */
+static uint64_t error_codes[5000]; /* pusher:error frames, by code */
 static uint64_t w_frames, w_events, w_other, w_bytes;
 static int64_t w_start;
 static double w_cpu0_user, w_cpu0_sys;
@@ -294,6 +296,7 @@ static void lost(struct conn *c, int code) {
     if (c->in_cap > 4096) { free(c->in); c->in = NULL; c->in_cap = 0; }
     if (was == ST_SUBSCRIBED) subscribed--;
     else if (was >= ST_CONNECTING && was < ST_SUBSCRIBED) pending--;
+    if (code >= 0 && code < 5000) close_codes[code]++;
     int now42 = (code >= 4200 && code < 4300) || c->got_4200;
     if (now42) {
         closed_42xx++;
@@ -384,6 +387,7 @@ static void on_text(struct conn *c, const char *p, uint32_t n) {
         sub_errors++;
     } else if (memmem(p, n, "pusher:error", 12)) {
         int code = parse_code(p, n);
+        if (code >= 0 && code < 5000) error_codes[code]++;
         if (code >= 4200 && code < 4300) c->got_4200 = 1;
     }
 }
@@ -554,7 +558,21 @@ static void report(const char *type) {
                (unsigned long long)hist[i]);
         first = 0;
     }
-    printf("]}}\n");
+    printf("]},\"close_codes\":{");
+    first = 1;
+    for (int i = 0; i < 5000; i++) {
+        if (!close_codes[i]) continue;
+        printf("%s\"%d\":%llu", first ? "" : ",", i, (unsigned long long)close_codes[i]);
+        first = 0;
+    }
+    printf("},\"error_codes\":{");
+    first = 1;
+    for (int i = 0; i < 5000; i++) {
+        if (!error_codes[i]) continue;
+        printf("%s\"%d\":%llu", first ? "" : ",", i, (unsigned long long)error_codes[i]);
+        first = 0;
+    }
+    printf("}}\n");
     fflush(stdout);
 }
 
