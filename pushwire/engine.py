@@ -50,6 +50,7 @@ from .cluster.base import (
     Joined,
     Left,
     Liveness,
+    NotRegistered,
     PartialDelivery,
     Position,
     Unavailable,
@@ -731,13 +732,19 @@ class Engine:
             return
         # A channel with history: this node's sockets get the event from the bus's echo, with
         # its position, in the order the store appended it (never ahead of an earlier event
-        # another node published). When it was not published at all, they get it now,
+        # another node published). When it is sure not to be appended (the store is known to
+        # be unreachable, this node is not registered, the cluster resyncs), they get it now,
         # without a position: local knowledge, as for any decision the store cannot confirm.
+        # Any other failure may have come after the store appended it (a lost reply): then
+        # the echo delivers it, and a local copy would be a duplicate.
+        if not self.ready:
+            self.hub.broadcast(app, channel, msg, except_socket_id)
+            self._dirty = True
+            raise Unavailable("the shared store is unreachable: this node's sockets only")
         try:
             await self._publish(topic, bm, strict=True, history=policy)
-        except Unavailable as exc:
-            if not isinstance(exc, PartialDelivery) or isinstance(exc, Resyncing):
-                self.hub.broadcast(app, channel, msg, except_socket_id)
+        except (Resyncing, NotRegistered):
+            self.hub.broadcast(app, channel, msg, except_socket_id)
             raise
 
     async def history(

@@ -59,6 +59,9 @@ class Channel:
     since: dict[str, int] = field(default_factory=dict)  # presence: socket -> snapshot version
     versions: dict[str, int] = field(default_factory=dict)  # presence: user -> last applied
     positioned: set[str] | None = None  # sockets that get history positions (made on demand)
+    # positioned socket -> the position its recovery ended at, until an event past it: an
+    # event the store appended before the recovery read can reach this node after it
+    floor: dict[str, Position] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -138,7 +141,9 @@ class Hub:
         for v, msg, except_sid, about, pos in held:
             if v == 0:
                 if pos is not None and positioned:
-                    if after is None or pos.epoch != after.epoch or pos.offset > after.offset:
+                    # at or before its recovery's end: sent already; another epoch: the one
+                    # its recovery read replaced
+                    if after is None or (pos.epoch == after.epoch and pos.offset > after.offset):
                         if except_sid == sid:
                             conn.send(messages.position_only(name, pos))
                         else:
@@ -152,6 +157,8 @@ class Hub:
             if ch.positioned is None:
                 ch.positioned = set()
             ch.positioned.add(sid)
+            if after is not None:
+                ch.floor[sid] = after
         if user_id is not None:
             ch.since[sid] = version
             m = ch.members.get(user_id)
@@ -173,6 +180,7 @@ class Hub:
         ch.since.pop(sid, None)
         if ch.positioned is not None:
             ch.positioned.discard(sid)
+            ch.floor.pop(sid, None)
         if user_id is not None and was_subscriber:
             m = ch.members.get(user_id)
             if m is not None:
@@ -203,7 +211,13 @@ class Hub:
         positioned = ch.positioned
         if position is not None and positioned:
             ext = messages.positioned(msg, position)
+            floor = ch.floor
             for sid, conn in ch.subscribers.items():
+                if floor and sid in floor:
+                    f = floor[sid]
+                    if f.epoch == position.epoch and position.offset <= f.offset:
+                        continue  # sent with its recovery already
+                    del floor[sid]  # delivery is in store order: nothing older comes now
                 if sid != except_socket_id:
                     conn.send(ext if sid in positioned else msg)
                     n += 1

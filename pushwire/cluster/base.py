@@ -221,7 +221,8 @@ class Broker(Protocol):
     ) -> HistoryPage:
         """The kept events of `topic`: the first `limit` after offset `since`, or the last
         `limit` when `since` is None. Creates the topic's epoch if it has none (a client told
-        it now can recover from offset 0 later). Raises Unavailable."""
+        it now can recover from offset 0 later), kept `policy.ttl` unless a publish keeps it
+        longer. Raises Unavailable."""
 
 
 # Cluster state ------------------------------------------------------------------------------

@@ -65,7 +65,6 @@ class Backplane:
         self.rates: dict[str, tuple[int, float]] = {}  # rate counter -> (total, expiry)
         self.version = 0
         self.histories: dict[str, _History] = {}
-        self._histories_swept = 0
         self.unreachable: set[str] = set()
         # tests: state and bus calls yield to the loop before and after, a random number of
         # times, like requests and replies over a network (None: they don't)
@@ -94,12 +93,20 @@ class Backplane:
             h = None  # idle past its retention: a new epoch
         if h is None:
             h = self.histories[topic] = _History(secrets.token_hex(6))
-            h.kept_until = now + max(policy.meta_ttl, policy.ttl)
-            if len(self.histories) > 2 * self._histories_swept + 1000:
-                self.histories = {t: x for t, x in self.histories.items() if x.kept_until > now}
-                self._histories_swept = len(self.histories)
+            # made by a read: kept as long as an event would be (a publish keeps it longer),
+            # so subscribes to channels nobody publishes on leave nothing for long
+            h.kept_until = now + policy.ttl
         h.trim(now, policy.size)
         return h
+
+    def sweep_history(self) -> None:
+        """Free expired events and histories past their retention (each heartbeat)."""
+        now = self.clock()
+        for topic, h in list(self.histories.items()):
+            if h.kept_until <= now:
+                del self.histories[topic]
+            elif h.events and h.events[0][1] <= now:
+                h.trim(now, len(h.events))
 
     def append_history(self, topic: str, payload: bytes, policy: HistoryPolicy) -> Position:
         h = self._history(topic, policy)
@@ -579,6 +586,7 @@ class MemoryLiveness:
     async def beat(self) -> Heartbeat:
         plane = self.plane
         plane.check(self.node, registered=False)
+        plane.sweep_history()
         now = plane.clock()
         registered = self.node in plane.nodes
         if registered:

@@ -232,14 +232,17 @@ async def test_flushed_store_gives_a_new_epoch_and_recovery_failed(tmp_path):
         client = aioredis.Redis(port=server.port)
         await client.flushall()
         await client.aclose()
+        # the nodes refuse (503) until they resynced; the client may be back before "new" is
+        # accepted (then it gets it live) or after (then it is not replayed)
         await trigger(pa, "room-flush", "new")
         await rec.wait_for(1, "failed")
-        assert rec.outcomes == ["failed"] and rec.data() == ["old"]  # nothing replayed
-        position = rec.client.channels["room-flush"].position
-        assert position is not None and epoch is not None and position[0] != epoch[0]
         await trigger(pa, "room-flush", "after")
         await rec.wait_for(2)
-        assert rec.data() == ["old", "after"]
+        await asyncio.sleep(0.3)
+        assert rec.outcomes == ["failed"]
+        assert rec.data() in (["old", "after"], ["old", "new", "after"])
+        position = rec.client.channels["room-flush"].position
+        assert position is not None and epoch is not None and position[0] != epoch[0]
     finally:
         if rec is not None:
             await rec.close()

@@ -434,7 +434,6 @@ class RedisBroker:
             "" if since is None else since,
             limit,
             to_ms(policy.ttl),
-            to_ms(max(policy.meta_ttl, policy.ttl)),
         )
         epoch, top, complete = as_str(reply[0]), int(reply[1]), bool(int(reply[2]))
         events = [

@@ -1,6 +1,7 @@
 -- ARGV[3] topic, ARGV[4] offset to read after ('' for the last events), ARGV[5] limit,
--- ARGV[6] ttl ms (older entries count as gone), ARGV[7] meta ttl ms.
--- Creates the topic's epoch when it has none. Returns {epoch, top, complete (0/1),
+-- ARGV[6] ttl ms (older entries count as gone).
+-- Creates the topic's epoch when it has none, kept only as long as an event would be (a
+-- publish keeps it for the meta ttl). Returns {epoch, top, complete (0/1),
 -- offset1, data1, time1, offset2, ...} in ascending offsets.
 local topic = ARGV[3]
 local meta, stream = K_histm(topic), K_hist(topic)
@@ -9,7 +10,7 @@ if not epoch then
   redis.call('DEL', stream)
   epoch = new_epoch()
   redis.call('HSET', meta, 'epoch', epoch, 'top', 0)
-  redis.call('PEXPIRE', meta, ARGV[7])
+  redis.call('PEXPIRE', meta, ARGV[6])
 end
 local top = tonumber(redis.call('HGET', meta, 'top') or '0')
 local limit = tonumber(ARGV[5])
