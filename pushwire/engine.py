@@ -592,7 +592,10 @@ class Engine:
             if since is None:
                 page = await self.history(app, name, None, 0)
             else:
-                page = await self.history(app, name, since.offset, app.history_size)
+                # more than half of what a socket may hold unsent would close it as a slow
+                # consumer: not read at all (a subscribe must not make the server read MBs)
+                budget = self.config.server.max_pending_bytes // 2
+                page = await self.history(app, name, since.offset, app.history_size, budget)
         if page is None:
             asked = None if since is None else False  # no history here, or the store is down
             return [messages.recovery_receipt(succeeded, None, asked)], None
@@ -603,8 +606,6 @@ class Engine:
             page.complete
             and top.epoch == since.epoch
             and len(page.events) == top.offset - since.offset
-            # what would close the socket as a slow consumer is not recovery either
-            and sum(len(e.payload) for e in page.events) * 2 < self.config.server.max_pending_bytes
         )
         frames = []
         if recovered:
@@ -748,15 +749,16 @@ class Engine:
             raise
 
     async def history(
-        self, app: App, channel: str, since: int | None, limit: int
+        self, app: App, channel: str, since: int | None, limit: int, max_bytes: int = 0
     ) -> HistoryPage | None:
         """The kept events of `channel` (see Broker.history); None when it keeps no history.
         Raises Unavailable."""
         policy = app.history_policy(channel)
         if policy is None:
             return None
+        topic = channel_topic(app.id, channel)
         try:
-            return await self.broker.history(channel_topic(app.id, channel), since, limit, policy)
+            return await self.broker.history(topic, since, limit, policy, max_bytes)
         except Unavailable as exc:
             self._unavailable("history", exc)
             raise

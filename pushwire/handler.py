@@ -364,7 +364,7 @@ class PusherHandler:
             await self.engine.publish(app, channel, out, conn.socket_id)
         except Unavailable:
             raise errors.ClientEventRejected(
-                "Client event reached this server's subscribers only: the cluster bus is "
+                "Client event not confirmed on every server: the cluster bus or store is "
                 "unavailable"
             ) from None
         if self.monitor.active:

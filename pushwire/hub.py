@@ -132,8 +132,10 @@ class Hub:
         then what was published meanwhile, and make it a subscriber. `positioned`: the socket
         gets history positions; events at or before `after` (sent with the receipts, or older
         than the position its subscription_succeeded told it) are not sent again."""
-        ch = self.state(conn.app).channels[name]
-        held = ch.pending.pop(conn.socket_id, [])
+        ch = self.state(conn.app).channels.get(name)
+        if ch is None or conn.socket_id not in ch.pending:  # it left while it waited (stop)
+            return
+        held = ch.pending.pop(conn.socket_id)
         sid = conn.socket_id
         user_id = conn.channels.get(name)
         for msg in receipts:

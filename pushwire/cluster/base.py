@@ -217,12 +217,19 @@ class Broker(Protocol):
         """None without `history`; raises Unavailable (see above)."""
 
     async def history(
-        self, topic: str, since: int | None, limit: int, policy: HistoryPolicy
+        self,
+        topic: str,
+        since: int | None,
+        limit: int,
+        policy: HistoryPolicy,
+        max_bytes: int = 0,
     ) -> HistoryPage:
         """The kept events of `topic`: the first `limit` after offset `since`, or the last
-        `limit` when `since` is None. Creates the topic's epoch if it has none (a client told
-        it now can recover from offset 0 later), kept `policy.ttl` unless a publish keeps it
-        longer. Raises Unavailable."""
+        `limit` when `since` is None; with `max_bytes`, no more payload bytes than that
+        (the first or the last ones; cut short, a page after `since` is not complete).
+        Creates the topic's epoch if it has none (a client told it now can recover from
+        offset 0 later), kept `policy.ttl` unless a publish keeps it longer. Raises
+        Unavailable."""
 
 
 # Cluster state ------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import random
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -118,9 +118,9 @@ class Backplane:
         return Position(h.epoch, h.top)
 
     def history_page(
-        self, topic: str, since: int | None, limit: int, policy: HistoryPolicy
+        self, topic: str, since: int | None, limit: int, policy: HistoryPolicy, max_bytes: int
     ) -> HistoryPage:
-        return self._history(topic, policy).page(since, limit)
+        return self._history(topic, policy).page(since, limit, max_bytes)
 
     def save_history(self, path: str) -> int:
         """Write every kept history to `path` (JSON, replaced atomically), so a single node
@@ -267,10 +267,15 @@ class MemoryBroker:
 
     @_round_trip
     async def history(
-        self, topic: str, since: int | None, limit: int, policy: HistoryPolicy
+        self,
+        topic: str,
+        since: int | None,
+        limit: int,
+        policy: HistoryPolicy,
+        max_bytes: int = 0,
     ) -> HistoryPage:
         self.plane.check(self.node)
-        return self.plane.history_page(topic, since, limit, policy)
+        return self.plane.history_page(topic, since, limit, policy, max_bytes)
 
 
 class _History:
@@ -289,16 +294,29 @@ class _History:
         while ev and (len(ev) > size or ev[0][1] <= now):
             ev.popleft()
 
-    def page(self, since: int | None, limit: int) -> HistoryPage:
+    def page(self, since: int | None, limit: int, max_bytes: int) -> HistoryPage:
         kept = [e for e, _ in self.events]
         if since is None:
-            events = kept[-limit:] if limit > 0 else []
+            events = _within(reversed(kept[-limit:] if limit > 0 else []), max_bytes)[0]
+            events.reverse()
             complete = True
         else:
             first = kept[0].offset if kept else self.top + 1
-            events = [e for e in kept if e.offset > since][:limit]
-            complete = first - 1 <= since <= self.top
+            events, cut = _within([e for e in kept if e.offset > since][:limit], max_bytes)
+            complete = not cut and first - 1 <= since <= self.top
         return HistoryPage(Position(self.epoch, self.top), events, complete)
+
+
+def _within(events: Iterable[HistoryEvent], max_bytes: int) -> tuple[list[HistoryEvent], bool]:
+    """The leading `events` whose payloads fit in `max_bytes` (0: all); and whether cut."""
+    out: list[HistoryEvent] = []
+    total = 0
+    for e in events:
+        total += len(e.payload)
+        if max_bytes and total > max_bytes:
+            return out, True
+        out.append(e)
+    return out, False
 
 
 class MemoryState:

@@ -618,6 +618,21 @@ async def test_history_read(backend_factory: Cluster) -> None:
 
 
 @bounded()
+async def test_history_read_stops_at_max_bytes(backend_factory: Cluster) -> None:
+    a = await backend_factory.add("a")
+    policy = HistoryPolicy(size=100, ttl=60)
+    topic = channel_topic(APP, "h4")
+    for i in range(10):
+        await a.broker.publish(topic, chmsg("h4", b"%03d" % i), policy)  # 3 bytes each
+    page = await a.broker.history(topic, 0, 100, policy, max_bytes=10)
+    assert [e.payload for e in page.events] == [b"000", b"001", b"002"] and not page.complete
+    full = await a.broker.history(topic, 0, 100, policy, max_bytes=30)
+    assert len(full.events) == 10 and full.complete
+    latest = await a.broker.history(topic, None, 100, policy, max_bytes=10)
+    assert [e.payload for e in latest.events] == [b"007", b"008", b"009"]
+
+
+@bounded()
 async def test_history_expires(backend_factory: Cluster) -> None:
     a = await backend_factory.add("a")
     policy = HistoryPolicy(size=5, ttl=0.3, meta_ttl=30)

@@ -426,7 +426,12 @@ class RedisBroker:
         return await asyncio.shield(out.done)
 
     async def history(
-        self, topic: str, since: int | None, limit: int, policy: HistoryPolicy
+        self,
+        topic: str,
+        since: int | None,
+        limit: int,
+        policy: HistoryPolicy,
+        max_bytes: int = 0,
     ) -> HistoryPage:
         reply = await self._scripts.run(
             "history",
@@ -434,6 +439,7 @@ class RedisBroker:
             "" if since is None else since,
             limit,
             to_ms(policy.ttl),
+            max_bytes,
         )
         epoch, top, complete = as_str(reply[0]), int(reply[1]), bool(int(reply[2]))
         events = [
