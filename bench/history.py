@@ -63,7 +63,8 @@ def subscriber_proc(*args: Any) -> None:
 
 
 async def _subscribers(
-    url: str, n: int, index: int, positioned: bool, ctl: Any, out: Any, expected: int
+    url: str, n: int, index: int, positioned: bool, ctl: Any, out: Any, expected: int,
+    inflight: int,
 ) -> None:
     """Connect `n` sockets and subscribe. Commands from `ctl`: "count" (receive `expected`
     events each, report latencies and CPU), "close" (close them all), "storm" (reconnect all
@@ -121,15 +122,19 @@ async def _subscribers(
     socks: list[Sock] = []
 
     async def open_all() -> None:
+        """Connect every socket, `inflight` handshakes at a time (a storm, not a queue)."""
         nonlocal socks
         fresh = socks or [Sock() for _ in range(n)]
-        for i, s in enumerate(fresh):
+        gate = asyncio.Semaphore(inflight)
+
+        async def one(i: int, s: Sock) -> None:
             s.ready = loop.create_future()
             s.events = 0
             src = f"127.0.{(index % 200) + 20}.{(i // 20000) + 1}"
-            await ws_connect(lambda s=s: s, url, local_addr=(src, 0))
-            if i % 100 == 99:
-                await asyncio.sleep(0)
+            async with gate:
+                await ws_connect(lambda: s, url, local_addr=(src, 0))
+
+        await asyncio.gather(*(one(i, s) for i, s in enumerate(fresh)))
         socks = fresh
         await asyncio.gather(*(s.ready for s in socks))
 
@@ -171,7 +176,9 @@ async def _subscribers(
 
 
 class Subscribers:
-    def __init__(self, port: int, n: int, procs: int, positioned: bool, expected: int) -> None:
+    def __init__(
+        self, port: int, n: int, procs: int, positioned: bool, expected: int, inflight: int = 64
+    ) -> None:
         ctx = mp.get_context("spawn")
         self.out = ctx.Queue()
         self.ctls = [ctx.Queue() for _ in range(procs)]
@@ -180,7 +187,7 @@ class Subscribers:
         self.procs = [
             ctx.Process(
                 target=subscriber_proc,
-                args=(url, k, i, positioned, self.ctls[i], self.out, expected),
+                args=(url, k, i, positioned, self.ctls[i], self.out, expected, inflight),
             )
             for i, k in enumerate(per)
         ]
@@ -252,7 +259,7 @@ def storm_run(args: argparse.Namespace, redis_url: str = "") -> dict[str, Any]:
     server = start_pushwire(port, config(port, max(100, args.storm_events), redis_url))
     try:
         t = time.monotonic()
-        subs = Subscribers(port, args.storm, args.procs, True, args.storm_events)
+        subs = Subscribers(port, args.storm, args.procs, True, args.storm_events, args.inflight)
         connect_s = time.monotonic() - t
         subs.command("close")
         subs.gather("closed")
@@ -303,6 +310,7 @@ def main() -> None:
     ap.add_argument("--storm", type=int, default=10000, help="clients of the storm (0: none)")
     ap.add_argument("--storm-events", type=int, default=20)
     ap.add_argument("--procs", type=int, default=4)
+    ap.add_argument("--inflight", type=int, default=64, help="handshakes in flight per process")
     ap.add_argument("--port", type=int, default=6151)
     ap.add_argument("--cluster", action="store_true", help="also the storm over Redis")
     args = ap.parse_args()
