@@ -44,7 +44,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.fanout import start_soketi, wait_port  # noqa: E402
+from bench.fanout import wait_port  # noqa: E402
 
 KEY = "app-key"
 PER_PROC_MAX = 9_000  # sockets per client process (fd limit 20,000; one source address each)
@@ -399,11 +399,15 @@ def main() -> None:
                 proc.wait(60)
         time.sleep(1.0)
     if args.soketi:
-        pid = start_soketi(args.soketi_port)
+        # the peer's config with user authentication off (else soketi closes every socket
+        # that has not signed in after 30 s), as bench/scale.py starts it
+        from bench.common import start_soketi_server
+
+        soketi = start_soketi_server(args.soketi_port)
         try:
-            rows += measure("soketi", args.soketi_port, pid, steps, args)
+            rows += measure("soketi", args.soketi_port, soketi.pid, steps, args)
         finally:
-            os.kill(pid, signal.SIGTERM)
+            soketi.stop()
     print("\n| server | connections | RSS before | RSS after | KB per connection |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for r in rows:

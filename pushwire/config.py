@@ -162,8 +162,8 @@ class ServerConfig:
     role: str = "all"  # all | websocket | api
     workers: int = 1  # processes sharing the port (SO_REUSEPORT); > 1 needs [cluster]
     # WebSocket transport: "raw" (an asyncio.Protocol of our own, ~2 KB per idle socket) or
-    # "aiohttp" (aiohttp's WebSocketResponse, ~15 KB); other HTTP is aiohttp's either way
-    ws_transport: str = "aiohttp"
+    # "aiohttp" (aiohttp's WebSocketResponse, ~15.5 KB); other HTTP is aiohttp's either way
+    ws_transport: str = "raw"
 
 
 @dataclass(frozen=True)

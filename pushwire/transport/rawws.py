@@ -396,9 +396,11 @@ class RawWsConnection(QueuedConnection, asyncio.Protocol):
                 payload = unmask(payload, data[end - length - 4 : end - length])
             pos = end
             self._frame(op, b0 & 0x80, payload)
-        if pos < n and self._state != GONE:
-            rest = data[pos:]
-            self._buf = rest if isinstance(rest, bytearray) else bytearray(rest)
+        if pos < n and self._state != GONE:  # an incomplete frame (at most a message long)
+            if pos == 0 and isinstance(data, bytearray):
+                self._buf = data
+            else:
+                self._buf = bytearray(data[pos:])
 
     def _check(self, b0: int, masked: int, op: int, length: int) -> tuple[int, str] | None:
         """Why this frame header fails the connection (close code, reason), if it does."""

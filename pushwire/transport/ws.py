@@ -1,5 +1,9 @@
 """WebSocket transport on aiohttp: the `/app/{key}` endpoint and coalesced writes.
 
+`ws_transport = "aiohttp"` serves sockets here; the default, `"raw"` (`rawws.py`), serves them
+on its own protocol but shares this module's `Flusher`, `QueuedConnection` (the send path),
+`AddressLimits` and the `WsEndpoint`'s counters.
+
 Why writes look like this: on these machines broadcast fan-out is bound by the kernel's cost
 per write, so a socket's frames that become pending within one event-loop tick are joined and
 written with one `transport.write` (5-7x the messages/s of one write per message). Frames are

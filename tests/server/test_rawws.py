@@ -298,3 +298,38 @@ def test_ws_transport_is_checked(tmp_path):
     cfg.write_text('[server]\nws_transport = "raw"\n')
     assert load(str(cfg), env={}).server.ws_transport == "raw"
     assert load(None, env={"PUSHWIRE_WS_TRANSPORT": "raw"}).server.ws_transport == "raw"
+
+
+@pytest.fixture(scope="module")
+def aio(tmp_path_factory):
+    """The other transport, so both stay covered whichever one is the default."""
+    s = start_server(
+        tmp_path_factory.mktemp("aiows"),
+        CONFIG.replace('ws_transport = "raw"', 'ws_transport = "aiohttp"'),
+    )
+    yield s
+    s.stop()
+    text = s.log_text()
+    assert "Traceback" not in text, text[-3000:]
+
+
+async def test_aiohttp_transport_round_trip_and_limits(aio):
+    c = await Client.connect(aio.ws_url())
+    ev = await c.subscribe("plain")
+    assert ev["event"] == "pusher_internal:subscription_succeeded"
+    await c.send("x" * 1001)
+    msg = await c.ws.receive(timeout=TIMEOUT)
+    assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1009
+    await c.close()
+    c = await opened(aio.port)  # the hand-written client works against aiohttp too
+    c.send(frame(1, b'{"event":"pusher:ping","data":{}}'))
+    assert (await c.event())["event"] == "pusher:pong"
+    await c.aclose()
+
+
+def test_per_socket_objects_have_no_instance_dict():
+    """An idle socket's memory is mostly its RawWsConnection: keep every class slotted."""
+    from pushwire.transport.rawws import HeadReader, RawWsConnection, Refused
+
+    for cls in (RawWsConnection, HeadReader, Refused):
+        assert cls.__dictoffset__ == 0, cls
