@@ -132,7 +132,9 @@ async def _subscribers(
             s.events = 0
             src = f"127.0.{(index % 200) + 20}.{(i // 20000) + 1}"
             async with gate:
-                await ws_connect(lambda: s, url, local_addr=(src, 0))
+                await ws_connect(
+                    lambda: s, url, local_addr=(src, 0), websocket_handshake_timeout=120
+                )
 
         await asyncio.gather(*(one(i, s) for i, s in enumerate(fresh)))
         socks = fresh
@@ -254,6 +256,26 @@ def fanout_run(
     }
 
 
+def loadgen_run(name: str, history: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The same paced fan-out with the compiled load generator (Pusher V1 subscribers, well
+    under 1 us per message): server CPU per message, and which side was saturated."""
+    from bench.common import LoadGen
+    from bench.scale import rate_run
+
+    port = args.port
+    server = start_pushwire(port, config(port, history))
+    gen = LoadGen(port, args.subscribers, args.procs)
+    try:
+        gen.wait_subscribed(120)
+        ns = argparse.Namespace(size=100, drain=30.0)
+        row = rate_run(server, gen, args.rate, args.events / args.rate, ns)
+    finally:
+        gen.close()
+        server.stop()
+    row["run"] = name
+    return row
+
+
 def storm_run(args: argparse.Namespace, redis_url: str = "") -> dict[str, Any]:
     port = args.port
     server = start_pushwire(port, config(port, max(100, args.storm_events), redis_url))
@@ -313,6 +335,11 @@ def main() -> None:
     ap.add_argument("--inflight", type=int, default=64, help="handshakes in flight per process")
     ap.add_argument("--port", type=int, default=6151)
     ap.add_argument("--cluster", action="store_true", help="also the storm over Redis")
+    ap.add_argument(
+        "--loadgen",
+        action="store_true",
+        help="also history off / on with the compiled load generator (V1 subscribers)",
+    )
     args = ap.parse_args()
     print(json.dumps({"cpus": psutil.cpu_count(), "load": os.getloadavg()}))
     if args.subscribers:
@@ -336,6 +363,21 @@ def main() -> None:
                     }
                 )
             )
+    if args.subscribers and args.loadgen:
+        off = loadgen_run("loadgen-history-off", 0, args)
+        on = loadgen_run("loadgen-history-on-v1-subscribers", 100, args)
+        for r in (off, on):
+            print(json.dumps(r))
+        print(
+            json.dumps(
+                {
+                    "ratio": "loadgen history-on/off",
+                    "server_cpu_per_msg": round(
+                        on["server_us_per_msg"] / off["server_us_per_msg"], 2
+                    ),
+                }
+            )
+        )
     if args.storm:
         print(json.dumps(storm_run(args)))
         if args.cluster:
