@@ -442,8 +442,11 @@ class RawWsConnection(QueuedConnection, asyncio.Protocol):
                 self._frag = None
                 self._message(frag[0], b"".join(frag[2:]))
         elif op == PING:
-            if not self._transport.is_closing():
-                self._transport.write(bytes((0x8A, len(payload))) + payload)
+            transport = self._transport
+            if not transport.is_closing():
+                transport.write(bytes((0x8A, len(payload))) + payload)
+                if transport.get_write_buffer_size() > self._max_pending:
+                    self._overflow()  # pings sent by a peer that reads nothing
         elif op == CLOSE:
             self._peer_closed(payload)
         # PONG: nothing to do
