@@ -333,3 +333,34 @@ def test_per_socket_objects_have_no_instance_dict():
 
     for cls in (RawWsConnection, HeadReader, Refused):
         assert cls.__dictoffset__ == 0, cls
+
+
+@pytest.mark.parametrize("transport", ["raw", "aiohttp"])
+async def test_forwarded_for_from_a_trusted_proxy_counts_per_client(tmp_path, transport):
+    config = CONFIG.replace('ws_transport = "raw"', f'ws_transport = "{transport}"').replace(
+        "max_frame_size = 1000",
+        'max_frame_size = 1000\nmax_connections_per_ip = 1\ntrusted_proxies = ["127.0.0.0/8"]',
+    )
+    srv = start_server(tmp_path, config)
+    try:
+        async with aiohttp.ClientSession() as s:
+
+            async def connect(client: str) -> tuple[aiohttp.ClientWebSocketResponse, dict]:
+                ws = await s.ws_connect(
+                    srv.ws_url(), headers={"X-Forwarded-For": f"{client}, 127.0.0.9"}
+                )
+                return ws, orjson.loads((await ws.receive(timeout=TIMEOUT)).data)
+
+            first, ev = await connect("203.0.113.1")
+            assert ev["event"] == "pusher:connection_established"
+            again, ev = await connect("203.0.113.1")  # the same client behind the proxy
+            assert ev["event"] == "pusher:error" and ev["data"]["code"] == 4100
+            msg = await again.receive(timeout=TIMEOUT)
+            assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 4100
+            other, ev = await connect("203.0.113.2")  # another one is let in
+            assert ev["event"] == "pusher:connection_established"
+            for ws in (first, again, other):
+                await ws.close()
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log_text()
