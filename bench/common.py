@@ -254,7 +254,13 @@ class _HttpConn(asyncio.Protocol):
             status = int(self.buf[9:12])
             self.buf = self.buf[end + 4 + length :]
             self.busy = False
-            self.pub.done(self, status)
+            # soketi answers every REST call with "Connection: close": a new connection then
+            reuse = b"connection: close" not in head
+            self.pub.done(self, status, reuse)
+            if not reuse:
+                if self.transport is not None:
+                    self.transport.close()
+                return
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.lost.done():
@@ -263,8 +269,12 @@ class _HttpConn(asyncio.Protocol):
 
 
 class _Publisher:
-    def __init__(self, reqs: list[bytes]) -> None:
+    def __init__(self, reqs: list[bytes], port: int) -> None:
         self.reqs = reqs
+        self.port = port
+        self.conns: set[_HttpConn] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.reconnects = 0
         self.queue: collections.deque[bytes] = collections.deque()
         self.free: list[_HttpConn] = []
         self.statuses: collections.Counter[int] = collections.Counter()
@@ -275,23 +285,45 @@ class _Publisher:
         while self.queue and self.free:
             self.free.pop().send(self.queue.popleft())
 
-    def done(self, conn: _HttpConn, status: int) -> None:
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        _, proto = await loop.create_connection(lambda: _HttpConn(self), "127.0.0.1", self.port)
+        self.conns.add(proto)
+        self.free.append(proto)
+        self.dispatch()
+
+    def _replace(self, conn: _HttpConn) -> None:
+        if conn not in self.conns:
+            return
+        self.conns.discard(conn)
+        if conn in self.free:
+            self.free.remove(conn)
+        if self.all_done.done():
+            return
+        self.reconnects += 1
+        task = asyncio.get_running_loop().create_task(self.connect())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def done(self, conn: _HttpConn, status: int, reuse: bool = True) -> None:
         self.statuses[status] += 1
         self.answered += 1
-        self.free.append(conn)
+        if reuse:
+            self.free.append(conn)
+        else:
+            self._replace(conn)
         self.dispatch()
         if self.answered == len(self.reqs) and not self.all_done.done():
             self.all_done.set_result(None)
 
     def conn_lost(self, conn: _HttpConn) -> None:
-        if conn in self.free:
-            self.free.remove(conn)
         if conn.busy:  # the request on it is lost
             conn.busy = False
             self.statuses[0] += 1
             self.answered += 1
             if self.answered == len(self.reqs) and not self.all_done.done():
                 self.all_done.set_result(None)
+        self._replace(conn)
 
 
 def build_requests(
@@ -317,16 +349,12 @@ def build_requests(
 
 
 async def _publish(port: int, rate: float, events: int, size: int, conns: int) -> PublishResult:
-    loop = asyncio.get_running_loop()
     lead_s = 0.3 + events * 40e-6  # signing takes ~20-30 µs an event
     t0 = time.monotonic_ns() + int(lead_s * 1e9)
     reqs = build_requests(port, t0, events, rate, size)
-    pub = _Publisher(reqs)
-    transports = []
+    pub = _Publisher(reqs, port)
     for _ in range(conns):
-        _, proto = await loop.create_connection(lambda: _HttpConn(pub), "127.0.0.1", port)
-        transports.append(proto)
-        pub.free.append(proto)
+        await pub.connect()
     cpu0 = time.process_time()
     start = None
     s = 0
@@ -346,7 +374,7 @@ async def _publish(port: int, rate: float, events: int, size: int, conns: int) -
         await asyncio.wait_for(pub.all_done, 30)
     end = time.monotonic_ns()
     cpu = time.process_time() - cpu0
-    for c in transports:
+    for c in list(pub.conns):
         if c.transport is not None:
             c.transport.close()
     ok = pub.statuses.get(200, 0)
