@@ -43,7 +43,9 @@ class TrafficMonitor:
 
     @property
     def cluster_wanted(self) -> bool:
-        return self.broker is not None and self.cluster_wanted_until > self.clock()
+        until = self.cluster_wanted_until
+        # 0.0 until some node asks: no clock read on every publish of a node nobody taps
+        return bool(until) and self.broker is not None and until > self.clock()
 
     @property
     def active(self) -> bool:

@@ -36,11 +36,48 @@ def error(status: int, message: str) -> web.Response:
     )
 
 
+EMPTY = b"{}"  # most answers (every trigger without `info`)
+
+
 def ok(body: dict[str, Any]) -> web.Response:
-    return web.Response(body=orjson.dumps(body), content_type="application/json")
+    return web.Response(body=orjson.dumps(body) if body else EMPTY, content_type="application/json")
 
 
 Action = Callable[[web.Request, App, Any], Awaitable[dict[str, Any]]]
+Params = list[tuple[str, str]]  # a request's query, in order
+
+
+EVENTS = "/apps/{app_id}/events"
+BATCH_EVENTS = "/apps/{app_id}/batch_events"
+
+
+class RestRoute:
+    """One REST route. `handle` is its aiohttp handler (the app id from the router's match);
+    `direct` serves a request whose app id the HTTP layer took from the path itself, without
+    the router (transport/http.py's direct dispatch: the ingest routes, when no middleware
+    is installed). Both count the request in `pushwire_rest_requests_total`."""
+
+    __slots__ = ("action", "api", "canonical", "counts")
+
+    def __init__(self, api: RestApi, action: Action, canonical: str | None) -> None:
+        self.api = api
+        self.action = action
+        self.canonical = canonical
+        self.counts = api.metrics.rest
+
+    async def handle(self, request: web.Request) -> web.Response:
+        response = await self.api._run(request, request.match_info.get("app_id"), self.action)
+        canonical = self.canonical
+        if canonical is None:
+            route = request.match_info.route.resource
+            canonical = route.canonical if route else "?"
+        self.counts[(canonical, response.status)] += 1
+        return response
+
+    async def direct(self, request: web.Request, app_id: str) -> web.Response:
+        response = await self.api._run(request, app_id, self.action)
+        self.counts[(self.canonical or "?", response.status)] += 1
+        return response
 
 
 class BodyTooLarge(Exception):
@@ -85,24 +122,34 @@ async def read_body(
     metrics: Metrics,
     budget: BodyBudget,
     app: App,
-    authenticate: Callable[[web.Request, App, bool], None],
+    authenticate: Callable[[web.Request, App, bool, Params], None],
+    params: Params,
 ) -> bytes:
     """Read a REST body only after every check that does not need it: size announced in
     Content-Length, app, key, timestamp and signature. The read is bounded in size and time;
-    a client that goes away mid-upload costs one counter, not a traceback."""
+    a client that goes away mid-upload costs one counter, not a traceback. `params` is the
+    request's query, parsed once by the caller."""
     limit = config.server.max_request_body
     length = request.content_length
     if length is not None and length > limit:
         metrics.client_errors["body_too_large"] += 1
         raise BodyTooLarge(f"Request body too large: {length} bytes (limit {limit})")
     has_body = request.can_read_body
-    authenticate(request, app, has_body)
+    authenticate(request, app, has_body, params)
     if not has_body:
         body = b""
     else:
         try:
-            async with asyncio.timeout(config.server.body_timeout), budget.hold(length or limit):
+            if request.content.is_eof():
+                # the whole body came with the headers (small requests): it is in memory
+                # already, so no time limit or budget applies, and no timer is armed
                 body = await request.read()
+            else:
+                async with (
+                    asyncio.timeout(config.server.body_timeout),
+                    budget.hold(length or limit),
+                ):
+                    body = await request.read()
         except TimeoutError:
             metrics.client_errors["body_timeout"] += 1
             raise BodyTimeout(
@@ -118,7 +165,7 @@ async def read_body(
             # would free, eventually. Cut it now, so the memory goes with the request.
             exc.__traceback__ = None
             raise ClientGone() from None
-    verify_body_md5(list(request.query.items()), body)
+    verify_body_md5(params, body)
     return body
 
 
@@ -139,8 +186,8 @@ class RestApi:
 
     def routes(self) -> list[tuple[str, str, Callable[[web.Request], Awaitable[web.Response]]]]:
         return [
-            ("POST", "/apps/{app_id}/events", self._wrap(self._events)),
-            ("POST", "/apps/{app_id}/batch_events", self._wrap(self._batch)),
+            ("POST", EVENTS, self._wrap(self._events, EVENTS)),
+            ("POST", BATCH_EVENTS, self._wrap(self._batch, BATCH_EVENTS)),
             ("GET", "/apps/{app_id}/channels", self._wrap(self._channels)),
             ("GET", "/apps/{app_id}/channels/{channel_name}", self._wrap(self._channel)),
             ("GET", "/apps/{app_id}/channels/{channel_name}/users", self._wrap(self._users)),
@@ -154,46 +201,51 @@ class RestApi:
             ("POST", "/users/{user_id}/terminate_connections", self._wrap(self._terminate)),
         ]
 
-    def _wrap(self, action: Action) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def handler(request: web.Request) -> web.Response:
-            response = await run(request)
-            route = request.match_info.route.resource
-            self.metrics.rest[(route.canonical if route else "?", response.status)] += 1
+    def _wrap(
+        self, action: Action, canonical: str | None = None
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """aiohttp's handler for `action`. With `canonical` (the route's path pattern), the
+        route can also be served by the HTTP layer's direct dispatch (`RestRoute.direct`)."""
+        return RestRoute(self, action, canonical).handle
+
+    async def _run(self, request: web.Request, app_id: str | None, action: Action) -> web.Response:
+        """One REST call, every failure rendered: app, size, signature, body, JSON, action."""
+        try:
+            app = self._app(request, app_id)
+            params = list(request.query.items())  # parsed once, for every check
+            body = await read_body(
+                request,
+                self.config,
+                self.metrics,
+                self.budget,
+                app,
+                self._authenticate,
+                params,
+            )
+            parsed: Any = None
+            if request.method == "POST":
+                try:
+                    parsed = loads_checked(body) if body else {}
+                except orjson.JSONDecodeError:
+                    raise api.ApiError(400, "Request body is not valid JSON") from None
+                except ValueError as exc:
+                    raise api.ApiError(400, f"Request body refused: {exc}") from None
+            return ok(await action(request, app, parsed))
+        except api.ApiError as exc:
+            response = error(exc.status, exc.message)
+            if exc.retry_after:
+                response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
             return response
+        except RestAuthError as exc:
+            return error(401, f"Authentication failed: {exc}")
+        except BodyTooLarge as exc:
+            return error(413, str(exc))
+        except BodyTimeout as exc:
+            return error(408, str(exc))
+        except ClientGone:
+            return error(400, "The client went away during the request")
 
-        async def run(request: web.Request) -> web.Response:
-            try:
-                app = self._app(request)
-                body = await read_body(
-                    request, self.config, self.metrics, self.budget, app, self._authenticate
-                )
-                parsed: Any = None
-                if request.method == "POST":
-                    try:
-                        parsed = loads_checked(body) if body else {}
-                    except orjson.JSONDecodeError:
-                        raise api.ApiError(400, "Request body is not valid JSON") from None
-                    except ValueError as exc:
-                        raise api.ApiError(400, f"Request body refused: {exc}") from None
-                return ok(await action(request, app, parsed))
-            except api.ApiError as exc:
-                response = error(exc.status, exc.message)
-                if exc.retry_after:
-                    response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-                return response
-            except RestAuthError as exc:
-                return error(401, f"Authentication failed: {exc}")
-            except BodyTooLarge as exc:
-                return error(413, str(exc))
-            except BodyTimeout as exc:
-                return error(408, str(exc))
-            except ClientGone:
-                return error(400, "The client went away during the request")
-
-        return handler
-
-    def _app(self, request: web.Request) -> App:
-        app_id = request.match_info.get("app_id")
+    def _app(self, request: web.Request, app_id: str | None) -> App:
         if app_id is None:  # prefix-less route: the app is named by its key
             key = request.query.get("auth_key", "")
             app = self.config.app_by_key(key)
@@ -208,31 +260,45 @@ class RestApi:
             raise api.ApiError(403, "Application disabled")
         return app
 
-    def _authenticate(self, request: web.Request, app: App, has_body: bool) -> None:
+    def _authenticate(
+        self, request: web.Request, app: App, has_body: bool, params: Params | None = None
+    ) -> None:
         """Everything but the body's MD5: a request that is not signed with the app's secret
         (or is too old) is refused before its body is read."""
-        params = list(request.query.items())
-        paths = [request.path]
+        if params is None:
+            params = list(request.query.items())
+        now = time.time()
+        secrets = app.secrets(now)
+        window = self.config.server.timestamp_window
+        path = request.path
         raw = request.raw_path.split("?", 1)[0]
-        if raw != request.path:
-            paths.append(raw)
-        for i, path in enumerate(paths):
-            try:
-                verify_rest(
-                    key=app.key,
-                    secret=app.secrets(time.time()),
-                    method=request.method,
-                    path=path,
-                    params=params,
-                    body=None,
-                    now=time.time(),
-                    window=self.config.server.timestamp_window,
-                    has_body=has_body,
-                )
-                return
-            except RestAuthError:
-                if i == len(paths) - 1:
-                    raise
+        try:
+            verify_rest(
+                key=app.key,
+                secret=secrets,
+                method=request.method,
+                path=path,
+                params=params,
+                body=None,
+                now=now,
+                window=window,
+                has_body=has_body,
+            )
+        except RestAuthError:
+            if raw == path:
+                raise
+            # signed over the path as sent (percent-escapes kept), as some SDKs do
+            verify_rest(
+                key=app.key,
+                secret=secrets,
+                method=request.method,
+                path=raw,
+                params=params,
+                body=None,
+                now=now,
+                window=window,
+                has_body=has_body,
+            )
 
     async def _events(self, request: web.Request, app: App, body: Any) -> dict[str, Any]:
         return await api.trigger(self.engine, app, body, self.monitor)

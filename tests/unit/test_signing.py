@@ -137,3 +137,57 @@ def test_shared_secret_matches_sdk_definition():
     assert (
         signing.shared_secret("private-encrypted-x", master) == base64.b64encode(expected).decode()
     )
+
+
+@pytest.mark.parametrize(
+    "secret", ["", "s", "x" * 63, "x" * 64, "x" * 65, "y" * 200, "sécret-ü", SECRET]
+)
+def test_hmac_hex_is_hmac_sha256(secret):
+    import hmac as std_hmac
+
+    for message in ("", "POST\n/apps/3/events\nauth_key=k", "é" * 100, b"\x00\xff" * 70):
+        raw = message.encode() if isinstance(message, str) else message
+        expected = std_hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+        assert signing.hmac_hex(secret, message) == expected
+
+
+def test_rest_string_to_sign_lowercases_sorts_and_drops_the_signature():
+    s = signing.rest_string_to_sign(
+        "post", "/p", [("b", "2"), ("Auth_Signature", "x"), ("A", "1"), ("a", "0")]
+    )
+    assert s == "POST\n/p\na=0&a=1&b=2"
+
+
+def test_verify_rest_refuses_a_repeated_signed_parameter():
+    params = _signed()
+    with pytest.raises(signing.RestAuthError, match="Duplicate query parameter auth_timestamp"):
+        verify([*params, ("AUTH_TIMESTAMP", "1000000")])
+    # an unsigned name may repeat (it is signed as given, both times)
+    q = signing.sign_rest(KEY, SECRET, "POST", "/apps/3/events", {}, b'{"a":1}', 1_000_000)
+    extra = [("x", "1"), ("x", "2")]
+    pairs = [(k, v) for k, v in q.items() if k != "auth_signature"] + extra
+    sig = signing.hmac_hex(SECRET, signing.rest_string_to_sign("POST", "/apps/3/events", pairs))
+    verify([*pairs, ("auth_signature", sig)])
+
+
+def test_verify_rest_accepts_any_of_several_secrets():
+    params = _signed()
+    signing.verify_rest(
+        key=KEY,
+        secret=("new-secret", SECRET),
+        method="POST",
+        path="/apps/3/events",
+        params=params,
+        body=b'{"a":1}',
+        now=1_000_000,
+    )
+    with pytest.raises(signing.RestAuthError, match="Invalid signature"):
+        signing.verify_rest(
+            key=KEY,
+            secret=("new-secret", "older"),
+            method="POST",
+            path="/apps/3/events",
+            params=params,
+            body=b'{"a":1}',
+            now=1_000_000,
+        )

@@ -1,0 +1,184 @@
+"""REST ingest (POST /apps/{id}/events and /batch_events) over raw HTTP against a real server:
+the direct dispatch and the router answer alike, whole and split bodies, 100-continue, and
+every request is counted in /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+
+import aiohttp
+import orjson
+import pytest
+
+from pushwire.protocol.signing import sign_rest
+from tests.conftest import TIMEOUT, start_server
+from tests.server.helpers import Client
+
+CONFIG = """
+[server]
+host = "127.0.0.1"
+port = 0
+body_timeout = 2.0
+
+[[apps]]
+id = "app-id"
+key = "app-key"
+secret = "app-secret"
+
+[[apps]]
+id = "off-id"
+key = "off-key"
+secret = "off-secret"
+enabled = false
+"""
+
+EVENTS = "/apps/{app_id}/events"
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    s = start_server(tmp_path_factory.mktemp("ingest"), CONFIG)
+    yield s
+    s.stop()
+    text = s.log_text()
+    assert "Traceback" not in text, text[-3000:]
+
+
+def request_bytes(
+    path: str,
+    body: bytes,
+    *,
+    sign_path: str | None = None,
+    key: str = "app-key",
+    secret: str = "app-secret",
+    headers: str = "",
+) -> tuple[bytes, bytes]:
+    """The head (request line and headers) and body of one signed POST."""
+    q = sign_rest(key, secret, "POST", sign_path or path, {}, body)
+    query = "&".join(f"{k}={v}" for k, v in q.items())
+    head = (
+        f"POST {path}?{query} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{headers}\r\n"
+    ).encode()
+    return head, body
+
+
+async def exchange(port: int, *parts: bytes, pause: float = 0.0) -> tuple[int, dict, bytes]:
+    """Send `parts` (pausing between them), read one response: status, JSON body, raw head."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = b""
+        for i, part in enumerate(parts):
+            if i and pause:
+                await asyncio.sleep(pause)
+            writer.write(part)
+            await writer.drain()
+            if b"Expect: 100-continue" in part:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        length = int(re.search(rb"Content-Length: (\d+)", raw, re.I).group(1))
+        body = await asyncio.wait_for(reader.readexactly(length), TIMEOUT)
+        return int(raw.split()[1]), orjson.loads(body), head + raw
+    finally:
+        writer.close()
+
+
+async def counted(srv, route: str, status: int) -> float:
+    async with aiohttp.ClientSession() as s, s.get(srv.http + "/metrics") as r:
+        text = await r.text()
+    line = f'pushwire_rest_requests_total{{route="{route}",status="{status}"}}'
+    for row in text.splitlines():
+        if row.startswith(line):
+            return float(row.split()[-1])
+    return 0.0
+
+
+EVENT = orjson.dumps({"name": "ingest", "channel": "ingest-chan", "data": "x"})
+
+
+async def test_direct_and_routed_requests_answer_alike(srv):
+    c = await Client.connect(srv.ws_url())
+    await c.subscribe("ingest-chan")
+    before = await counted(srv, EVENTS, 200)
+    # plain path: served by the direct dispatch
+    status, body, head = await exchange(srv.port, *request_bytes("/apps/app-id/events", EVENT))
+    assert (status, body) == (200, {})
+    assert b"application/json" in head
+    assert (await c.recv())["event"] == "ingest"
+    # the same call with a percent-escape in its path: through aiohttp's router (signed over
+    # the decoded path, as the SDKs do)
+    status, body, _ = await exchange(
+        srv.port,
+        *request_bytes("/apps/app%2Did/events", EVENT, sign_path="/apps/app-id/events"),
+    )
+    assert (status, body) == (200, {})
+    assert (await c.recv())["event"] == "ingest"
+    assert await counted(srv, EVENTS, 200) == before + 2
+    await c.close()
+
+
+async def test_batch_through_the_direct_dispatch(srv):
+    c = await Client.connect(srv.ws_url())
+    await c.subscribe("ingest-b")
+    batch = orjson.dumps(
+        {"batch": [{"name": f"e{i}", "channel": "ingest-b", "data": "x"} for i in range(3)]}
+    )
+    status, body, _ = await exchange(srv.port, *request_bytes("/apps/app-id/batch_events", batch))
+    assert (status, body) == (200, {})
+    assert [(await c.recv())["event"] for _ in range(3)] == ["e0", "e1", "e2"]
+    await c.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "kwargs", "status", "fragment"),
+    [
+        ("/apps/nope/events", {}, 404, "Unknown app id 'nope'"),
+        ("/apps/off-id/events", {"key": "off-key", "secret": "off-secret"}, 403, "disabled"),
+        ("/apps/app-id/events", {"secret": "wrong"}, 401, "Invalid signature"),
+        ("/apps/app-id/events", {"sign_path": "/apps/app-id/batch_events"}, 401, "signature"),
+    ],
+)
+async def test_direct_dispatch_errors(srv, path, kwargs, status, fragment):
+    before = await counted(srv, EVENTS, status)
+    got, body, _ = await exchange(srv.port, *request_bytes(path, EVENT, **kwargs))
+    assert got == status and fragment in body["error"]
+    assert await counted(srv, EVENTS, status) == before + 1
+
+
+async def test_other_methods_and_paths_still_go_to_the_router(srv):
+    async with aiohttp.ClientSession() as s:
+        async with s.get(srv.http + "/apps/app-id/events") as r:
+            assert r.status == 405
+        async with s.post(srv.http + "/apps/app-id/events/") as r:
+            assert r.status == 404
+        async with s.post(srv.http + "/apps//events") as r:
+            assert r.status == 404
+
+
+async def test_body_sent_after_the_headers(srv):
+    head, body = request_bytes("/apps/app-id/events", EVENT)
+    status, answer, _ = await exchange(srv.port, head, body[:5], body[5:], pause=0.2)
+    assert (status, answer) == (200, {})
+
+
+async def test_expect_100_continue(srv):
+    head, body = request_bytes("/apps/app-id/events", EVENT, headers="Expect: 100-continue\r\n")
+    status, answer, raw = await exchange(srv.port, head, body)
+    assert raw.startswith(b"HTTP/1.1 100 Continue")
+    assert (status, answer) == (200, {})
+
+
+async def test_keep_alive_connection_serves_many_triggers(srv):
+    head, body = request_bytes("/apps/app-id/events", EVENT)
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=TIMEOUT)
+    try:
+        sock.sendall((head + body) * 20)  # pipelined
+        got = b""
+        while got.count(b"HTTP/1.1 200 OK") < 20:
+            chunk = sock.recv(65536)
+            assert chunk, got
+            got += chunk
+    finally:
+        sock.close()
