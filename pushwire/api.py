@@ -87,7 +87,8 @@ def _event(app: App, body: object, where: str, multi: bool) -> dict[str, Any]:
         raise ApiError(400, f"{where}: 'data' is required")
     if not isinstance(data, str):  # Pusher's data is a string; encode anything else once
         data = orjson.dumps(data).decode()
-    if len(data.encode()) > app.max_message_size:
+    # a code point is at most 4 bytes of UTF-8: short data needs no encoding to be measured
+    if len(data) * 4 > app.max_message_size and len(data.encode()) > app.max_message_size:
         raise ApiError(413, f"{where}: event data larger than {app.max_message_size} bytes")
     if multi and "channels" in body:
         channels = body["channels"]
@@ -102,14 +103,15 @@ def _event(app: App, body: object, where: str, multi: bool) -> dict[str, Any]:
     else:
         raise ApiError(400, f"{where}: 'channel' or 'channels' is required")
     names = [_channel(app, c, where) for c in channels]
-    if len(set(names)) != len(names):
+    if len(names) > 1 and len(set(names)) != len(names):
         raise ApiError(400, f"{where}: the same channel is named twice")
     socket_id = body.get("socket_id")
     if socket_id is not None and (
         not isinstance(socket_id, str) or not SOCKET_ID_RE.fullmatch(socket_id)
     ):
         raise ApiError(400, f"{where}: invalid socket_id {socket_id!r}")
-    attrs = _attrs(body.get("info"), TRIGGER_INFO, where)
+    info = body.get("info")
+    attrs = set() if info is None else _attrs(info, TRIGGER_INFO, where)
     return {"name": name, "data": data, "channels": names, "socket_id": socket_id, "info": attrs}
 
 

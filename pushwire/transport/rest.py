@@ -271,7 +271,6 @@ class RestApi:
         secrets = app.secrets(now)
         window = self.config.server.timestamp_window
         path = request.path
-        raw = request.raw_path.split("?", 1)[0]
         try:
             verify_rest(
                 key=app.key,
@@ -285,6 +284,7 @@ class RestApi:
                 has_body=has_body,
             )
         except RestAuthError:
+            raw = request.raw_path.split("?", 1)[0]
             if raw == path:
                 raise
             # signed over the path as sent (percent-escapes kept), as some SDKs do
