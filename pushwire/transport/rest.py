@@ -16,6 +16,9 @@ from typing import Any
 
 import orjson
 from aiohttp import ClientPayloadError, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
 from aiohttp.http_exceptions import PayloadEncodingError
 from aiohttp.streams import EofStream
 
@@ -41,6 +44,43 @@ EMPTY = b"{}"  # most answers (every trigger without `info`)
 
 def ok(body: dict[str, Any]) -> web.Response:
     return web.Response(body=orjson.dumps(body) if body else EMPTY, content_type="application/json")
+
+
+_EMPTY_HEAD = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nDate: "
+_EMPTY_TAIL = f"\r\nServer: {SERVER_SOFTWARE}\r\n\r\n{{}}"
+
+
+class EmptyOk(web.Response):
+    """`200 {}`, the answer of nearly every trigger, written as one piece: byte for byte what
+    aiohttp writes for `ok({})` on a kept-alive HTTP/1.1 connection (status line,
+    Content-Type, Content-Length, Date, Server), without building, filling and serialising a
+    header map for each request (~5 us). Only for the direct dispatch (transport/http.py),
+    where no middleware or response signal could want to see or change the headers; any other
+    case (HTTP/1.0, a connection that closes, a response already started) is aiohttp's own."""
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        writer = request._payload_writer
+        if (
+            self.prepared
+            or self.keep_alive is False
+            or request.version != HttpVersion11
+            or not request.keep_alive
+            or writer is None
+        ):
+            return await super().prepare(request)
+        await writer.write((_EMPTY_HEAD + rfc822_formatted_time() + _EMPTY_TAIL).encode())
+        await writer.write_eof()
+        await writer.drain()  # a client that does not read its answers is not read either
+        self._eof_sent = True  # write_eof() and `prepared` see a finished response
+        self._keep_alive = True
+        return None
+
+
+def ok_direct(body: dict[str, Any]) -> web.Response:
+    """`ok()` for the direct dispatch: `EmptyOk` for the empty answer."""
+    if not body:
+        return EmptyOk(body=EMPTY, content_type="application/json")
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
 Action = Callable[[web.Request, App, Any], Awaitable[dict[str, Any]]]
@@ -75,7 +115,7 @@ class RestRoute:
         return response
 
     async def direct(self, request: web.Request, app_id: str) -> web.Response:
-        response = await self.api._run(request, app_id, self.action)
+        response = await self.api._run(request, app_id, self.action, ok_direct)
         self.counts[(self.canonical or "?", response.status)] += 1
         return response
 
@@ -208,7 +248,13 @@ class RestApi:
         route can also be served by the HTTP layer's direct dispatch (`RestRoute.direct`)."""
         return RestRoute(self, action, canonical).handle
 
-    async def _run(self, request: web.Request, app_id: str | None, action: Action) -> web.Response:
+    async def _run(
+        self,
+        request: web.Request,
+        app_id: str | None,
+        action: Action,
+        render: Callable[[dict[str, Any]], web.Response] = ok,
+    ) -> web.Response:
         """One REST call, every failure rendered: app, size, signature, body, JSON, action."""
         try:
             app = self._app(request, app_id)
@@ -230,7 +276,7 @@ class RestApi:
                     raise api.ApiError(400, "Request body is not valid JSON") from None
                 except ValueError as exc:
                     raise api.ApiError(400, f"Request body refused: {exc}") from None
-            return ok(await action(request, app, parsed))
+            return render(await action(request, app, parsed))
         except api.ApiError as exc:
             response = error(exc.status, exc.message)
             if exc.retry_after:

@@ -182,3 +182,49 @@ async def test_keep_alive_connection_serves_many_triggers(srv):
             got += chunk
     finally:
         sock.close()
+
+
+def _head_lines(raw: bytes) -> list[bytes]:
+    return [line for line in raw.split(b"\r\n") if line and not line.startswith(b"Date: ")]
+
+
+async def test_direct_answer_is_the_same_bytes_as_aiohttps(srv):
+    """The direct dispatch writes `200 {}` in one piece: the same status line and headers as
+    aiohttp writes for the same answer through the router."""
+    _, _, direct = await exchange(srv.port, *request_bytes("/apps/app-id/events", EVENT))
+    _, _, routed = await exchange(
+        srv.port,
+        *request_bytes("/apps/app%2Did/events", EVENT, sign_path="/apps/app-id/events"),
+    )
+    assert _head_lines(direct) == _head_lines(routed)
+    assert _head_lines(direct)[:3] == [
+        b"HTTP/1.1 200 OK",
+        b"Content-Type: application/json",
+        b"Content-Length: 2",
+    ]
+    assert re.search(rb"\r\nDate: [A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} [\d:]{8} GMT\r\n", direct)
+
+
+async def test_http10_and_closing_connections_get_aiohttps_answer(srv):
+    head, body = request_bytes("/apps/app-id/events", EVENT)
+    status, answer, raw = await exchange(srv.port, head.replace(b"HTTP/1.1", b"HTTP/1.0"), body)
+    assert (status, answer) == (200, {}) and raw.startswith(b"HTTP/1.0 200 OK")
+    head, body = request_bytes("/apps/app-id/events", EVENT, headers="Connection: close\r\n")
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=TIMEOUT)
+    try:
+        sock.sendall(head + body)
+        got = b""
+        while chunk := sock.recv(65536):  # the server closes after its answer
+            got += chunk
+    finally:
+        sock.close()
+    assert got.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in got
+    assert got.endswith(b"\r\n\r\n{}")
+
+
+async def test_answers_with_info_are_rendered_in_full(srv):
+    event = orjson.dumps(
+        {"name": "e", "channel": "ingest-info", "data": "x", "info": "subscription_count"}
+    )
+    status, answer, _ = await exchange(srv.port, *request_bytes("/apps/app-id/events", event))
+    assert (status, answer) == (200, {"channels": {"ingest-info": {"subscription_count": 0}}})
