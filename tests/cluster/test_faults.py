@@ -18,6 +18,7 @@ from tests.conftest import (
     ROOT,
     TIMEOUT,
     cluster_config,
+    cluster_nodes,
     free_port,
     start_node,
     start_redis,
@@ -402,3 +403,36 @@ async def test_watchlist_events_cross_nodes(redis_server, tmp_path):
         for p, _, _ in (a, b):
             p.terminate()
             stop_node(p)
+
+
+async def test_connection_storm_does_not_exhaust_the_redis_pool(redis_server, tmp_path):
+    """Hundreds of sockets connecting, subscribing and leaving at once make hundreds of state
+    calls at once: they wait for a pooled connection, none fails ("Too many connections" made
+    the node decide locally and answer 503)."""
+    with cluster_nodes(redis_server, tmp_path, BASE_CONFIG, "storm", n=1) as nodes:
+        (_, port, log) = nodes[0]
+        url = f"ws://127.0.0.1:{port}/app/app-key?protocol=7"
+        clients = await asyncio.gather(*(Client.connect(url) for _ in range(300)))
+        await asyncio.gather(*(c.subscribe(f"storm-{i % 7}") for i, c in enumerate(clients)))
+        status, body = await rest(f"http://127.0.0.1:{port}", "GET", "/apps/app-id/channels")
+        assert status == 200 and sum(
+            1 for name in body["channels"] if name.startswith("storm-")
+        ) == 7
+        await asyncio.gather(*(c.close() for c in clients))
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                status, body = await rest(
+                    f"http://127.0.0.1:{port}", "GET", "/apps/app-id/channels"
+                )
+                if status == 200 and not body["channels"]:
+                    break
+                await asyncio.sleep(0.1)
+        status, _ = await rest(
+            f"http://127.0.0.1:{port}",
+            "POST",
+            "/apps/app-id/events",
+            {"name": "e", "channel": "storm-0", "data": "x"},
+        )
+        assert status == 200
+        text = log.read_text()
+        assert "unreachable" not in text and "Too many connections" not in text, text[-3000:]

@@ -6,6 +6,8 @@ pub/sub connection. Client settings:
 
 - `health_check_interval=1`: a pooled connection idle for over a second is PINGed before use,
   so a connection left stale by a Redis restart is found and replaced, not used.
+- A blocking pool of 64 connections per client: past that, calls wait (up to 5 s) for a
+  free connection instead of failing.
 - Publishes (their own pool) are retried once on a fresh connection after a
   `ConnectionError`: at worst a duplicate delivery. State scripts are never retried: one that
   ran before its connection broke would run twice (a member or a quota slot counted twice);
@@ -17,7 +19,9 @@ Data model: `keys.py`. Scripts: `lua/`.
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -28,6 +32,26 @@ from .liveness import RedisLiveness
 from .state import RedisState
 from .webhooks import RedisWebhookStore
 
+POOL_SIZE = 64  # connections per client; more calls at once wait their turn (up to 5 s)
+
+
+def _client(url: str, **kwargs: Any) -> Redis:
+    """A client whose pool makes calls wait for a free connection when all are busy: a
+    reconnect storm makes thousands of calls at once, and a plain pool (100 connections in
+    redis-py 8) fails every call past its size with "Too many connections"."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=POOL_SIZE,
+        timeout=5,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        health_check_interval=1,
+        **kwargs,
+    )
+    client = Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # aclose() closes the pool too
+    return client
+
 
 class RedisBackend:
     def __init__(self, url: str, prefix: str, node: str, node_timeout: float) -> None:
@@ -36,16 +60,11 @@ class RedisBackend:
         self.node = node
         # state scripts are never retried: one that ran before its connection broke would run
         # twice (a member or a quota slot counted twice); the engine resyncs instead
-        self.client = Redis.from_url(
-            url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=1
-        )
+        self.client = _client(url)
         # publishes are retried once on a fresh connection: at worst a duplicate delivery,
-        # never a loss
-        self.bus_client = Redis.from_url(
+        # never a loss (a history publish is appended once: publish.lua knows its id)
+        self.bus_client = _client(
             url,
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            health_check_interval=1,
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             retry_on_error=[RedisConnectionError],
         )
