@@ -246,6 +246,9 @@ async def users(engine: Engine, app: App, name: str) -> dict[str, Any]:
     return {"users": [{"id": uid} for uid in members]}
 
 
+REST_HISTORY_BYTES = 8 * 1024 * 1024  # payload bytes of one history answer at most
+
+
 def _int_param(query: dict[str, str], key: str, default: int | None, low: int, high: int) -> Any:
     raw = query.get(key)
     if raw is None or raw == "":
@@ -257,8 +260,9 @@ def _int_param(query: dict[str, str], key: str, default: int | None, low: int, h
 
 async def history(engine: Engine, app: App, name: str, query: dict[str, str]) -> dict[str, Any]:
     """A channel's kept events (a Pushwire extension): the last `limit`, or with `since` the
-    first `limit` after that offset. `complete` is false when some events after `since`
-    are gone (trimmed, expired, or `since` is from before the current epoch)."""
+    first `limit` after that offset, at most REST_HISTORY_BYTES of them. `complete` is false
+    when some events after `since` are gone (trimmed, expired, or `since` is from before the
+    current epoch) or past that bound (page on with a later `since`)."""
     name = _channel(app, name, "history")
     await _limit(engine, app, RateKind.READ_REQUESTS, 1, app.max_read_requests_per_sec)
     if app.history_policy(name) is None:
@@ -271,7 +275,7 @@ async def history(engine: Engine, app: App, name: str, query: dict[str, str]) ->
     limit = _int_param(query, "limit", min(100, top), 1, top)
     since = _int_param(query, "since", None, 0, MAX_OFFSET)
     try:
-        page = await engine.history(app, name, since, limit)
+        page = await engine.history(app, name, since, limit, REST_HISTORY_BYTES)
     except Unavailable as exc:
         raise ApiError(503, f"history: the store cannot be reached ({exc})") from None
     assert page is not None

@@ -254,13 +254,17 @@ class MemoryBroker:
     async def publish(
         self, topic: str, msg: BusMessage, history: HistoryPolicy | None = None
     ) -> Position | None:
-        self.plane.check(self.node)
-        loop = asyncio.get_running_loop()
+        plane = self.plane
+        plane.check(self.node)
         position = None
         if history is not None:
-            position = self.plane.append_history(topic, msg.payload, history)
+            position = plane.append_history(topic, msg.payload, history)
+        subs = plane.topics.get(topic)
+        if not subs or (position is None and len(subs) == 1 and self.node in subs):
+            return position  # nobody else listens (one node: always): nothing to copy
         msg = dataclasses.replace(msg, origin=self.node, position=position)
-        for node, deliver in self.plane.topics.get(topic, {}).items():
+        loop = asyncio.get_running_loop()
+        for node, deliver in subs.items():
             if node != self.node or position is not None:  # history events echo (see Broker)
                 loop.call_soon(deliver, msg)  # FIFO: per-topic order holds
         return position
