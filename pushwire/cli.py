@@ -68,6 +68,17 @@ def _ssl_context(config: Config) -> ssl.SSLContext | None:
     return ctx
 
 
+def listen_backlog() -> int:
+    """The kernel's limit for a listen queue (net.core.somaxconn): after a restart every
+    client reconnects at once, and a short queue (aiohttp's 128) drops their SYNs, which the
+    clients then retry only after 1, 2, 4 ... 64 s."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as fh:
+            return max(128, int(fh.read().strip()))
+    except (OSError, ValueError):
+        return 4096
+
+
 async def _serve(
     config: Config,
     reuse_port: bool = False,
@@ -103,6 +114,7 @@ async def _serve(
         reuse_address=True,
         reuse_port=reuse_port or None,
         ssl_context=ssl_context,
+        backlog=listen_backlog(),
     )
     await site.start()
     server = site._server
