@@ -538,3 +538,20 @@ def listen_drops() -> dict[str, int]:
             d = dict(zip(head.split()[1:], (int(v) for v in vals.split()[1:]), strict=False))
             return {k: d.get(k, 0) for k in ("ListenOverflows", "ListenDrops")}
     return {"ListenOverflows": 0, "ListenDrops": 0}
+
+
+def start_redis() -> tuple[subprocess.Popen[bytes], str]:
+    """A throwaway redis-server on a free port (nothing saved); returns it and its URL."""
+    import socket
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    exe = shutil.which("redis-server") or "redis-server"
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(port)
+    return proc, f"redis://127.0.0.1:{port}/0"

@@ -26,8 +26,6 @@ import collections
 import json
 import multiprocessing as mp
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,8 +37,7 @@ import psutil  # type: ignore[import-untyped,unused-ignore]
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import KEY, publish, start_pushwire  # noqa: E402
-from bench.fanout import wait_port  # noqa: E402
+from bench.common import KEY, publish, start_pushwire, start_redis  # noqa: E402
 
 CHANNEL = "bench"
 
@@ -314,22 +311,6 @@ def storm_run(args: argparse.Namespace, redis_url: str = "") -> dict[str, Any]:
         "server_cpu_s": round(cpu, 2),
         "client_cpu_s": round(sum(s[4] for s in stormed), 2),
     }
-
-
-def start_redis() -> tuple[subprocess.Popen[bytes], str]:
-    import socket
-
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        rport = sk.getsockname()[1]
-    exe = shutil.which("redis-server") or "redis-server"
-    proc = subprocess.Popen(
-        [exe, "--port", str(rport), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_port(rport)
-    return proc, f"redis://127.0.0.1:{rport}/0"
 
 
 def main() -> None:

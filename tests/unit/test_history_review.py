@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Coroutine
 from typing import Any
 
-import orjson
 import pytest
 
 from pushwire import api
 from pushwire.cluster.base import Unavailable
 from pushwire.config import App, ClusterConfig, Config, ServerConfig
 from pushwire.testing import FakeConnection, InProcessCluster
+from tests.unit.test_history import connect as connect_app
+from tests.unit.test_history import subscribe
 
 HIST = App(id="h", key="hk", secret="hs", history_size=100)
 CONFIG = Config(
@@ -39,18 +41,8 @@ async def two_nodes():
     await c.stop()
 
 
-async def connect(handler, app: App = HIST) -> FakeConnection:
-    conn = FakeConnection(app, now=handler.clock())
-    await handler.open(conn)
-    conn.take()
-    return conn
-
-
-async def subscribe(handler, conn: FakeConnection, channel: str, recover: Any = None) -> None:
-    d: dict[str, Any] = {"channel": channel}
-    if recover is not None:
-        d["recover"] = recover
-    await handler.on_text(conn, orjson.dumps({"event": "pusher:subscribe", "data": d}))
+def connect(handler: Any, app: App = HIST) -> Coroutine[Any, Any, FakeConnection]:
+    return connect_app(handler, app)
 
 
 async def trigger(node, channel: str, data: str) -> None:
