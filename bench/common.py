@@ -65,6 +65,7 @@ class LoadGen:
         inflight: int = 24,
         reconnect: bool = False,
         src_base: int = 100,
+        handshake_timeout_ms: int = 0,
     ) -> None:
         binary = build_loadgen()
         self.conns = conns
@@ -85,6 +86,7 @@ class LoadGen:
                 "--sample", str(sample),
                 "--reconnect", "1" if reconnect else "0",
                 "--id", str(i),
+                "--handshake-timeout-ms", str(handshake_timeout_ms),
             ]  # fmt: skip
             self.procs.append(
                 subprocess.Popen(

@@ -256,7 +256,13 @@ def storm_run(name: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
     gen = None
     try:
         gen = LoadGen(
-            srv.port, n, args.procs, inflight=args.inflight, sample=args.sample, reconnect=True
+            srv.port,
+            n,
+            args.procs,
+            inflight=args.inflight,
+            sample=args.sample,
+            reconnect=True,
+            handshake_timeout_ms=args.handshake_timeout_ms,
         )
         gen.wait_subscribed(args.timeout)
         time.sleep(1)
@@ -293,6 +299,8 @@ def storm_run(name: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
             "closed_42xx": sum(r["closed_42xx"] for r in reps),
             "other_closes": sum(r["other_closes"] for r in reps),
             "refused_retries": sum(r["retries"] for r in reps),
+            "handshake_timeout_ms": args.handshake_timeout_ms,
+            "handshake_timeouts": sum(r["handshake_timeouts"] for r in reps),
             "listen_overflows": ld1["ListenOverflows"] - ld0["ListenOverflows"],
             "old_exit_s": round((t_exit - t0) / 1e9, 3),
             "stop_call_s": round(stop_s, 3),
@@ -362,6 +370,13 @@ def main() -> None:
         help="events/s tried by --max-rate, in order, until p99 > 100 ms or a loss",
     )
     ap.add_argument("--memory-counts", default="10000,19000")
+    ap.add_argument(
+        "--handshake-timeout-ms",
+        type=int,
+        default=0,
+        help="--storm: a client abandons a connect + handshake + subscribe not done in this "
+        "time and tries again (0 = never, it waits for the kernel)",
+    )
     ap.add_argument("--clients", type=int, default=10000, help="--handshakes / --storm / --sparse")
     ap.add_argument("--drain", type=float, default=10, help="seconds to wait for stragglers")
     ap.add_argument("--settle", type=float, default=3, help="seconds before the RSS reading")

@@ -12,7 +12,9 @@
  *
  * With --reconnect 1, a socket the server closes with 4200-4299 (or after a pusher:error
  * with such a code) connects again at once and subscribes again; a failed connect or any
- * other loss is retried after --retry-ms (doubling up to --retry-max-ms).
+ * other loss is retried after --retry-ms (doubling up to --retry-max-ms). With
+ * --handshake-timeout-ms, a connect + handshake + subscribe not done in time is abandoned and
+ * retried the same way (browsers and SDKs time out a connection attempt too).
  *
  * Control: commands on stdin, one a line; answers on stdout, one JSON object a line.
  *   start   begin a measurement window (frame counters, latency histogram, CPU baseline)
@@ -54,6 +56,7 @@ struct conn {
     uint8_t resub;      /* lost after being subscribed: counts when subscribed again */
     uint8_t ever_sub;
     uint16_t backoff_ms;
+    int64_t deadline; /* --handshake-timeout-ms: give up on this handshake after it */
     char *in;
     uint32_t in_len, in_cap;
     char *out;
@@ -70,6 +73,7 @@ static int o_sample = 1;
 static int o_reconnect = 0;
 static int o_retry_ms = 25;
 static int o_retry_max_ms = 200;
+static int o_hs_timeout_ms = 0;
 static const char *o_channel = "bench";
 static const char *o_event = "bench";
 static const char *o_id = "0";
@@ -98,6 +102,7 @@ static int64_t t_first_connect, t_last_sub, t_all_sub;
 
 /* counters (totals and window) */
 static uint64_t connect_errors, handshake_errors, disconnects, sub_errors, pings, retries;
+static uint64_t handshake_timeouts;
 static uint64_t closed_42xx, other_closes, reconnects, resubscribed;
 static int64_t t_first_close, t_last_resub;
 static uint64_t close_codes[5000]; /* sockets lost, by close code (0: no close frame) */
@@ -280,6 +285,7 @@ static void open_conn(int i) {
     }
     c->fd = fd;
     c->state = ST_CONNECTING;
+    c->deadline = o_hs_timeout_ms ? now_ns() + (int64_t)o_hs_timeout_ms * 1000000 : 0;
     pending++;
     struct epoll_event e = {.events = EPOLLIN | EPOLLOUT, .data.u32 = (uint32_t)i};
     epoll_ctl(ep, EPOLL_CTL_ADD, fd, &e);
@@ -531,7 +537,7 @@ static void report(const char *type) {
            "\"waiting_retry\":%d,\"t_now_ns\":%lld,\"t_first_connect_ns\":%lld,"
            "\"t_last_sub_ns\":%lld,\"t_all_sub_ns\":%lld,"
            "\"connect_errors\":%llu,\"handshake_errors\":%llu,\"sub_errors\":%llu,"
-           "\"disconnects\":%llu,\"retries\":%llu,\"pings\":%llu,"
+           "\"disconnects\":%llu,\"retries\":%llu,\"pings\":%llu,\"handshake_timeouts\":%llu,"
            "\"closed_42xx\":%llu,\"other_closes\":%llu,\"reconnects\":%llu,"
            "\"resubscribed\":%llu,\"t_first_close_ns\":%lld,\"t_last_resub_ns\":%lld,"
            "\"window_s\":%.6f,\"frames\":%llu,\"events\":%llu,\"other_frames\":%llu,"
@@ -543,6 +549,7 @@ static void report(const char *type) {
            (unsigned long long)connect_errors, (unsigned long long)handshake_errors,
            (unsigned long long)sub_errors, (unsigned long long)disconnects,
            (unsigned long long)retries, (unsigned long long)pings,
+           (unsigned long long)handshake_timeouts,
            (unsigned long long)closed_42xx, (unsigned long long)other_closes,
            (unsigned long long)reconnects, (unsigned long long)resubscribed,
            (long long)t_first_close, (long long)t_last_resub,
@@ -610,7 +617,8 @@ static void usage(void) {
     fprintf(stderr,
             "usage: loadgen --port P [--host H] [--path /app/KEY?protocol=7] [--conns N]\n"
             "  [--src 127.0.1.1,127.0.1.2] [--inflight 64] [--channel bench] [--event bench]\n"
-            "  [--sample K] [--reconnect 0|1] [--retry-ms 25] [--retry-max-ms 200] [--id X]\n");
+            "  [--sample K] [--reconnect 0|1] [--retry-ms 25] [--retry-max-ms 200] [--id X]\n"
+            "  [--handshake-timeout-ms 0 (0: none; else reconnect a handshake not done by then)]\n");
     exit(2);
 }
 
@@ -620,7 +628,7 @@ int main(int argc, char **argv) {
         {"conns", 1, 0, 'n'},    {"src", 1, 0, 's'},       {"inflight", 1, 0, 'i'},
         {"channel", 1, 0, 'c'},  {"event", 1, 0, 'e'},     {"sample", 1, 0, 'k'},
         {"reconnect", 1, 0, 'r'}, {"retry-ms", 1, 0, 'R'}, {"retry-max-ms", 1, 0, 'M'},
-        {"id", 1, 0, 'I'},       {0, 0, 0, 0}};
+        {"id", 1, 0, 'I'},       {"handshake-timeout-ms", 1, 0, 'T'}, {0, 0, 0, 0}};
     const char *src_list = "127.0.0.1";
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -638,6 +646,7 @@ int main(int argc, char **argv) {
         case 'R': o_retry_ms = atoi(optarg); break;
         case 'M': o_retry_max_ms = atoi(optarg); break;
         case 'I': o_id = optarg; break;
+        case 'T': o_hs_timeout_ms = atoi(optarg); break;
         default: usage();
         }
     }
@@ -685,6 +694,7 @@ int main(int argc, char **argv) {
     window_start();
 
     struct epoll_event evs[1024];
+    int64_t next_sweep = 0;
     for (;;) {
         while (next_open < o_conns && pending < o_inflight) open_conn(next_open++);
         int64_t t = now_ns();
@@ -698,7 +708,18 @@ int main(int argc, char **argv) {
             t_all_sub = now_ns();
             report("subscribed");
         }
-        int timeout = 1000;
+        int timeout = o_hs_timeout_ms ? 100 : 1000;
+        if (o_hs_timeout_ms && t >= next_sweep) { /* handshakes past their deadline */
+            next_sweep = t + 100000000;
+            for (int i = 0; i < o_conns; i++) {
+                struct conn *c = &conns[i];
+                if (c->state >= ST_CONNECTING && c->state < ST_SUBSCRIBED && c->deadline &&
+                    c->deadline <= t) {
+                    handshake_timeouts++;
+                    lost(c, 0);
+                }
+            }
+        }
         if (rq_head < rq_tail) {
             int64_t d = (rq_at[rq_head % rq_cap] - t) / 1000000;
             timeout = d < 0 ? 0 : d < 1000 ? (int)d + 1 : 1000;
