@@ -15,7 +15,9 @@ Recovery (Pushwire's channel history, `recover=True`, the default): the client r
 last position (`epoch`, `offset`) of each channel and asks for what it missed when it
 subscribes again. The missed events arrive first, in order, each once; then the channel
 emits `pushwire:recovered`, or `pushwire:recovery_failed` (history gone or too far behind:
-fetch your state again). Servers without history (any Pusher server) ignore the request.
+fetch your state again). An offset skipped on the way (an event lost) makes the channel
+subscribe again from its last position. Servers without history (any Pusher server) ignore
+the request.
 """
 
 from __future__ import annotations
@@ -72,18 +74,23 @@ class Channel:
         self._global: list[Callable[[str, Any], Any]] = []
         self._ready: asyncio.Future[Channel] | None = None
         self.position: tuple[str, int] | None = None  # (epoch, offset) of the last event
+        self._refilling = False  # subscribing again to recover a gap
 
-    def _positioned(self, msg: dict[str, Any]) -> bool:
-        """Take the position of a positioned frame; False for one seen already (it must not
-        be delivered twice)."""
+    def _take(self, msg: dict[str, Any]) -> str:
+        """Take the position of a positioned frame: "new"; "seen" for one seen already (it
+        must not be delivered twice); "gap" when events before it never came (it is not
+        taken: the channel recovers from its last position, see `_refill`)."""
         epoch, offset = msg.get("epoch"), msg.get("offset")
         if not isinstance(epoch, str) or not isinstance(offset, int):
-            return True
+            return "new"
         pos = self.position
-        if pos is not None and pos[0] == epoch and offset <= pos[1]:
-            return False
+        if pos is not None and pos[0] == epoch:
+            if offset <= pos[1]:
+                return "seen"
+            if offset > pos[1] + 1:
+                return "gap"
         self.position = (epoch, offset)
-        return True
+        return "new"
 
     def bind(self, event: str, handler: Handler) -> Handler:
         self._handlers.setdefault(event, []).append(handler)
@@ -160,6 +167,7 @@ class PushwireClient:
         self._want_signin = False
         self.close_code: int | None = None
         self._resume_task: asyncio.Task[None] | None = None
+        self._refill_task: asyncio.Task[None] | None = None
         self.errors: list[dict[str, Any]] = []
 
     # Connection -----------------------------------------------------------------------------
@@ -274,11 +282,13 @@ class PushwireClient:
                 self._signin.set_result(self.user)
         if channel is not None and channel in self.channels:
             ch = self.channels[channel]
-            if event == "pushwire:position":  # an event left out for us: its position only
-                ch._positioned(msg)
-                return
-            if "offset" in msg and not event.startswith("pusher") and not ch._positioned(msg):
-                return  # seen already: never delivered twice, globally neither
+            # "pushwire:position": an event left out for us, its position only
+            if event == "pushwire:position" or ("offset" in msg and not event.startswith("pusher")):
+                taken = ch._take(msg)
+                if taken == "gap":
+                    self._refill(ch)
+                if taken != "new" or event == "pushwire:position":
+                    return  # seen already (never delivered twice, globally neither), or a gap
             await self._channel_event(ch, event, data, msg)
         if not event.startswith("pusher_internal:"):
             for g in list(self._global):
@@ -290,6 +300,7 @@ class PushwireClient:
             meta["offset"], meta["epoch"] = msg["offset"], msg["epoch"]
         if event == "pusher_internal:subscription_succeeded":
             ch.subscribed = True
+            ch._refilling = False
             recovered = msg.get("recovered")
             if isinstance(msg.get("epoch"), str) and isinstance(msg.get("offset"), int):
                 ch.position = (msg["epoch"], msg["offset"])
@@ -321,6 +332,24 @@ class PushwireClient:
             await ch._emit("pusher:subscription_count", data, meta)
         else:
             await ch._emit(event, data, meta)
+
+    def _refill(self, ch: Channel) -> None:
+        """Events of `ch` were lost on the way (an offset was skipped): subscribe again from
+        the last position, so the server sends them, in order, before anything newer."""
+        if ch._refilling or not ch.subscribed:
+            return
+        ch._refilling = True
+        log.warning("events of %s missing after offset %s: recovering them", ch.name, ch.position)
+
+        async def again() -> None:
+            try:
+                await self._send({"event": "pusher:unsubscribe", "data": {"channel": ch.name}})
+                await self._subscribe(ch)
+            except Exception:
+                ch._refilling = False
+                log.exception("recovering the missing events of %s failed", ch.name)
+
+        self._refill_task = asyncio.create_task(again())
 
     async def _resume(self) -> None:
         """After (re)connecting: sign in again and subscribe every channel again."""

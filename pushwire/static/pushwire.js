@@ -59,15 +59,21 @@
     this.client = client; this.name = name; this.subscribed = false;
     this.members = new Members();
     this.position = null;  // { epoch, offset } of the last event seen (history recovery)
+    this._refilling = false;  // subscribing again to get events a gap showed were lost
   }
   Channel.prototype = Object.create(Emitter.prototype);
-  // Takes the position of a positioned frame; false for one seen already (not delivered twice).
-  Channel.prototype._positioned = function (msg) {
+  // Takes the position of a positioned frame: "new"; "seen" for one seen already (never
+  // delivered twice); "gap" when events before it never came (not taken: the channel
+  // subscribes again from its last position and the server sends them, in order).
+  Channel.prototype._take = function (msg) {
     var epoch = msg.epoch, offset = msg.offset, pos = this.position;
-    if (typeof epoch !== "string" || typeof offset !== "number") return true;
-    if (pos && pos.epoch === epoch && offset <= pos.offset) return false;
+    if (typeof epoch !== "string" || typeof offset !== "number") return "new";
+    if (pos && pos.epoch === epoch) {
+      if (offset <= pos.offset) return "seen";
+      if (offset > pos.offset + 1) return "gap";
+    }
     this.position = { epoch: epoch, offset: offset };
-    return true;
+    return "new";
   };
   Channel.prototype.trigger = function (event, data) {
     if (event.indexOf("client-") !== 0) {
@@ -163,19 +169,25 @@
         self.emit("signin_success", self.user);
         return;
     }
-    if (ch && msg.event === "pushwire:position") {  // an event left out for us: position only
-      ch._positioned(msg);
-      return;
+    if (ch && (msg.event === "pushwire:position" ||  // an event left out for us: position only
+               ("offset" in msg && msg.event.indexOf("pusher") !== 0))) {
+      var taken = ch._take(msg);
+      if (taken === "gap" && ch.subscribed && !ch._refilling) {
+        ch._refilling = true;  // subscribe again from the last position: the server resends
+        self._send({ event: "pusher:unsubscribe", data: { channel: ch.name } });
+        self._subscribe(ch);
+      }
+      if (taken !== "new" || msg.event === "pushwire:position") return;
     }
     if (ch) {
       var meta = msg.user_id ? { user_id: msg.user_id } : {};
       if ("offset" in msg && msg.event.indexOf("pusher") !== 0) {
-        if (!ch._positioned(msg)) return;  // seen already: never delivered twice
         meta.offset = msg.offset; meta.epoch = msg.epoch;
       }
       switch (msg.event) {
         case "pusher_internal:subscription_succeeded":
           ch.subscribed = true;
+          ch._refilling = false;
           if (typeof msg.epoch === "string" && typeof msg.offset === "number") {
             ch.position = { epoch: msg.epoch, offset: msg.offset };
           } else if (msg.recovered === false) {

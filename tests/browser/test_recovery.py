@@ -296,6 +296,37 @@ async def test_browser_client_recovers_missed_events_across_restarts(tmp_path):
             "offset": room["failed"][0]["offset"] + 1,
         }
         assert not statuses, statuses
+
+        # An event lost on the way (the page drops one frame): the next one shows a skipped
+        # offset, the client subscribes again from its last position, and the app gets both,
+        # in order, once each
+        await page.eval(f"window.lose = {last + 2}")
+        await page.eval(
+            """(() => {
+              const real = window.pw._onMessage;
+              window.dropped = 0;
+              window.pw._onMessage = function (raw) {
+                const m = JSON.parse(raw);
+                if (!window.dropped && m.event === 'n' && JSON.parse(m.data).n === window.lose) {
+                  window.dropped = 1;
+                  return;
+                }
+                return real.call(this, raw);
+              };
+              return true;
+            })()"""
+        )
+        for n in (last + 2, last + 3, last + 4):
+            await trigger("history-room", n)
+        await page.wait(f"window.rec['history-room'].got.length === {last + 4}")
+        await asyncio.sleep(0.3)  # nothing more may come
+        room = await page.rec("history-room")
+        assert await page.eval("window.dropped") == 1
+        assert [e["n"] for e in room["got"][-4:]] == [last + 1, last + 2, last + 3, last + 4]
+        tail = [e["offset"] for e in room["got"][-4:]]
+        assert tail == list(range(tail[0], tail[0] + 4))
+        assert room["succeeded"] == 4  # the refill subscribed once more
+        assert not statuses, statuses
     finally:
         if proc is not None:
             if proc.stdin is not None:

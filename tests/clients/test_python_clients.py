@@ -288,3 +288,36 @@ async def test_client_pings_when_idle(tmp_path):
         await c.close()
     finally:
         srv.stop()
+
+
+async def test_ws_client_recovers_a_gap(server):
+    """An event lost on the way (here: dropped before the client saw it) shows as a skipped
+    offset on the next one: the client subscribes again from its last position and the app
+    gets the lost event and the next one, in order, once each."""
+    c = client(server)
+    await c.connect()
+    ch = await c.subscribe("gap-room")
+    inbox = Inbox()
+    ch.bind("ev", inbox)
+    real = c._on_message
+    dropped: list[str] = []
+
+    async def lossy(msg):
+        if msg.get("event") == "ev" and "lost" in str(msg.get("data")) and not dropped:
+            dropped.append(msg["offset"])
+            return
+        await real(msg)
+
+    c._on_message = lossy  # type: ignore[method-assign]
+    async with AsyncRestClient("app-id", KEY, SECRET, port=server.port) as rest:
+        for data in ("one", "lost", "next", "last"):
+            await rest.trigger("gap-room", "ev", data)
+            if data == "one":
+                assert (await inbox.get())[0] == "one"
+        got = [await inbox.get() for _ in range(3)]
+    assert len(dropped) == 1
+    assert [d for d, _ in got] == ["lost", "next", "last"]
+    offsets = [m["offset"] for _, m in got]
+    assert offsets == [dropped[0], dropped[0] + 1, dropped[0] + 2]
+    assert await inbox.empty()
+    await c.close()
