@@ -18,6 +18,8 @@ The machine is shared with other benchmarks: run it under the lock, e.g.
     flock /tmp/pushwire-bench.lock .venv/bin/python bench/rest_ingest.py --no-soketi \\
         --profile /tmp/rest.svg            # py-spy --native during Pushwire's events run
     ... bench/rest_ingest.py --baseline /tmp/before   # + an older tree, as pushwire-before
+    ... bench/rest_ingest.py --aiohttp   # + this tree without the raw transport's REST fast
+                                         # path (PUSHWIRE_REST_FAST_PATH=0), as pushwire-aiohttp
     ... bench/rest_ingest.py --url http://127.0.0.1:6001 --server-pid PID   # existing server
 
 Needs `wrk` (Debian: `apt-get install -y wrk`; installed here when missing and possible).
@@ -100,8 +102,11 @@ def wait_port(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listening on port {port}")
 
 
-def start_pushwire(port: int, tmp: Path, tree: str | None = None) -> subprocess.Popen[bytes]:
-    """`pushwire serve` on `port`: this checkout's, or the `pushwire` package in `tree`."""
+def start_pushwire(
+    port: int, tmp: Path, tree: str | None = None, fast_path: bool = True
+) -> subprocess.Popen[bytes]:
+    """`pushwire serve` on `port`: this checkout's, or the `pushwire` package in `tree`;
+    `fast_path=False` turns the raw transport's REST fast path off."""
     cfg = tmp / "pushwire.toml"
     cfg.write_text(
         f'[server]\nhost = "127.0.0.1"\nport = {port}\nlog_level = "warning"\n\n'
@@ -112,6 +117,7 @@ def start_pushwire(port: int, tmp: Path, tree: str | None = None) -> subprocess.
     env = dict(os.environ)
     if tree:
         env["PYTHONPATH"] = str(Path(tree).resolve())
+    env["PUSHWIRE_REST_FAST_PATH"] = "1" if fast_path else "0"
     proc = subprocess.Popen(
         [*cmd, "serve", "--config", str(cfg)],
         cwd=tree or ROOT,
@@ -299,6 +305,12 @@ def main() -> None:
         "commit: git archive COMMIT pushwire | tar -x -C DIR)",
     )
     ap.add_argument(
+        "--aiohttp",
+        action="store_true",
+        help="also measure this checkout with the REST fast path off (PUSHWIRE_REST_FAST_PATH=0)"
+        " as pushwire-aiohttp",
+    )
+    ap.add_argument(
         "--profile",
         help="py-spy profile of Pushwire's runs, one file per kind (NAME-events.svg ...): "
         ".svg for a flame graph, collapsed stacks for any other suffix",
@@ -327,6 +339,13 @@ def main() -> None:
                 finally:
                     proc.send_signal(signal.SIGTERM)
                     proc.wait(30)
+            if args.aiohttp:
+                proc = start_pushwire(args.port, tmp, fast_path=False)
+                try:
+                    run("pushwire-aiohttp", f"http://127.0.0.1:{args.port}", proc.pid)
+                finally:
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(30)
             proc = start_pushwire(args.port, tmp)
             try:
                 run("pushwire", f"http://127.0.0.1:{args.port}", proc.pid)
@@ -346,7 +365,7 @@ def main() -> None:
         return statistics.median(vals) if vals else None
 
     for kind in kinds:
-        for base in ("soketi", "pushwire-before"):
+        for base in ("soketi", "pushwire-before", "pushwire-aiohttp"):
             pw = median("pushwire", kind, "req_per_s")
             other = median(base, kind, "req_per_s")
             if not (pw and other):

@@ -34,6 +34,7 @@ class GuardedServer(web.Server):
         direct: dict[str, DirectHandler] | None = None,
         **kw: Any,
     ):
+        self.direct = direct or {}  # the raw transport's REST fast path serves these too
         if direct:
             handler = direct_dispatch(handler, direct)
         super().__init__(handler, **kw)

@@ -12,6 +12,21 @@ malformed or unusual request, even an odd upgrade) is handed to aiohttp on the s
 connection, with the bytes already read, so aiohttp answers it exactly as it would have.
 TLS sits below the protocol, so it works unchanged.
 
+REST fast path (on with `ws_transport = "raw"`; the environment variable
+`PUSHWIRE_REST_FAST_PATH=0` turns it off): a plain `POST /apps/{app_id}/events` or
+`/batch_events` (HTTP/1.1, one Content-Length, no Transfer-Encoding, Expect, Upgrade,
+Content-Encoding or Connection other than keep-alive, a path without percent-escapes, nothing
+odd) is served here too, by the same `RestRoute.direct` that aiohttp's direct dispatch calls
+(so the same checks, in the same order, with the same answers and counters), and answered with
+the same bytes aiohttp writes (`rest.wire`). The body must be whole in memory first: a body
+still on its way is awaited only up to `READ_AHEAD` bytes and `body_timeout` seconds, past
+either the request goes to aiohttp, which reads it as before. The connection stays here for
+the next request (keep-alive, pipelined requests answered in order, idle for at most
+`handshake_timeout`) until the first request the fast path does not take: from there on,
+aiohttp serves the connection, starting with every byte not consumed yet. Any doubt about a
+head (size, syntax, obs-fold, a repeated Content-Length) hands it to aiohttp, which judges it
+as it always did: the fast path never parses a request differently from aiohttp.
+
 Frames: client frames must be masked; fragmented messages are joined; control frames may
 come between fragments; a message longer than `max_frame_size` closes with 1009 (its payload
 is skipped, never buffered), text that is not UTF-8 with 1007, other protocol errors with
@@ -28,6 +43,7 @@ import base64
 import binascii
 import hashlib
 import logging
+import os
 import re
 import socket
 from typing import TYPE_CHECKING, Any, cast
@@ -40,6 +56,7 @@ from ..protocol import messages
 from ..protocol.errors import ConnectionUnauthorized, PusherError
 from ..protocol.frames import close_frame
 from .http import client_error
+from .rest import RestRoute, wire
 from .ws import WS_ENDPOINT, Flusher, QueuedConnection, WsEndpoint
 
 if TYPE_CHECKING:
@@ -56,6 +73,37 @@ KEY_RE = re.compile(r"[A-Za-z0-9._~-]+")  # app keys taken as they are (no %-dec
 TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 BAD_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 REQUEST_START_RE = re.compile(rb"[A-Z]{1,20}(?: |$)")  # what an HTTP request starts with
+
+# REST fast path
+READ_AHEAD = 65536  # body bytes awaited here before the checks (aiohttp reads as far ahead)
+MAX_FIELDS = 100  # header lines a fast-path head may have (more: aiohttp judges it)
+MAX_LINE = 8190  # and their length (aiohttp's own limit)
+REST_TARGET_RE = re.compile(
+    r"/apps/([A-Za-z0-9_~-][A-Za-z0-9._~-]*)/([a-z_]+)(?:\?([A-Za-z0-9._~!$&'()*+,;=:@/?%-]*))?"
+)
+REST_REFUSED = frozenset(
+    ("transfer-encoding", "expect", "upgrade", "content-encoding", "te", "trailer")
+)
+# headers aiohttp refuses to see twice (RFC 9110 singletons): a repeated one is aiohttp's
+SINGLETONS = frozenset(
+    (
+        "content-length",
+        "content-location",
+        "content-range",
+        "content-type",
+        "etag",
+        "host",
+        "max-forwards",
+        "server",
+        "transfer-encoding",
+        "user-agent",
+    )
+)
+INTERNAL_ERROR = (
+    b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 55\r\nConnection: close\r\n\r\n"
+    b"500 Internal Server Error\n\nServer got itself in trouble"
+)
 
 # opcodes
 CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -128,6 +176,99 @@ def parse_upgrade(head: bytes) -> Upgrade | None:
     return Upgrade(app_key, query, headers, ws_key)
 
 
+class RestCall:
+    """A request head the REST fast path takes."""
+
+    __slots__ = ("app_id", "length", "query", "route", "target")
+
+    def __init__(self, route: RestRoute, app_id: str, target: str, query: str, length: int):
+        self.route = route
+        self.app_id = app_id
+        self.target = target
+        self.query = query
+        self.length = length
+
+
+def parse_rest(head: bytes, routes: dict[str, RestRoute]) -> RestCall | None:
+    """The fast-path REST call in `head` (without the blank line), or None for anything else:
+    aiohttp takes those, exactly as without the fast path."""
+    if not head.startswith(b"POST /apps/"):
+        return None
+    try:
+        text = head.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    lines = text.split("\r\n")
+    if len(lines) > MAX_FIELDS + 1:
+        return None
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or parts[2] != "HTTP/1.1":
+        return None
+    m = REST_TARGET_RE.fullmatch(parts[1])
+    if m is None:
+        return None
+    route = routes.get(m[2])
+    if route is None:
+        return None
+    length = -1
+    seen: set[str] = set()
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if (
+            not sep
+            or len(line) > MAX_LINE
+            or not TOKEN_RE.fullmatch(name)
+            or BAD_VALUE_RE.search(value)
+        ):
+            return None  # obs-fold, bare CR, control characters, no colon...
+        lname = name.lower()
+        if lname in REST_REFUSED:
+            return None
+        if lname in SINGLETONS:
+            if lname in seen:
+                return None  # a repeated Content-Length, Host, ...
+            seen.add(lname)
+        if lname == "content-length":
+            value = value.strip(" \t")
+            if not value.isdigit() or len(value) > 12:
+                return None  # signed, spaced, hexadecimal or absurd
+            length = int(value)
+        elif lname == "connection" and value.strip(" \t").lower() != "keep-alive":
+            return None
+    if length < 0 or "host" not in seen:  # aiohttp refuses HTTP/1.1 without Host
+        return None
+    return RestCall(route, m[1], parts[1], m[3] or "", length)
+
+
+class FastRequest:
+    """What `RestApi._run` reads from a request, for a fast-path call whose body is whole."""
+
+    __slots__ = ("_body", "content_length", "path", "query", "raw_path")
+
+    method = "POST"
+
+    def __init__(self, call: RestCall, body: bytes) -> None:
+        self.raw_path = call.target
+        self.path = call.target.partition("?")[0]  # no percent-escape: as sent
+        self.query = URL.build(query_string=call.query, encoded=True).query  # as aiohttp's
+        self.content_length = call.length
+        self._body = body
+
+    @property
+    def can_read_body(self) -> bool:
+        return bool(self._body)
+
+    @property
+    def content(self) -> FastRequest:
+        return self
+
+    def is_eof(self) -> bool:
+        return True  # the whole body is in memory
+
+    async def read(self) -> bytes:
+        return self._body
+
+
 def accept_key(ws_key: str) -> bytes:
     return base64.b64encode(hashlib.sha1(ws_key.encode() + GUID).digest())
 
@@ -163,6 +304,15 @@ class RawServer:
         self.websocket = server.role in ("all", "websocket")
         self.loop = asyncio.get_running_loop()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.body_timeout = server.body_timeout
+        # the REST fast path: the routes aiohttp's direct dispatch serves (none when it cannot)
+        self.rest: dict[str, RestRoute] = {}
+        if os.environ.get("PUSHWIRE_REST_FAST_PATH", "1") != "0":
+            for tail, direct in getattr(http, "direct", {}).items():
+                owner = getattr(direct, "__self__", None)
+                if isinstance(owner, RestRoute):
+                    self.rest[tail] = owner
+        self.kept: set[HeadReader] = set()  # idle keep-alive connections of the fast path
 
     def protocol(self) -> HeadReader:
         return HeadReader(self)
@@ -207,15 +357,33 @@ class RawServer:
 
 
 class HeadReader(asyncio.Protocol):
-    """A new connection until its first request head is read."""
+    """A connection until its first request aiohttp or the WebSocket takes: reads request
+    heads, upgrades a WebSocket (first request only), serves REST fast-path calls."""
 
-    __slots__ = ("_buf", "_srv", "_timer", "_transport")
+    __slots__ = (
+        "_body_wait",
+        "_buf",
+        "_busy",
+        "_done",
+        "_rpaused",
+        "_served",
+        "_srv",
+        "_timer",
+        "_transport",
+        "_wpaused",
+    )
 
     def __init__(self, srv: RawServer) -> None:
         self._srv = srv
         self._buf = b""
         self._timer: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport | None = None
+        self._served = False  # a fast-path request was answered (keep-alive from here)
+        self._busy = False  # a fast-path request is being served
+        self._done = False  # handed over, upgraded or lost: nothing more to do here
+        self._rpaused = False  # reading paused (pipelined bytes waiting, or a slow reader)
+        self._wpaused = False  # the transport's write buffer is full
+        self._body_wait = False  # a fast-path head is whole, its body not yet
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -223,6 +391,18 @@ class HeadReader(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timer()
+        self._done = True
+        self._buf = b""
+        self._srv.kept.discard(self)
+
+    def pause_writing(self) -> None:
+        self._wpaused = True
+
+    def resume_writing(self) -> None:
+        self._wpaused = False
+        if not self._busy and not self._done:
+            self._resume()
+            self._next()
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
@@ -231,32 +411,131 @@ class HeadReader(asyncio.Protocol):
 
     def _expire(self) -> None:
         self._timer = None
+        if self._transport is None:
+            return
+        if self._served:  # an idle keep-alive connection: closed, as aiohttp does
+            self._transport.close()
+            return
         client_error(self._srv.metrics, "handshake_timeout", "connection sent no request in time")
-        if self._transport is not None:
-            self._transport.abort()
+        self._transport.abort()
+
+    def _slow_body(self) -> None:
+        """A fast-path body did not come whole in time: aiohttp reads it (its own body
+        timeout applies from here) and answers."""
+        self._timer = None
+        if not self._done and not self._busy:
+            self._hand_over()
+
+    def _resume(self) -> None:
+        if self._rpaused and self._transport is not None:
+            self._rpaused = False
+            self._transport.resume_reading()
+
+    def _hand_over(self) -> None:
+        transport = self._transport
+        assert transport is not None
+        self._stop_timer()
+        self._resume()
+        self._done = True
+        self._srv.kept.discard(self)
+        buf, self._buf = self._buf, b""
+        self._srv.hand_over(transport, buf)
 
     def data_received(self, data: bytes) -> None:
-        buf = self._buf + data if self._buf else data
+        if self._done:
+            return
+        self._buf = self._buf + data if self._buf else data
+        if self._busy or self._wpaused:  # answered in order, once the current one is
+            if len(self._buf) > MAX_HEAD + READ_AHEAD and not self._rpaused:
+                self._rpaused = True
+                assert self._transport is not None
+                self._transport.pause_reading()
+            return
+        self._next()
+
+    def _next(self) -> None:
+        """Act on the buffered bytes: wait for more, upgrade, serve, or hand over."""
+        buf = self._buf
         transport = self._transport
         assert transport is not None
         srv = self._srv
+        if not buf:
+            if self._timer is None:  # idle between kept-alive requests
+                self._timer = srv.loop.call_later(srv.handshake_timeout, self._expire)
+            return
         end = buf.find(b"\r\n\r\n")
         if end < 0:
-            # wait for the whole head (within the handshake timeout), unless aiohttp can
-            # judge it now: too long, bare line feeds, or not an HTTP request line at all
+            # wait for the whole head (within the handshake or keep-alive timeout), unless
+            # aiohttp can judge it now: too long, bare line feeds, or not an HTTP request line
             if len(buf) > MAX_HEAD or b"\n\n" in buf or not REQUEST_START_RE.match(buf):
+                self._hand_over()
+            elif self._timer is None:
+                self._timer = srv.loop.call_later(srv.handshake_timeout, self._expire)
+            return
+        if srv.websocket and not self._served and buf.startswith(PREFIX):
+            req = parse_upgrade(buf[:end])
+            if req is not None:
                 self._stop_timer()
-                srv.hand_over(transport, buf)
-            else:
-                self._buf = buf
+                self._done = True
+                self._buf = b""
+                srv.upgrade(transport, req, buf[end + 4 :])
+                return
+        call = parse_rest(buf[:end], srv.rest) if srv.rest else None
+        if call is None:
+            self._hand_over()  # the head is whole: aiohttp's timer stops at once
+            return
+        start = end + 4
+        if len(buf) - start < call.length:
+            if call.length > READ_AHEAD:
+                self._hand_over()  # a large body still on its way: aiohttp reads it
+            elif not self._body_wait:
+                self._body_wait = True
+                self._stop_timer()
+                self._timer = srv.loop.call_later(srv.body_timeout, self._slow_body)
             return
         self._stop_timer()
-        self._buf = b""
-        req = parse_upgrade(buf[:end]) if buf.startswith(PREFIX) else None
-        if req is None:
-            srv.hand_over(transport, buf)  # the head is whole: aiohttp's timer stops at once
-        else:
-            srv.upgrade(transport, req, buf[end + 4 :])
+        self._body_wait = False
+        body = buf[start : start + call.length]
+        self._buf = buf[start + call.length :]
+        self._busy = True
+        srv.kept.discard(self)
+        task = srv.loop.create_task(self._serve(call, body))
+        srv.tasks.add(task)
+        task.add_done_callback(srv.tasks.discard)
+
+    async def _serve(self, call: RestCall, body: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        try:
+            # FastRequest has every attribute RestApi._run reads from a web.Request
+            request = cast(web.Request, FastRequest(call, body))
+            answer = wire(await call.route.direct(request, call.app_id))
+        except Exception:
+            log.exception("error serving %s", call.target.partition("?")[0])
+            self._done = True
+            transport.write(INTERNAL_ERROR)
+            transport.close()
+            return
+        finally:
+            self._busy = False
+        if self._done:  # the connection was lost meanwhile
+            return
+        transport.write(answer)
+        self._served = True
+        if self._wpaused:  # a client that does not read its answers is not read either
+            if not self._rpaused:
+                self._rpaused = True
+                transport.pause_reading()
+            return
+        self._resume()
+        if not self._buf:
+            self._srv.kept.add(self)
+        self._next()
+
+    def close_idle(self) -> None:
+        """Server shutdown: close this kept-alive connection if it waits for a request."""
+        if not self._busy and not self._done and self._transport is not None:
+            self._transport.close()
 
 
 class Refused(asyncio.Protocol):
@@ -579,8 +858,9 @@ class RawSite(web.TCPSite):
         runner = self._runner
         assert isinstance(runner, web.AppRunner) and runner.server is not None
         raw = RawServer(runner.server, runner.app[WS_ENDPOINT])
-        # role = "api": no WebSocket here, every connection is aiohttp's from the start
-        factory = raw.protocol if raw.websocket else runner.server
+        # role = "api" without the REST fast path: every connection is aiohttp's at once
+        factory = raw.protocol if raw.websocket or raw.rest else runner.server
+        self._raw = raw
         self._server = await raw.loop.create_server(
             factory,
             self._host,
@@ -592,3 +872,10 @@ class RawSite(web.TCPSite):
         )
         sockets = self._server.sockets
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+
+    async def stop(self) -> None:
+        await super().stop()
+        raw = getattr(self, "_raw", None)
+        if raw is not None:  # kept-alive fast-path connections are not aiohttp's to close
+            for reader in list(raw.kept):
+                reader.close_idle()

@@ -76,6 +76,26 @@ class EmptyOk(web.Response):
         return None
 
 
+def wire(response: web.Response) -> bytes:
+    """`response` as aiohttp writes it on a kept-alive HTTP/1.1 connection (status line, its
+    headers in order, Content-Length, Date, Server, the body), for the raw transport's REST
+    fast path (transport/rawws.py). `EmptyOk` is the prebuilt piece; other answers are
+    rendered by the same rules as aiohttp's `Response._start` / `_prepare_headers`."""
+    if type(response) is EmptyOk:
+        return (_EMPTY_HEAD + rfc822_formatted_time() + _EMPTY_TAIL).encode()
+    body = response.body
+    assert isinstance(body, bytes) and not response.chunked
+    headers = response.headers.copy()
+    headers["Content-Length"] = str(len(body))
+    if body:
+        headers.setdefault("Content-Type", "application/octet-stream")
+    if "Date" not in headers:
+        headers["Date"] = rfc822_formatted_time()
+    headers.setdefault("Server", SERVER_SOFTWARE)
+    lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return f"HTTP/1.1 {response.status} {response.reason}\r\n{lines}\r\n".encode() + body
+
+
 def ok_direct(body: dict[str, Any]) -> web.Response:
     """`ok()` for the direct dispatch: `EmptyOk` for the empty answer."""
     if not body:
