@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import ERROR, RequestHandler
+from aiohttp.web_protocol import ERROR, RequestHandler, RequestPayloadError
 
 from ..metrics import Metrics
 
@@ -187,4 +187,6 @@ class QuietClientErrors(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, HttpProcessingError | ConnectionError)
+        # RequestPayloadError: a body aiohttp drains after the answer (e.g. a refused
+        # request's) that does not decode (a Content-Encoding that lies)
+        return not isinstance(exc, HttpProcessingError | ConnectionError | RequestPayloadError)

@@ -120,6 +120,24 @@ async def test_unsigned_body_is_refused_before_it_is_read(srv):
     assert head.startswith(b"HTTP/1.1 401"), head
 
 
+async def test_body_with_a_lying_content_encoding_logs_no_traceback(srv):
+    """A refused request whose body claims gzip but is not: answered, and the body aiohttp
+    drains afterwards does not print a traceback."""
+    sock = raw(srv.port)
+    body = b"this is not gzip" * 4
+    sock.sendall(
+        b"POST /apps/app-id/events?auth_key=app-key HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Encoding: gzip\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
+    sock.settimeout(2.0)
+    head = sock.recv(4096)
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 401"), head
+    await asyncio.sleep(0.3)
+    assert "Traceback" not in srv.log_text()
+
+
 async def test_slow_body_gets_408(srv):
     path = "/apps/app-id/events"
     body = orjson.dumps({"name": "e", "channel": "c", "data": "x" * 100})
