@@ -164,6 +164,9 @@ class ServerConfig:
     # WebSocket transport: "raw" (an asyncio.Protocol of our own, ~2 KB per idle socket) or
     # "aiohttp" (aiohttp's WebSocketResponse, ~15.5 KB); other HTTP is aiohttp's either way
     ws_transport: str = "raw"
+    # with ws_transport = "raw": plain REST triggers are parsed and answered by the raw
+    # transport too (same checks and answers, without aiohttp's request machinery)
+    rest_fast_path: bool = True
 
 
 @dataclass(frozen=True)
@@ -477,6 +480,10 @@ def _check_cluster(cluster: ClusterConfig, source: str) -> None:
         )
 
 
+
+def _env_bool(raw: str) -> bool:
+    return raw.strip().lower() not in ("0", "false", "no", "off")
+
 def load(
     path: str | None = None,
     env: Mapping[str, str] | None = None,
@@ -508,6 +515,7 @@ def load(
         ("workers", int),
         ("role", str),
         ("ws_transport", str),
+        ("rest_fast_path", _env_bool),
     ):
         raw = env.get(f"PUSHWIRE_{key.upper()}")
         if raw:

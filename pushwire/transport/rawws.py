@@ -12,8 +12,8 @@ malformed or unusual request, even an odd upgrade) is handed to aiohttp on the s
 connection, with the bytes already read, so aiohttp answers it exactly as it would have.
 TLS sits below the protocol, so it works unchanged.
 
-REST fast path (on with `ws_transport = "raw"`; the environment variable
-`PUSHWIRE_REST_FAST_PATH=0` turns it off): a plain `POST /apps/{app_id}/events` or
+REST fast path (on with `ws_transport = "raw"`; `[server] rest_fast_path = false`, or
+`PUSHWIRE_REST_FAST_PATH=0`, turns it off): a plain `POST /apps/{app_id}/events` or
 `/batch_events` (HTTP/1.1, one Content-Length, no Transfer-Encoding, Expect, Upgrade,
 Content-Encoding or Connection other than keep-alive, a path without percent-escapes, nothing
 odd) is served here too, by the same `RestRoute.direct` that aiohttp's direct dispatch calls
@@ -43,7 +43,6 @@ import base64
 import binascii
 import hashlib
 import logging
-import os
 import re
 import socket
 from typing import TYPE_CHECKING, Any, cast
@@ -307,7 +306,7 @@ class RawServer:
         self.body_timeout = server.body_timeout
         # the REST fast path: the routes aiohttp's direct dispatch serves (none when it cannot)
         self.rest: dict[str, RestRoute] = {}
-        if os.environ.get("PUSHWIRE_REST_FAST_PATH", "1") != "0":
+        if server.rest_fast_path:
             for tail, direct in getattr(http, "direct", {}).items():
                 owner = getattr(direct, "__self__", None)
                 if isinstance(owner, RestRoute):

@@ -97,3 +97,13 @@ def test_config_errors_name_file_key_problem(tmp_path, text, message):
 def test_missing_file():
     with pytest.raises(ConfigError, match="file not found"):
         load("/nonexistent/x.toml", env={})
+
+
+def test_rest_fast_path_setting(tmp_path):
+    assert load(None, env={}).server.rest_fast_path is True
+    assert load(None, env={"PUSHWIRE_REST_FAST_PATH": "0"}).server.rest_fast_path is False
+    assert load(None, env={"PUSHWIRE_REST_FAST_PATH": "1"}).server.rest_fast_path is True
+    path = write(tmp_path, "[server]\nrest_fast_path = false\n")
+    assert load(path, env={}).server.rest_fast_path is False
+    with pytest.raises(ConfigError, match="rest_fast_path"):
+        load(write(tmp_path, '[server]\nrest_fast_path = "no"\n'), env={})
