@@ -54,10 +54,14 @@ _PREFIXES: tuple[tuple[str, ChannelType], ...] = (
 )
 _PUBLIC = ChannelType(Kind.PUBLIC, False)
 _SERVER_TO_USER = ChannelType(Kind.SERVER_TO_USER, False)
+_PREFIX_NAMES = frozenset(prefix for prefix, _ in _PREFIXES)
+_FIRST_CHARS = frozenset(p[0] for p in (*_PREFIX_NAMES, SERVER_TO_USER_PREFIX))
 
 
 def channel_type(name: str) -> ChannelType:
     """The type of a (valid) channel name."""
+    if name[:1] not in _FIRST_CHARS:  # most channels: no prefix to look for
+        return _PUBLIC
     if name.startswith(SERVER_TO_USER_PREFIX):
         return _SERVER_TO_USER
     for prefix, ctype in _PREFIXES:
@@ -84,9 +88,8 @@ def validate_channel_name(name: object, max_length: int = 200) -> str:
         raise InvalidChannel(
             f"Invalid channel name {name!r}: only A-Z a-z 0-9 and _ - = @ , . ; are allowed"
         )
-    for prefix, _ in _PREFIXES:
-        if name == prefix:
-            raise InvalidChannel(f"Channel name {name!r} has a prefix but no name after it")
+    if name in _PREFIX_NAMES:
+        raise InvalidChannel(f"Channel name {name!r} has a prefix but no name after it")
     return name
 
 
