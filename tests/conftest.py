@@ -209,6 +209,19 @@ def start_node(tmp: Path, config: str, *extra: str) -> tuple[subprocess.Popen[st
     raise RuntimeError(f"server did not start: {log.read_text()}")
 
 
+@contextlib.contextmanager
+def running_server(tmp: Path, config: str, *extra: str, nodes: int = 1) -> Iterator[Server]:
+    """A server for a test module: stopped afterwards, and it may not have logged a
+    traceback (a client mistake must never print one)."""
+    s = start_server(tmp, config, *extra, nodes=nodes)
+    try:
+        yield s
+    finally:
+        s.stop()
+    text = s.log_text()
+    assert "Traceback" not in text, text[-3000:]
+
+
 def start_server(tmp: Path, config: str, *extra: str, nodes: int = 1) -> Server:
     started = [start_node(tmp, config, *extra) for _ in range(nodes)]
     return Server(

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from pushwire.protocol.signing import sign_rest
-from tests.conftest import TIMEOUT, start_server
+from tests.conftest import TIMEOUT, running_server
 from tests.server.helpers import Client, rest
 
 CONFIG = """
@@ -33,11 +33,8 @@ secret = "app-secret"
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    s = start_server(tmp_path_factory.mktemp("abuse"), CONFIG)
-    yield s
-    s.stop()
-    text = s.log_text()
-    assert "Traceback" not in text, text[-3000:]
+    with running_server(tmp_path_factory.mktemp("abuse"), CONFIG) as s:
+        yield s
 
 
 def raw(port: int) -> socket.socket:

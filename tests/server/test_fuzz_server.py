@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from pushwire.protocol.signing import sign_rest
-from tests.conftest import TIMEOUT, start_server
+from tests.conftest import TIMEOUT, running_server
 from tests.unit.test_fuzz_protocol import (
     FUZZ_SETTINGS,
     KEY,
@@ -76,11 +76,8 @@ _probe = itertools.count()
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    s = start_server(tmp_path_factory.mktemp("fuzz"), CONFIG)
-    yield s
-    s.stop()
-    text = s.log_text()
-    assert "Traceback" not in text, text[-3000:]
+    with running_server(tmp_path_factory.mktemp("fuzz"), CONFIG) as s:
+        yield s
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,14 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import TIMEOUT, cluster_config, free_port, start_node, start_server, stop_node
+from tests.conftest import (
+    TIMEOUT,
+    cluster_config,
+    free_port,
+    running_server,
+    start_node,
+    stop_node,
+)
 from tests.server.helpers import Client, rest
 
 CONFIG = """
@@ -35,10 +42,8 @@ allowed_origins = ["https://*.example.com", "http://localhost:3000"]
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    s = start_server(tmp_path_factory.mktemp("limits"), CONFIG)
-    yield s
-    s.stop()
-    assert "Traceback" not in s.log_text()
+    with running_server(tmp_path_factory.mktemp("limits"), CONFIG) as s:
+        yield s
 
 
 async def trigger(base: str, channel: str = "c") -> tuple[int, dict, dict]:

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from pushwire.config import ConfigError, load
-from tests.conftest import TIMEOUT, start_server
+from tests.conftest import TIMEOUT, running_server, start_server
 from tests.server.helpers import Client
 
 CONFIG = """
@@ -36,11 +36,8 @@ secret = "app-secret"
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    s = start_server(tmp_path_factory.mktemp("rawws"), CONFIG)
-    yield s
-    s.stop()
-    text = s.log_text()
-    assert "Traceback" not in text, text[-3000:]
+    with running_server(tmp_path_factory.mktemp("rawws"), CONFIG) as s:
+        yield s
 
 
 def frame(op: int, payload: bytes, fin: bool = True, mask: bool = True) -> bytes:
@@ -303,14 +300,9 @@ def test_ws_transport_is_checked(tmp_path):
 @pytest.fixture(scope="module")
 def aio(tmp_path_factory):
     """The other transport, so both stay covered whichever one is the default."""
-    s = start_server(
-        tmp_path_factory.mktemp("aiows"),
-        CONFIG.replace('ws_transport = "raw"', 'ws_transport = "aiohttp"'),
-    )
-    yield s
-    s.stop()
-    text = s.log_text()
-    assert "Traceback" not in text, text[-3000:]
+    config = CONFIG.replace('ws_transport = "raw"', 'ws_transport = "aiohttp"')
+    with running_server(tmp_path_factory.mktemp("aiows"), config) as s:
+        yield s
 
 
 async def test_aiohttp_transport_round_trip_and_limits(aio):

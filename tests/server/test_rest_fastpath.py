@@ -14,7 +14,7 @@ import pytest
 
 from pushwire.protocol.signing import sign_rest
 from pushwire.transport.rawws import parse_rest
-from tests.conftest import start_server
+from tests.conftest import running_server
 from tests.server.helpers import Client
 from tests.server.test_rest_ingest import counted
 
@@ -50,13 +50,11 @@ BATCH = orjson.dumps(
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
     """(fast, reference): the raw transport with the fast path, and plain aiohttp."""
-    fast = start_server(tmp_path_factory.mktemp("fast"), CONFIG % "raw")
-    ref = start_server(tmp_path_factory.mktemp("ref"), CONFIG % "aiohttp")
-    yield fast, ref
-    for s in (fast, ref):
-        s.stop()
-        text = s.log_text()
-        assert "Traceback" not in text, text[-3000:]
+    with (
+        running_server(tmp_path_factory.mktemp("fast"), CONFIG % "raw") as fast,
+        running_server(tmp_path_factory.mktemp("ref"), CONFIG % "aiohttp") as ref,
+    ):
+        yield fast, ref
 
 
 def signed(

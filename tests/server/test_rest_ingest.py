@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from pushwire.protocol.signing import sign_rest
-from tests.conftest import TIMEOUT, start_server
+from tests.conftest import TIMEOUT, running_server
 from tests.server.helpers import Client
 
 CONFIG = """
@@ -39,11 +39,8 @@ EVENTS = "/apps/{app_id}/events"
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    s = start_server(tmp_path_factory.mktemp("ingest"), CONFIG)
-    yield s
-    s.stop()
-    text = s.log_text()
-    assert "Traceback" not in text, text[-3000:]
+    with running_server(tmp_path_factory.mktemp("ingest"), CONFIG) as s:
+        yield s
 
 
 def request_bytes(
