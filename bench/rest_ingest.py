@@ -48,6 +48,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.fanout import start_soketi, wait_port  # noqa: E402
 from pushwire.protocol.signing import sign_rest  # noqa: E402
 
 APP_ID, KEY, SECRET = "app-id", "app-key", "app-secret"
@@ -89,19 +90,6 @@ def ensure_wrk() -> str:
     return found
 
 
-def wait_port(port: int, timeout: float = 30) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listening on port {port}")
-
-
 def start_pushwire(
     port: int, tmp: Path, tree: str | None = None, fast_path: bool = True
 ) -> subprocess.Popen[bytes]:
@@ -127,14 +115,6 @@ def start_pushwire(
     )
     wait_port(port)
     return proc
-
-
-def start_soketi(port: int) -> int:
-    script = ROOT.parent / "shared" / "peers" / "soketi" / "start.sh"
-    out = subprocess.run(["sh", str(script), str(port)], capture_output=True, text=True, check=True)
-    pid = int(re.findall(r"\d+", out.stdout)[-1])
-    wait_port(port, 120)
-    return pid
 
 
 def stop_pid(pid: int, timeout: float = 20) -> None:
