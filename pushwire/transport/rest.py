@@ -337,34 +337,27 @@ class RestApi:
         secrets = app.secrets(now)
         window = self.config.server.timestamp_window
         path = request.path
-        try:
+
+        def verify(signed_path: str) -> None:
             verify_rest(
                 key=app.key,
                 secret=secrets,
                 method=request.method,
-                path=path,
+                path=signed_path,
                 params=params,
                 body=None,
                 now=now,
                 window=window,
                 has_body=has_body,
             )
+
+        try:
+            verify(path)
         except RestAuthError:
             raw = request.raw_path.split("?", 1)[0]
             if raw == path:
                 raise
-            # signed over the path as sent (percent-escapes kept), as some SDKs do
-            verify_rest(
-                key=app.key,
-                secret=secrets,
-                method=request.method,
-                path=raw,
-                params=params,
-                body=None,
-                now=now,
-                window=window,
-                has_body=has_body,
-            )
+            verify(raw)  # signed over the path as sent (percent-escapes kept), as some SDKs do
 
     async def _events(self, request: web.Request, app: App, body: Any) -> dict[str, Any]:
         return await api.trigger(self.engine, app, body, self.monitor)
