@@ -18,9 +18,9 @@ REST fast path (on with `ws_transport = "raw"`; `[server] rest_fast_path = false
 Content-Encoding or Connection other than keep-alive, a path without percent-escapes, nothing
 odd) is served here too, by the same `RestRoute.direct` that aiohttp's direct dispatch calls
 (so the same checks, in the same order, with the same answers and counters), and answered with
-the same bytes aiohttp writes (`rest.wire`). The body must be whole in memory first: a body
-still on its way is awaited only up to `READ_AHEAD` bytes and `body_timeout` seconds, past
-either the request goes to aiohttp, which reads it as before. The connection stays here for
+the same bytes aiohttp writes (`rest.wire`). The body must have come with the head: a body
+still on its way goes to aiohttp, which checks the signature first and then reads it, as
+without the fast path. The connection stays here for
 the next request (keep-alive, pipelined requests answered in order, idle for at most
 `handshake_timeout`) until the first request the fast path does not take: from there on,
 aiohttp serves the connection, starting with every byte not consumed yet. Any doubt about a
@@ -45,7 +45,7 @@ import hashlib
 import logging
 import re
 import socket
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from aiohttp import web
 from yarl import URL
@@ -74,12 +74,13 @@ BAD_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 REQUEST_START_RE = re.compile(rb"[A-Z]{1,20}(?: |$)")  # what an HTTP request starts with
 
 # REST fast path
-READ_AHEAD = 65536  # body bytes awaited here before the checks (aiohttp reads as far ahead)
+READ_AHEAD = 65536  # pipelined bytes buffered while an answer is pending (then: pause reading)
 MAX_FIELDS = 100  # header lines a fast-path head may have (more: aiohttp judges it)
 MAX_LINE = 8190  # and their length (aiohttp's own limit)
 REST_TARGET_RE = re.compile(
     r"/apps/([A-Za-z0-9_~-][A-Za-z0-9._~-]*)/([a-z_]+)(?:\?([A-Za-z0-9._~!$&'()*+,;=:@/?%-]*))?"
 )
+QUERY_RE = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@/?%-]*")  # a query as RFC 3986 allows it
 REST_REFUSED = frozenset(
     ("transfer-encoding", "expect", "upgrade", "content-encoding", "te", "trailer")
 )
@@ -128,27 +129,48 @@ class Upgrade:
         return values[0] if values else None
 
 
-def parse_upgrade(head: bytes) -> Upgrade | None:
-    """The upgrade request in `head` (without the blank line), or None when it is anything
-    else than a plain, well-formed RFC 6455 upgrade to /app/{key}: aiohttp takes those."""
+def _plain_lines(head: bytes) -> list[str] | None:
+    """The lines of a request head that aiohttp would take as they are: ASCII, at most
+    MAX_FIELDS header lines of at most MAX_LINE bytes (the request line too); None for any
+    other head (aiohttp judges it, and answers 400 where it must)."""
     try:
         text = head.decode("ascii")
     except UnicodeDecodeError:
         return None
     lines = text.split("\r\n")
+    if len(lines) > MAX_FIELDS + 1 or any(len(line) > MAX_LINE for line in lines):
+        return None
+    return lines
+
+
+def parse_upgrade(head: bytes) -> Upgrade | None:
+    """The upgrade request in `head` (without the blank line), or None when it is anything
+    else than a plain, well-formed RFC 6455 upgrade to /app/{key}: aiohttp takes those."""
+    lines = _plain_lines(head)
+    if lines is None:
+        return None
     parts = lines[0].split(" ")
     if len(parts) != 3 or parts[0] != "GET" or parts[2] != "HTTP/1.1":
         return None
     path, _, query = parts[1].partition("?")
     app_key = path[5:]
-    if not path.startswith("/app/") or "#" in query or not KEY_RE.fullmatch(app_key):
+    if (
+        not path.startswith("/app/")
+        or not KEY_RE.fullmatch(app_key)
+        or not QUERY_RE.fullmatch(query)  # no '#', control characters, DEL, tabs, spaces
+    ):
         return None
     headers: dict[str, list[str]] = {}
     for line in lines[1:]:
         name, sep, value = line.partition(":")
         if not sep or not TOKEN_RE.fullmatch(name) or BAD_VALUE_RE.search(value):
             return None
-        headers.setdefault(name.lower(), []).append(value.strip(" \t"))
+        lname = name.lower()
+        if lname in SINGLETONS and lname in headers:
+            return None  # a repeated Host, Content-Length...: aiohttp refuses it
+        headers.setdefault(lname, []).append(value.strip(" \t"))
+    if "host" not in headers:  # aiohttp refuses HTTP/1.1 without Host
+        return None
 
     def one(name: str) -> str | None:
         values = headers.get(name)
@@ -193,12 +215,8 @@ def parse_rest(head: bytes, routes: dict[str, RestRoute]) -> RestCall | None:
     aiohttp takes those, exactly as without the fast path."""
     if not head.startswith(b"POST /apps/"):
         return None
-    try:
-        text = head.decode("ascii")
-    except UnicodeDecodeError:
-        return None
-    lines = text.split("\r\n")
-    if len(lines) > MAX_FIELDS + 1:
+    lines = _plain_lines(head)
+    if lines is None:
         return None
     parts = lines[0].split(" ")
     if len(parts) != 3 or parts[2] != "HTTP/1.1":
@@ -360,7 +378,6 @@ class HeadReader(asyncio.Protocol):
     heads, upgrades a WebSocket (first request only), serves REST fast-path calls."""
 
     __slots__ = (
-        "_body_wait",
         "_buf",
         "_busy",
         "_done",
@@ -382,7 +399,6 @@ class HeadReader(asyncio.Protocol):
         self._done = False  # handed over, upgraded or lost: nothing more to do here
         self._rpaused = False  # reading paused (pipelined bytes waiting, or a slow reader)
         self._wpaused = False  # the transport's write buffer is full
-        self._body_wait = False  # a fast-path head is whole, its body not yet
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -417,13 +433,6 @@ class HeadReader(asyncio.Protocol):
             return
         client_error(self._srv.metrics, "handshake_timeout", "connection sent no request in time")
         self._transport.abort()
-
-    def _slow_body(self) -> None:
-        """A fast-path body did not come whole in time: aiohttp reads it (its own body
-        timeout applies from here) and answers."""
-        self._timer = None
-        if not self._done and not self._busy:
-            self._hand_over()
 
     def _resume(self) -> None:
         if self._rpaused and self._transport is not None:
@@ -485,15 +494,12 @@ class HeadReader(asyncio.Protocol):
             return
         start = end + 4
         if len(buf) - start < call.length:
-            if call.length > READ_AHEAD:
-                self._hand_over()  # a large body still on its way: aiohttp reads it
-            elif not self._body_wait:
-                self._body_wait = True
-                self._stop_timer()
-                self._timer = srv.loop.call_later(srv.body_timeout, self._slow_body)
+            # a body still on its way: aiohttp reads it, after it checked the signature (a
+            # badly signed request is refused at once, and the wait counts in the body
+            # budget and body_timeout once)
+            self._hand_over()
             return
         self._stop_timer()
-        self._body_wait = False
         body = buf[start : start + call.length]
         self._buf = buf[start + call.length :]
         self._busy = True
@@ -581,7 +587,7 @@ class RawWsConnection(QueuedConnection, asyncio.Protocol):
         self._ip = ip
         self._state = OPEN
         self._buf: bytearray | None = None  # an incomplete frame
-        self._frag: list[Any] | None = None  # [opcode, size, part, ...] of a fragmented message
+        self._frag: tuple[int, bytearray] | None = None  # (opcode, bytes) of a fragmented one
         self._skip = 0  # payload bytes still to drop (of a frame refused while closing)
         self._inbox: list[str | int] | None = None  # waiting while a message is handled
         self._queued = 0  # characters of text in the inbox
@@ -700,7 +706,7 @@ class RawWsConnection(QueuedConnection, asyncio.Protocol):
                 return 1002, "new message before the fragmented one ended"
         else:
             return 1002, f"unknown opcode {op}"
-        size = length + (self._frag[1] if self._frag is not None else 0)
+        size = length + (len(self._frag[1]) if self._frag is not None else 0)
         if size > self._srv.max_message:
             return 1009, f"message larger than {self._srv.max_message} bytes"
         return None
@@ -710,15 +716,14 @@ class RawWsConnection(QueuedConnection, asyncio.Protocol):
             if fin:
                 self._message(op, payload)
             else:
-                self._frag = [op, len(payload), payload]
+                self._frag = (op, bytearray(payload))
         elif op == CONT:
             frag = self._frag
             assert frag is not None
-            frag.append(payload)
-            frag[1] += len(payload)
+            frag[1].extend(payload)  # one buffer: empty fragments cost nothing to hold
             if fin:
                 self._frag = None
-                self._message(frag[0], b"".join(frag[2:]))
+                self._message(frag[0], frag[1])
         elif op == PING:
             transport = self._transport
             if not transport.is_closing():
