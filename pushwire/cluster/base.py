@@ -54,6 +54,12 @@ class HistoryPolicy:
     ttl: float
     meta_ttl: float = 86_400.0
 
+    @property
+    def kept_for(self) -> float:
+        """Seconds a history's epoch and top offset outlive its last event (never less than
+        its events)."""
+        return max(self.meta_ttl, self.ttl)
+
 
 @dataclass(frozen=True, slots=True)
 class HistoryEvent:

@@ -86,8 +86,7 @@ class Backplane:
             rec = self.apps[app_id] = _AppRecords()
         return rec
 
-    def _history(self, topic: str, policy: HistoryPolicy) -> _History:
-        now = self.clock()
+    def _history(self, topic: str, policy: HistoryPolicy, now: float) -> _History:
         h = self.histories.get(topic)
         if h is not None and h.kept_until <= now:
             h = None  # idle past its retention: a new epoch
@@ -109,18 +108,18 @@ class Backplane:
                 h.trim(now, len(h.events))
 
     def append_history(self, topic: str, payload: bytes, policy: HistoryPolicy) -> Position:
-        h = self._history(topic, policy)
-        h.top += 1
         now = self.clock()
+        h = self._history(topic, policy, now)
+        h.top += 1
         h.events.append((HistoryEvent(h.top, payload, time.time()), now + policy.ttl))
         h.trim(now, policy.size)
-        h.kept_until = now + max(policy.meta_ttl, policy.ttl)
+        h.kept_until = now + policy.kept_for
         return Position(h.epoch, h.top)
 
     def history_page(
         self, topic: str, since: int | None, limit: int, policy: HistoryPolicy, max_bytes: int
     ) -> HistoryPage:
-        return self._history(topic, policy).page(since, limit, max_bytes)
+        return self._history(topic, policy, self.clock()).page(since, limit, max_bytes)
 
     def save_history(self, path: str) -> int:
         """Write every kept history to `path` (JSON, replaced atomically), so a single node

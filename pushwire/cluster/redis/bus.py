@@ -408,7 +408,7 @@ class RedisBroker:
                 topic,
                 history.size,
                 to_ms(history.ttl),
-                to_ms(max(history.meta_ttl, history.ttl)),
+                to_ms(history.kept_for),
                 msg.payload,
                 f"{self.node}:{self._token}:{self._seq}",
             )
