@@ -34,19 +34,29 @@ from pushwire.protocol.signing import sign_rest  # noqa: E402
 APP_ID, KEY, SECRET = "app-id", "app-key", "app-secret"
 LOADGEN_SRC = ROOT / "bench" / "loadgen" / "loadgen.c"
 LOADGEN_BIN = ROOT / "bench" / "loadgen" / "build" / "loadgen"
+FLOOR_SRC = ROOT / "bench" / "floor" / "floor.c"
+FLOOR_BIN = ROOT / "bench" / "floor" / "build" / "floor"
+URING_HEADER = Path("/usr/include/liburing.h")  # Debian's liburing-dev
 
 
 # ---------------------------------------------------------------------------- load generator
-def build_loadgen() -> Path:
-    """Compile loadgen.c (gcc -O2) unless the binary is newer than the source."""
-    if LOADGEN_BIN.exists() and LOADGEN_BIN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
-        return LOADGEN_BIN
-    LOADGEN_BIN.parent.mkdir(parents=True, exist_ok=True)
+def build_c(src: Path, binary: Path, flags: list[str] | None = None) -> Path:
+    """Compile src (gcc -O2) into binary unless the binary is newer than the source."""
+    if binary.exists() and binary.stat().st_mtime >= src.stat().st_mtime:
+        return binary
+    binary.parent.mkdir(parents=True, exist_ok=True)
     cc = shutil.which("gcc") or shutil.which("cc") or "gcc"
-    tmp = LOADGEN_BIN.with_suffix(f".{os.getpid()}.tmp")
-    subprocess.run([cc, "-O2", "-Wall", "-o", str(tmp), str(LOADGEN_SRC)], check=True)
-    tmp.replace(LOADGEN_BIN)
-    return LOADGEN_BIN
+    tmp = binary.with_suffix(f".{os.getpid()}.tmp")
+    flags = flags or []
+    libs = [f for f in flags if f.startswith("-l")]
+    defs = [f for f in flags if not f.startswith("-l")]
+    subprocess.run([cc, "-O2", "-Wall", *defs, "-o", str(tmp), str(src), *libs], check=True)
+    tmp.replace(binary)
+    return binary
+
+
+def build_loadgen() -> Path:
+    return build_c(LOADGEN_SRC, LOADGEN_BIN)
 
 
 class LoadGen:
@@ -505,10 +515,28 @@ def start_soketi_server(port: int) -> Server:
     return Server("soketi", port, p.pid, p, path)
 
 
+def start_floor_server(port: int, mode: str = "send") -> Server:
+    """bench/floor/floor.c: the kernel's floor for fan-out (one send() or one io_uring SEND per
+    socket per event, no authentication, no buffering); mode "uring" needs liburing-dev."""
+    uring = URING_HEADER.exists()
+    if mode == "uring" and not uring:
+        raise SystemExit("floor-uring needs liburing (apt-get install liburing-dev)")
+    binary = build_c(FLOOR_SRC, FLOOR_BIN, ["-DFLOOR_URING", "-luring"] if uring else [])
+    fd, log_path = tempfile.mkstemp(prefix="floor-", suffix=".log")
+    with os.fdopen(fd, "wb") as log:
+        p = subprocess.Popen([str(binary), str(port), mode], stdout=log, stderr=log)
+    wait_port(port)
+    # the log (the floor's counters, printed when it stops) is removed with the server
+    return Server("floor-uring" if mode == "uring" else "floor", port, p.pid, p, log_path)
+
+
 def restart(server: Server) -> Server:
     """Start the same server again on the same port (after stop())."""
     if server.name == "pushwire":
         return start_pushwire(server.port, server.config)
+    if server.name.startswith("floor"):
+        with_suppress_unlink(server.config or "")
+        return start_floor_server(server.port, "uring" if server.name == "floor-uring" else "send")
     with_suppress_unlink(server.config or "")
     return start_soketi_server(server.port)
 

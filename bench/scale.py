@@ -16,6 +16,12 @@ Scenarios (each selected by its flag; --all for every one):
                 close (a refused connect is retried after 25 ms doubling up to 200 ms):
                 time from SIGTERM until the last client is subscribed again
 
+--servers picks who runs, in order (default pushwire,soketi). Two more are the kernel's floor,
+bench/floor/floor.c, built by gcc on first use: "floor" writes each event to each subscriber
+with one send() and does nothing else (no authentication, no buffering, no JSON parsing),
+"floor-uring" does the same with io_uring SENDs submitted in batches (needs liburing-dev).
+A server's CPU per message against the floor's is what its own work adds to the kernel's.
+
 Latency counts from each event's SCHEDULED send time (the publisher writes that
 CLOCK_MONOTONIC ns into the event; the generator samples 1 event in --sample). Every row
 shows the server's and the generator's CPU per delivered message and each side's CPU
@@ -24,6 +30,7 @@ utilisation over the run window (1.0 = one core busy), and says which side satur
     flock /tmp/pushwire-bench.lock .venv/bin/python bench/scale.py --all
     .venv/bin/python bench/scale.py --rates --quick        # a small run to check the tools
     .venv/bin/python bench/scale.py --sparse --servers pushwire
+    .venv/bin/python bench/scale.py --sparse --rates --servers pushwire,soketi,floor,floor-uring
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from bench.common import (
     merge_hist,
     publish,
     restart,
+    start_floor_server,
     start_pushwire,
     start_soketi_server,
 )
@@ -99,6 +107,8 @@ def saturation(server_util: float, gen_max: float, pub_util: float, machine: flo
 def start(name: str, args: argparse.Namespace) -> Server:
     if name == "pushwire":
         return start_pushwire(args.port)
+    if name in ("floor", "floor-uring"):
+        return start_floor_server(args.floor_port, "uring" if name == "floor-uring" else "send")
     return start_soketi_server(args.soketi_port)
 
 
@@ -329,20 +339,29 @@ def ratio(a: Any, b: Any) -> float | None:
         return None
 
 
+# every pair (a, b) of servers in this order that ran the same scenario gets a ratio row a/b
+PAIRS = [
+    ("pushwire", "soketi"),
+    ("pushwire", "floor"),
+    ("soketi", "floor"),
+    ("pushwire", "floor-uring"),
+    ("floor-uring", "floor"),
+]
+
+
 def ratios(scenario: str, rows: list[dict[str, Any]], keys: list[str], match: list[str]) -> None:
-    pw = [r for r in rows if r["server"] == "pushwire"]
-    so = [r for r in rows if r["server"] == "soketi"]
-    for a in pw:
-        for b in so:
-            if all(a.get(k) == b.get(k) for k in match):
-                emit(
-                    {
-                        "ratio": "pushwire/soketi",
-                        "scenario": scenario,
-                        **{k: a.get(k) for k in match},
-                        **{k: ratio(a.get(k), b.get(k)) for k in keys},
-                    }
-                )
+    for x, y in PAIRS:
+        for a in (r for r in rows if r["server"] == x):
+            for b in (r for r in rows if r["server"] == y):
+                if all(a.get(k) == b.get(k) for k in match):
+                    emit(
+                        {
+                            "ratio": f"{x}/{y}",
+                            "scenario": scenario,
+                            **{k: a.get(k) for k in match},
+                            **{k: ratio(a.get(k), b.get(k)) for k in keys},
+                        }
+                    )
 
 
 def main() -> None:
@@ -352,6 +371,7 @@ def main() -> None:
     ap.add_argument("--servers", default="pushwire,soketi")
     ap.add_argument("--port", type=int, default=7101)
     ap.add_argument("--soketi-port", type=int, default=7102)
+    ap.add_argument("--floor-port", type=int, default=7103)
     ap.add_argument("--procs", type=int, default=4, help="load-generator processes")
     ap.add_argument(
         "--inflight",
