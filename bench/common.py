@@ -418,6 +418,7 @@ class Server:
     pid: int
     popen: subprocess.Popen[bytes] | None = None
     config: str | None = None
+    tree: str | None = None  # "base": the checkout it runs from
 
     def proc(self) -> psutil.Process:
         return psutil.Process(self.pid)
@@ -477,15 +478,23 @@ def pushwire_config(port: int) -> str:
     return path
 
 
-def start_pushwire(port: int, config: str | None = None) -> Server:
+def start_pushwire(port: int, config: str | None = None, tree: str | None = None) -> Server:
+    """Pushwire from this checkout, or (`tree`) from another checkout's `pushwire/` package
+    (e.g. a `git worktree` of an earlier commit) run by the same interpreter: the server
+    then is named "base", for A/B runs in one invocation."""
     config = config or pushwire_config(port)
     exe = ROOT / ".venv" / "bin" / "pushwire"
     cmd = [str(exe) if exe.exists() else sys.executable, "serve", "--config", config]
     if not exe.exists():
         cmd[1:1] = ["-m", "pushwire"]
-    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ)
+    if tree:
+        env["PYTHONPATH"] = str(Path(tree).resolve())  # ahead of the editable install
+    p = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     wait_port(port)
-    return Server("pushwire", port, p.pid, p, config)
+    return Server("base" if tree else "pushwire", port, p.pid, p, config, tree)
 
 
 def start_soketi_server(port: int) -> Server:
@@ -532,8 +541,8 @@ def start_floor_server(port: int, mode: str = "send") -> Server:
 
 def restart(server: Server) -> Server:
     """Start the same server again on the same port (after stop())."""
-    if server.name == "pushwire":
-        return start_pushwire(server.port, server.config)
+    if server.name in ("pushwire", "base"):
+        return start_pushwire(server.port, server.config, server.tree)
     if server.name.startswith("floor"):
         with_suppress_unlink(server.config or "")
         return start_floor_server(server.port, "uring" if server.name == "floor-uring" else "send")

@@ -16,10 +16,12 @@ Scenarios (each selected by its flag; --all for every one):
                 close (a refused connect is retried after 25 ms doubling up to 200 ms):
                 time from SIGTERM until the last client is subscribed again
 
---servers picks who runs, in order (default pushwire,soketi). Two more are the kernel's floor,
-bench/floor/floor.c, built by gcc on first use: "floor" writes each event to each subscriber
-with one send() and does nothing else (no authentication, no buffering, no JSON parsing),
-"floor-uring" does the same with io_uring SENDs submitted in batches (needs liburing-dev).
+--servers picks who runs, in order (default pushwire,soketi). "base" is Pushwire run from
+another checkout (--baseline-tree), for before/after ratios in one invocation. Two more are
+the kernel's floor, bench/floor/floor.c, built by gcc on first use: "floor" writes each event
+to each subscriber with one send() and does nothing else (no authentication, no buffering, no
+JSON parsing), "floor-uring" does the same with io_uring SENDs submitted in batches (needs
+liburing-dev).
 A server's CPU per message against the floor's is what its own work adds to the kernel's.
 
 Latency counts from each event's SCHEDULED send time (the publisher writes that
@@ -107,6 +109,10 @@ def saturation(server_util: float, gen_max: float, pub_util: float, machine: flo
 def start(name: str, args: argparse.Namespace) -> Server:
     if name == "pushwire":
         return start_pushwire(args.port)
+    if name == "base":
+        if not args.baseline_tree:
+            raise SystemExit("--servers base needs --baseline-tree")
+        return start_pushwire(args.base_port, tree=args.baseline_tree)
     if name in ("floor", "floor-uring"):
         return start_floor_server(args.floor_port, "uring" if name == "floor-uring" else "send")
     return start_soketi_server(args.soketi_port)
@@ -342,6 +348,8 @@ def ratio(a: Any, b: Any) -> float | None:
 # every pair (a, b) of servers in this order that ran the same scenario gets a ratio row a/b
 PAIRS = [
     ("pushwire", "soketi"),
+    ("pushwire", "base"),
+    ("base", "soketi"),
     ("pushwire", "floor"),
     ("soketi", "floor"),
     ("pushwire", "floor-uring"),
@@ -372,6 +380,12 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=7101)
     ap.add_argument("--soketi-port", type=int, default=7102)
     ap.add_argument("--floor-port", type=int, default=7103)
+    ap.add_argument("--base-port", type=int, default=7104)
+    ap.add_argument(
+        "--baseline-tree",
+        help='server "base": Pushwire run from this checkout instead (e.g. `git worktree add '
+        "/tmp/base HEAD~1`), for a before/after ratio in one invocation",
+    )
     ap.add_argument("--procs", type=int, default=4, help="load-generator processes")
     ap.add_argument(
         "--inflight",
