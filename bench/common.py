@@ -530,7 +530,14 @@ def start_floor_server(port: int, mode: str = "send") -> Server:
     uring = URING_HEADER.exists()
     if mode == "uring" and not uring:
         raise SystemExit("floor-uring needs liburing (apt-get install liburing-dev)")
-    binary = build_c(FLOOR_SRC, FLOOR_BIN, ["-DFLOOR_URING", "-luring"] if uring else [])
+    # built with io_uring wherever liburing is installed (a binary per variant, so that one
+    # built before liburing was installed is not taken for the other)
+    if uring:
+        binary = build_c(
+            FLOOR_SRC, FLOOR_BIN.with_name("floor-uring"), ["-DFLOOR_URING", "-luring"]
+        )
+    else:
+        binary = build_c(FLOOR_SRC, FLOOR_BIN)
     fd, log_path = tempfile.mkstemp(prefix="floor-", suffix=".log")
     with os.fdopen(fd, "wb") as log:
         p = subprocess.Popen([str(binary), str(port), mode], stdout=log, stderr=log)
