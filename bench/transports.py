@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
 import json
 import os
 import signal
@@ -36,11 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil  # type: ignore[import-untyped,unused-ignore]
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import LoadGen, hist_pct, machine_busy, merge_hist  # noqa: E402
+from bench.common import LoadGen, Server, hist_pct, machine_busy, merge_hist  # noqa: E402
 from bench.fanout import wait_port  # noqa: E402
 
 TRANSPORTS = ("raw", "aiohttp", "picows")
@@ -66,6 +62,15 @@ class Emitter:
         self.rate, self.events = rate, events
         self.subs: list[Any] = []
 
+    def write_frames(self, p: bytes) -> None:
+        """The raw and aiohttp fan-out: one frame for all, written to each socket's transport."""
+        from pushwire.protocol.frames import text_frame
+
+        frame = text_frame(p)
+        for t in self.subs:
+            if not t.is_closing():
+                t.write(frame)
+
     def start(self, write: Any) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGUSR1, lambda: loop.create_task(self.run(write)))
@@ -82,6 +87,7 @@ class Emitter:
 
 async def serve_raw(port: int, em: Emitter) -> None:
     from pushwire.protocol.frames import text_frame
+    from pushwire.transport.rawws import accept_key
 
     class Proto(asyncio.Protocol):
         def connection_made(self, transport: Any) -> None:
@@ -95,13 +101,11 @@ async def serve_raw(port: int, em: Emitter) -> None:
                 end = self.buf.find(b"\r\n\r\n")
                 if end < 0:
                     return
-                key = b""
+                key = ""
                 for line in self.buf[:end].split(b"\r\n"):
                     if line.lower().startswith(b"sec-websocket-key:"):
-                        key = line.split(b":", 1)[1].strip()
-                accept = base64.b64encode(
-                    hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
-                )
+                        key = line.split(b":", 1)[1].strip().decode()
+                accept = accept_key(key)
                 self.t.write(
                     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
@@ -125,13 +129,7 @@ async def serve_raw(port: int, em: Emitter) -> None:
                     self.t.write(text_frame(SUBSCRIBED))
                     em.subs.append(self.t)
 
-    def write(p: bytes) -> None:
-        frame = text_frame(p)  # encoded once, shared by every socket
-        for t in em.subs:
-            if not t.is_closing():
-                t.write(frame)
-
-    em.start(write)
+    em.start(em.write_frames)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(Proto, "127.0.0.1", port, backlog=4096)
     await server.serve_forever()
@@ -140,8 +138,6 @@ async def serve_raw(port: int, em: Emitter) -> None:
 async def serve_aiohttp(port: int, em: Emitter) -> None:
     from aiohttp import WSMsgType, web
 
-    from pushwire.protocol.frames import text_frame
-
     async def ws_handler(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(compress=False)
         await ws.prepare(request)
@@ -149,16 +145,11 @@ async def serve_aiohttp(port: int, em: Emitter) -> None:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT and "pusher:subscribe" in msg.data:
                 await ws.send_str(SUBSCRIBED.decode())
-                em.subs.append(request.transport)
+                if request.transport is not None:
+                    em.subs.append(request.transport)
         return ws
 
-    def write(p: bytes) -> None:
-        frame = text_frame(p)  # one frame for all, written to each socket's transport
-        for t in em.subs:
-            if t is not None and not t.is_closing():
-                t.write(frame)
-
-    em.start(write)
+    em.start(em.write_frames)
     app = web.Application()
     app.router.add_get("/app/{key}", ws_handler)
     runner = web.AppRunner(app, access_log=None)
@@ -202,26 +193,22 @@ def server_main(kind: str, port: int, rate: float, events: int) -> None:
 
 
 # ------------------------------------------------------------------------------ the driver
-def cpu_s(pid: int) -> float:
-    t = psutil.Process(pid).cpu_times()
-    return float(t.user + t.system)
-
-
 def run(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--serve", kind, "--port", str(args.port)]
     cmd += ["--rate", str(args.rate), "--events", str(args.events)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    srv = Server(kind, args.port, proc.pid, proc)
     gen = None
     try:
         wait_port(args.port)
         time.sleep(1.0)
-        rss0 = psutil.Process(proc.pid).memory_info().rss
+        rss0 = srv.rss()
         gen = LoadGen(args.port, args.connections, args.procs)
         gen.wait_subscribed(args.timeout)
         time.sleep(args.settle)
-        rss1 = psutil.Process(proc.pid).memory_info().rss
+        rss1 = srv.rss()
         gen.start_window()
-        c0, m0, w0 = cpu_s(proc.pid), machine_busy(), time.monotonic()
+        c0, m0, w0 = srv.cpu_s(), machine_busy(), time.monotonic()
         proc.send_signal(signal.SIGUSR1)
         expected = args.events * args.connections
         deadline = time.monotonic() + args.events / args.rate + args.drain
@@ -231,7 +218,7 @@ def run(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             got = sum(r["events"] for r in reps)
             if got >= expected or time.monotonic() > deadline:
                 break
-        c1, m1, w1 = cpu_s(proc.pid), machine_busy(), time.monotonic()
+        c1, m1, w1 = srv.cpu_s(), machine_busy(), time.monotonic()
         window = w1 - w0
         gen_cpu = [r["cpu_user_s"] + r["cpu_sys_s"] for r in reps]
         hist = merge_hist(reps)
@@ -255,8 +242,7 @@ def run(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if gen:
             gen.close()
-        proc.terminate()
-        proc.wait(10)
+        srv.stop()
 
 
 def main() -> None:
