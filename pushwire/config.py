@@ -400,10 +400,6 @@ def parse(data: Mapping[str, Any], source: str = "<config>") -> Config:
         raise ConfigError(
             f"{source}: [apps_store]: reload_interval must be > 0 and secret_grace >= 0"
         )
-    if not 0 <= server.port <= 65535:
-        raise ConfigError(f"{source}: [server]: key 'port' must be between 0 and 65535")
-    if server.activity_timeout <= 0:
-        raise ConfigError(f"{source}: [server]: key 'activity_timeout' must be greater than 0")
     raw_apps = data.get("apps", [])
     if not isinstance(raw_apps, list):
         raise ConfigError(f"{source}: 'apps' must be an array of tables ([[apps]])")
@@ -427,6 +423,12 @@ def parse(data: Mapping[str, Any], source: str = "<config>") -> Config:
 
 
 def _check_server(server: ServerConfig, source: str) -> None:
+    """Every [server] rule, for every source (file, environment, flags): `load` runs it on the
+    merged result, so an override is held to the same rules as the file."""
+    if not 0 <= server.port <= 65535:
+        raise ConfigError(f"{source}: [server]: key 'port' must be between 0 and 65535")
+    if not 0 <= server.metrics_port <= 65535:
+        raise ConfigError(f"{source}: [server]: key 'metrics_port' must be between 0 and 65535")
     if server.role not in ("all", "websocket", "api"):
         raise ConfigError(f"{source}: [server]: key 'role' must be all, websocket or api")
     if server.ws_transport not in ("raw", "aiohttp"):
@@ -440,6 +442,11 @@ def _check_server(server: ServerConfig, source: str) -> None:
         if value < 0 or 0 < value < 1:
             raise ConfigError(f"{source}: [server]: key '{name}' must be 0 (no limit) or >= 1")
     for name in (
+        "activity_timeout",
+        "pong_timeout",
+        "max_pending_bytes",
+        "flush_slice",
+        "timestamp_window",
         "handshake_timeout",
         "body_timeout",
         "max_request_body",
@@ -534,8 +541,8 @@ def load(
                 server_over[key] = value
     server = dataclasses.replace(cfg.server, **server_over)
     cluster = dataclasses.replace(cfg.cluster, **cluster_over)
-    _check_server(server, "command line")
-    _check_cluster(cluster, "command line")
+    _check_server(server, "environment or flags")
+    _check_cluster(cluster, "environment or flags")
     if server.workers > 1 and not cluster.redis_url:
         raise ConfigError(
             f"--workers {server.workers} needs a Redis URL ([cluster] redis_url, --redis-url or "

@@ -107,3 +107,27 @@ def test_rest_fast_path_setting(tmp_path):
     assert load(path, env={}).server.rest_fast_path is False
     with pytest.raises(ConfigError, match="rest_fast_path"):
         load(write(tmp_path, '[server]\nrest_fast_path = "no"\n'), env={})
+
+
+@pytest.mark.parametrize(
+    ("env", "overrides", "message"),
+    [
+        ({}, {"port": 70000}, "'port' must be between 0 and 65535"),
+        ({"PUSHWIRE_PORT": "70000"}, {}, "'port' must be between 0 and 65535"),
+        ({"PUSHWIRE_PORT": "-1"}, {}, "'port' must be between 0 and 65535"),
+        ({}, {"workers": 0}, "'workers' must be at least 1"),
+    ],
+)
+def test_env_and_flags_are_validated_like_the_file(env, overrides, message):
+    """One validation for every source: an override is checked as the same key in the file."""
+    with pytest.raises(ConfigError, match=message):
+        load(None, env=env, overrides=overrides)
+
+
+def test_every_server_check_applies_to_every_source(tmp_path):
+    """A file value that only the file check catches would pass as an override: the same
+    `activity_timeout = 0` is refused from the file and from a flag."""
+    with pytest.raises(ConfigError, match="'activity_timeout' must be greater than 0"):
+        load(write(tmp_path, "[server]\nactivity_timeout = 0\n"), env={})
+    with pytest.raises(ConfigError, match="'activity_timeout' must be greater than 0"):
+        load(None, env={}, overrides={"activity_timeout": 0})
