@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import enum
 import logging
 import time
@@ -79,7 +78,6 @@ from .protocol.frames import Outbound
 log = logging.getLogger("pushwire.engine")
 T = TypeVar("T")
 InternalHandler = Callable[[dict[str, Any], str], Any]
-_IN_OPERATION: contextvars.ContextVar[bool] = contextvars.ContextVar("in_op", default=False)
 REDO_LIMIT = 10_000  # announcements kept to publish again after an outage
 
 
@@ -240,19 +238,16 @@ class Engine:
     async def _operation(self) -> AsyncIterator[None]:
         """One client action (its hub change and its state call together). A resync waits
         for running ones and holds new ones back, so its snapshot never contains a change
-        whose state call is still to come (that call would count it twice)."""
-        if _IN_OPERATION.get():  # nested (disconnect -> unsubscribe): one slot is enough
-            yield
-            return
+        whose state call is still to come (that call would count it twice). Operations do not
+        nest: one that needs another's steps calls its inner function (`disconnect` calls
+        `_unsubscribe`), so a task started inside an operation passes the gate like any."""
         while self._resyncing is not None:
             await self._resyncing.wait()
         self._ops += 1
         self._quiet.clear()
-        token = _IN_OPERATION.set(True)
         try:
             yield
         finally:
-            _IN_OPERATION.reset(token)
             self._ops -= 1
             if not self._ops:
                 self._quiet.set()
