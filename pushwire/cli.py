@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (default 6001; 0 = any)")
     serve.add_argument("--log-level", help="debug, info, warning or error")
     serve.add_argument("--redis-url", help="join a cluster through this Redis (redis://...)")
+    serve.add_argument("--bus-url", help="Redis for the bus (pub/sub, history) apart")
+    serve.add_argument("--state-url", help="Redis for the state (presence, counts...) apart")
     serve.add_argument("--workers", type=int, help="processes sharing the port (needs Redis)")
     serve.add_argument(
         "--role",
@@ -198,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                 "port": args.port,
                 "log_level": args.log_level,
                 "redis_url": args.redis_url,
+                "bus_url": args.bus_url,
+                "state_url": args.state_url,
                 "workers": args.workers,
                 "role": args.role,
             }

@@ -171,7 +171,11 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    redis_url: str = ""  # empty: single node, all state in this process
+    redis_url: str = ""  # empty: single node, all state in this process; else bus and state
+    # the two roles apart (each defaults to redis_url): the bus (pub/sub and history: what a
+    # publish touches) and the state (presence, counts, quotas, cache, leases, webhooks)
+    bus_url: str = ""
+    state_url: str = ""
     node_timeout: float = 6.0  # a node whose lease is this old is dead; its state is removed
     heartbeat_interval: float = 1.0  # lease renewal and dead-node check period
     key_prefix: str = "pw"
@@ -477,15 +481,28 @@ def _check_server(server: ServerConfig, source: str) -> None:
 
 
 def _check_cluster(cluster: ClusterConfig, source: str) -> None:
-    if cluster.redis_url and urlparse(cluster.redis_url).scheme not in ("redis", "rediss", "unix"):
+    from .cluster.redis.urls import parse_url
+
+    for name in ("redis_url", "bus_url", "state_url"):
+        url = getattr(cluster, name)
+        if url:
+            try:
+                parse_url(url)
+            except ValueError as exc:
+                raise ConfigError(f"{source}: [cluster]: key '{name}': {exc}") from None
+    if not cluster.redis_url and bool(cluster.bus_url) != bool(cluster.state_url):
         raise ConfigError(
-            f"{source}: [cluster]: key 'redis_url' must be a redis://, rediss:// or unix:// URL"
+            f"{source}: [cluster]: bus_url and state_url go together (or set redis_url, "
+            "which is both)"
         )
     if cluster.heartbeat_interval <= 0 or cluster.node_timeout <= cluster.heartbeat_interval:
         raise ConfigError(
             f"{source}: [cluster]: node_timeout must be greater than heartbeat_interval (> 0)"
         )
 
+
+
+CLUSTER_URLS = ("redis_url", "bus_url", "state_url")  # [cluster] keys, env vars, flags
 
 
 def _env_bool(raw: str) -> bool:
@@ -531,11 +548,12 @@ def load(
             except ValueError:
                 raise ConfigError(f"PUSHWIRE_{key.upper()}: invalid value {raw!r}") from None
     cluster_over: dict[str, Any] = {}
-    if env.get("PUSHWIRE_REDIS_URL"):
-        cluster_over["redis_url"] = env["PUSHWIRE_REDIS_URL"]
+    for key in CLUSTER_URLS:
+        if env.get(f"PUSHWIRE_{key.upper()}"):
+            cluster_over[key] = env[f"PUSHWIRE_{key.upper()}"]
     for key, value in (overrides or {}).items():
         if value is not None:
-            if key == "redis_url":
+            if key in CLUSTER_URLS:
                 cluster_over[key] = value
             else:
                 server_over[key] = value
@@ -543,7 +561,13 @@ def load(
     cluster = dataclasses.replace(cfg.cluster, **cluster_over)
     _check_server(server, "environment or flags")
     _check_cluster(cluster, "environment or flags")
-    if server.workers > 1 and not cluster.redis_url:
+    if cluster.redis_url:  # both roles on it, unless one is set apart
+        cluster = dataclasses.replace(
+            cluster,
+            bus_url=cluster.bus_url or cluster.redis_url,
+            state_url=cluster.state_url or cluster.redis_url,
+        )
+    if server.workers > 1 and not cluster.bus_url:
         raise ConfigError(
             f"--workers {server.workers} needs a Redis URL ([cluster] redis_url, --redis-url or "
             "PUSHWIRE_REDIS_URL): separate processes share state only through Redis"

@@ -85,10 +85,17 @@ def memory_backends(config: Config, node: str, plane: Backplane) -> Backends:
 def make_backends(config: Config, node: str, clock: Callable[[], float]) -> Backends:
     """Redis when a URL is configured (the only place that picks it), else memory."""
     c = config.cluster
-    if c.redis_url:
+    if c.bus_url:
         from .cluster.redis import RedisBackend
+        from .cluster.redis.urls import parse_url
 
-        rb = RedisBackend(c.redis_url, c.key_prefix, node, c.node_timeout)
+        rb = RedisBackend(
+            parse_url(c.bus_url),
+            parse_url(c.state_url),
+            c.key_prefix,
+            node,
+            c.node_timeout,
+        )
         return Backends(
             rb.broker,
             rb.state,

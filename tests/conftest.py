@@ -121,6 +121,14 @@ def redis_server() -> Iterator[Redis]:
     r.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_state_server() -> Iterator[Redis]:
+    """A second Redis: the state's, when the tests set bus and state apart."""
+    r = start_redis()
+    yield r
+    r.stop()
+
+
 @dataclass
 class Server:
     """One node, or several cluster nodes: each use of `port`, `http` or `ws_url` picks the

@@ -34,6 +34,7 @@ from pushwire.cluster.base import (
 )
 from pushwire.cluster.memory import Backplane, MemoryBroker, MemoryLiveness, MemoryState
 from pushwire.cluster.redis import RedisBackend
+from pushwire.cluster.redis.urls import parse_url
 from pushwire.protocol.errors import PresenceLimit
 from pushwire.webhooks import MemoryStore, WebhookStore
 from tests.conftest import start_redis
@@ -131,13 +132,16 @@ class MemoryCluster(Cluster):
 class RedisCluster(Cluster):
     kind = "redis"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, state_url: str = "") -> None:
         self.url = url
+        self.state_url = state_url or url
         self.prefix = f"t-{uuid.uuid4().hex[:12]}"
         self.backends: list[RedisBackend] = []
 
     def backend(self, name: str) -> RedisBackend:
-        backend = RedisBackend(self.url, self.prefix, name, REDIS_NODE_TIMEOUT)
+        backend = RedisBackend(
+            parse_url(self.url), parse_url(self.state_url), self.prefix, name, REDIS_NODE_TIMEOUT
+        )
         self.backends.append(backend)
         return backend
 
@@ -164,13 +168,16 @@ class RedisCluster(Cluster):
             await b.aclose()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-split"])
 async def backend_factory(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
     cluster: Cluster
     if request.param == "memory":
         cluster = MemoryCluster()
     else:
-        cluster = RedisCluster(request.getfixturevalue("redis_server").url)
+        state = ""
+        if request.param == "redis-split":  # bus and state on two servers
+            state = request.getfixturevalue("redis_state_server").url
+        cluster = RedisCluster(request.getfixturevalue("redis_server").url, state)
     try:
         yield cluster
     finally:
@@ -759,7 +766,7 @@ async def test_bus_drops_malformed_and_foreign_messages(backend_factory: Cluster
     redis_only(backend_factory)
     assert isinstance(backend_factory, RedisCluster)
     a = await backend_factory.add("a")
-    client = backend_factory.backends[0].client
+    client = backend_factory.backends[0].bus_client
     topic = channel_topic(APP, "junk")
     await a.broker.subscribe(topic)
     name = backend_factory.backends[0].keys.bus(topic)
@@ -779,7 +786,7 @@ async def test_subscribe_waits_for_the_confirmation(backend_factory: Cluster) ->
     assert isinstance(backend_factory, RedisCluster)
     a, b = await backend_factory.add("a"), await backend_factory.add("b")
     topic = channel_topic(APP, "paused")
-    client = backend_factory.backends[0].client
+    client = backend_factory.backends[0].bus_client
     a.broker.confirm_timeout = 0.3
     await client.execute_command("CLIENT", "PAUSE", "800", "ALL")  # Redis answers nobody
     try:
@@ -802,7 +809,7 @@ async def test_bus_reconnects_and_subscribes_again(backend_factory: Cluster) -> 
     await a.state.subscribe(APP, "kill", None, 0)
     await a.broker.subscribe(topic)
     await a.broker.subscribe(NODES_TOPIC)
-    client = backend_factory.backends[0].client
+    client = backend_factory.backends[0].bus_client
     assert await client.client_kill_filter(_type="pubsub") >= 1  # a is the only subscriber
     async with asyncio.timeout(2):
         while a.broker.healthy:
@@ -819,7 +826,8 @@ async def test_redis_restart(backend_factory: Cluster) -> None:
     redis_only(backend_factory)
     server = start_redis()
     prefix = f"t-{uuid.uuid4().hex[:12]}"
-    backends = [RedisBackend(server.url, prefix, n, 2.0) for n in ("a", "b")]
+    target = parse_url(server.url)
+    backends = [RedisBackend(target, target, prefix, n, 2.0) for n in ("a", "b")]
     a, b = (Node(x.node, x.broker, x.state, x.liveness) for x in backends)
     try:
         for n in (a, b):

@@ -1,83 +1,81 @@
-"""The Redis backend: `Broker`, `ClusterState` and `Liveness` over one Redis server.
+"""The Redis backend: `Broker`, `ClusterState` and `Liveness` over Redis.
 
-`RedisBackend(url, prefix, node, node_timeout)` owns one client (a connection pool) shared by
-the state, the liveness and the publishing side of the broker, plus the broker's dedicated
-pub/sub connection. Client settings:
+`RedisBackend(bus, state, prefix, node, node_timeout)` takes two targets (`urls.RedisTarget`):
+the *bus* (pub/sub, and the history streams: everything a publish touches) and the *state*
+(presence, counts, quotas, cache, claims, leases, webhook jobs). They may name one server (the
+default: `redis_url` is both) or two; each may be a single server or a Sentinel-managed
+primary (`clients.py`). Per role: one client (a connection pool) for the scripts, one for the
+publishes, and the broker's dedicated pub/sub connection.
 
-- `health_check_interval=1`: a pooled connection idle for over a second is PINGed before use,
-  so a connection left stale by a Redis restart is found and replaced, not used.
-- A blocking pool of 64 connections per client: past that, calls wait (up to 5 s) for a
-  free connection instead of failing.
 - Publishes (their own pool) are retried once on a fresh connection after a
   `ConnectionError`: at worst a duplicate delivery. State scripts are never retried: one that
   ran before its connection broke would run twice (a member or a quota slot counted twice);
   the failure surfaces and the engine repairs the node's records with a resync.
 - Every error that remains surfaces as `base.Unavailable`.
+- A new primary (failover, restart without data) is found on the first new connection to it
+  (`clients.PrimaryWatch`): this node's registration there does not count (it resyncs), and a
+  channel's history starts a new epoch there.
 
 Data model: `keys.py`. Scripts: `lua/`.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .bus import RedisBroker
+from .clients import PrimaryWatch, make_client
 from .keys import Keys
 from .liveness import RedisLiveness
-from .state import RedisState
+from .state import RedisState, Scripts
+from .urls import RedisTarget
 from .webhooks import RedisWebhookStore
-
-POOL_SIZE = 64  # connections per client; more calls at once wait their turn (up to 5 s)
-
-
-def _client(url: str, **kwargs: Any) -> Redis:
-    """A client whose pool makes calls wait for a free connection when all are busy: a
-    reconnect storm makes thousands of calls at once, and a plain pool (100 connections in
-    redis-py 8) fails every call past its size with "Too many connections"."""
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=POOL_SIZE,
-        timeout=5,
-        socket_connect_timeout=2,
-        socket_timeout=5,
-        health_check_interval=1,
-        **kwargs,
-    )
-    client = Redis(connection_pool=pool)
-    client.auto_close_connection_pool = True  # aclose() closes the pool too
-    return client
 
 
 class RedisBackend:
-    def __init__(self, url: str, prefix: str, node: str, node_timeout: float) -> None:
+    def __init__(
+        self,
+        bus: RedisTarget,
+        state: RedisTarget,
+        prefix: str,
+        node: str,
+        node_timeout: float,
+    ) -> None:
         if not node or any(c in node for c in ":\n\r"):
             raise ValueError(f"node id {node!r} must be non-empty, without ':' or newlines")
         self.node = node
+        self.keys = keys = Keys(prefix)
+        self.apart = bus != state
+        self.watches = {"state": PrimaryWatch("state")}
+        self.watches["bus"] = PrimaryWatch("bus") if self.apart else self.watches["state"]
         # state scripts are never retried: one that ran before its connection broke would run
         # twice (a member or a quota slot counted twice); the engine resyncs instead
-        self.client = _client(url)
+        self.client = make_client(state, self.watches["state"])
         # publishes are retried once on a fresh connection: at worst a duplicate delivery,
         # never a loss (a history publish is appended once: publish.lua knows its id)
-        self.bus_client = _client(
-            url,
+        self.bus_client = make_client(
+            bus,
+            self.watches["bus"],
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             retry_on_error=[RedisConnectionError],
         )
-        self.keys = Keys(prefix)
-        self.broker = RedisBroker(self.bus_client, self.keys, node)
-        self.state = RedisState(self.client, self.keys, node)
-        self.liveness = RedisLiveness(self.client, self.keys, node, node_timeout)
+        self.scripts = Scripts(self.client, keys, node, self.watches["state"])
+        bus_scripts = Scripts(self.bus_client, keys, node, self.watches["bus"])
+        self.broker = RedisBroker(bus_scripts, self.scripts if self.apart else None)
+        self.state = RedisState(self.scripts)
+        self.liveness = RedisLiveness(self.scripts, node_timeout)
 
     def webhook_store(self, max_size: int) -> RedisWebhookStore:
-        return RedisWebhookStore(self.client, self.keys, max_size)
+        return RedisWebhookStore(self.scripts, max_size)
+
+    def primaries(self) -> dict[str, PrimaryWatch]:
+        """Per role ("bus", "state"): the primary it reaches and how often that changed."""
+        return dict(self.watches)
 
     async def aclose(self) -> None:
-        """Stop the broker (its pub/sub connection) and close the pool."""
+        """Stop the broker (its pub/sub connection) and close the pools."""
         try:
             await self.broker.stop()
         finally:

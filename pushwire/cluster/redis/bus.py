@@ -39,7 +39,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -58,7 +57,7 @@ from ..base import (
     decode,
     encode,
 )
-from .keys import Keys
+from .clients import new_connection
 from .state import Scripts, as_str, to_ms
 
 log = logging.getLogger("pushwire.cluster.redis")
@@ -102,6 +101,11 @@ def _ignore(msg: BusMessage) -> None:
     pass
 
 
+def _padded(history: tuple[str | bytes | int, ...]) -> tuple[str | bytes | int, ...]:
+    """publish.lua's six history arguments (ARGV[7..12]), also without history."""
+    return history + ("",) * (6 - len(history))
+
+
 class RedisBroker:
     confirm_timeout = 3.0  # subscribe / resubscribed give up after this many seconds
     ping_interval = 1.0  # an idle pub/sub connection is pinged after this many seconds
@@ -110,11 +114,14 @@ class RedisBroker:
     backoff_max = 2.0
     chunk = 500  # channels per SUBSCRIBE when subscribing everything again
 
-    def __init__(self, client: Redis, keys: Keys, node: str) -> None:
-        self.node = node
-        self._client = client
-        self._keys = keys
-        self._scripts = Scripts(client, keys, node)
+    def __init__(self, scripts: Scripts, state: Scripts | None = None) -> None:
+        """`scripts` run on the bus; `state`: the state's scripts when the state is another
+        server (then each publish first asks it who must receive it: `_receivers`)."""
+        self.node = scripts.node
+        self._client = scripts.client
+        self._keys = keys = scripts.keys
+        self._scripts = scripts
+        self._state = state
         self._bus_prefix = keys.bus("").encode()
         self._wanted: set[str] = set()
         self._channels: dict[bytes, _Channel] = {}  # of the current connection
@@ -260,16 +267,16 @@ class RedisBroker:
 
     # The listener -------------------------------------------------------------------------
     def _new_connection(self) -> AbstractConnection:
-        pool = self._client.connection_pool
-        kwargs: dict[str, Any] = dict(pool.connection_kwargs)
         # The listener pings by itself; a failure is handled by reconnecting, not retrying.
         # RESP2: pub/sub replies are plain arrays (with RESP3, redis-py's default, they are
         # push messages that its parser logs one by one).
-        kwargs.update(
-            health_check_interval=0, retry=Retry(NoBackoff(), 0), retry_on_error=[], protocol=2
+        return new_connection(
+            self._client,
+            health_check_interval=0,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_error=[],
+            protocol=2,
         )
-        conn: AbstractConnection = pool.connection_class(**kwargs)
-        return conn
 
     async def _run(self) -> None:
         backoff = self.backoff_min
@@ -452,10 +459,11 @@ class RedisBroker:
         while self._outbox:
             batch, self._outbox = self._outbox, []
             try:
-                results = await self._scripts.pipeline(
-                    "publish",
-                    [(o.name, o.record, o.listening, o.data, *o.history) for o in batch],
-                )
+                if self._state is None:
+                    calls = [(o.name, o.record, o.listening, o.data, *o.history) for o in batch]
+                else:
+                    batch, calls = await self._receivers(batch)
+                results = await self._scripts.pipeline("publish", calls) if calls else []
             except (RedisError, OSError) as exc:
                 err = Unavailable(f"Redis unreachable (publish): {exc}")
                 for o in batch:
@@ -466,17 +474,46 @@ class RedisBroker:
                 if o.done.done():
                     continue
                 if isinstance(r, ResponseError):
-                    text = str(r)
-                    if text.startswith("SHORT"):
-                        got, need = text.split()[1:3]
-                        o.done.set_exception(
-                            PartialDelivery(f"published to {got} of {need} nodes")
-                        )
-                    else:
-                        o.done.set_exception(self._scripts.error("publish", r))
+                    o.done.set_exception(self._refusal(r))
                 elif isinstance(r, Exception):
                     o.done.set_exception(Unavailable(f"Redis unreachable (publish): {r}"))
                 elif isinstance(r, list):  # with history: receivers, offset, epoch
                     o.done.set_result(Position(as_str(r[2]), int(r[1])))
                 else:
                     o.done.set_result(None)
+
+    async def _receivers(
+        self, batch: list[_Outgoing]
+    ) -> tuple[list[_Outgoing], list[tuple[str | bytes | int, ...]]]:
+        """Bus and state apart: the state checks this node's registration and counts the nodes
+        that must receive each message (one round trip for the batch), *before* it is
+        published. Sound because a node is subscribed on the bus before the state lists it
+        and is listed until after it unsubscribes: a node listed when counted is subscribed
+        when the message goes out, unless it left meanwhile (then the publish is refused
+        although nothing was lost: a spurious 503, never a false 2xx). Returns the messages
+        still to publish and their publish.lua arguments; the others are failed here."""
+        assert self._state is not None
+        checks = await self._state.pipeline(
+            "receivers", [(o.record, "0" if o.history == ("",) else "1") for o in batch]
+        )
+        keep, calls = [], []
+        for o, need in zip(batch, checks, strict=True):
+            if isinstance(need, ResponseError):
+                o.done.set_exception(self._refusal(need, self._state))
+            elif isinstance(need, Exception):
+                o.done.set_exception(Unavailable(f"Redis unreachable (publish): {need}"))
+            else:
+                keep.append(o)
+                calls.append((o.name, "", o.listening, o.data, *_padded(o.history), int(need)))
+        return keep, calls
+
+    def _refusal(self, exc: ResponseError, scripts: Scripts | None = None) -> Unavailable:
+        text = str(exc)
+        if text.startswith("SHORT"):
+            got, need = text.split()[1:3]
+            return PartialDelivery(f"published to {got} of {need} nodes")
+        if text.startswith("EXPIRED"):
+            return PartialDelivery(
+                f"node {text.split()[1]} lost its lease: its subscribers cannot be counted on"
+            )
+        return (scripts or self._scripts).error("publish", exc)

@@ -5,6 +5,8 @@ functions (`K_lease(node)`, ...) that every script is prefixed with, so a name i
 Let p = prefix, A an app id, N a node id, C a channel, U a user id:
 
 - `p:nodes`            set: registered nodes
+- `p:gen`              hash N -> the generation (primary's replication id) N registered
+                       under; a registration of another generation does not count
 - `p:lease:N`          string with PX = node_timeout: N's lease
 - `p:node:N:apps`      set: apps N has records in (for reap and resync)
 - `p:conn:A`           hash N -> open connections on N (the connection quota)
@@ -39,6 +41,7 @@ import string
 
 TEMPLATES: dict[str, str] = {
     "nodes": "nodes",
+    "gen": "gen",
     "lease": "lease:{node}",
     "node_apps": "node:{node}:apps",
     "conn": "conn:{app}",
@@ -76,6 +79,9 @@ class Keys:
 
     def nodes(self) -> str:
         return self._k("nodes")
+
+    def gen(self) -> str:
+        return self._k("gen")
 
     def lease(self, node: str) -> str:
         return self._k("lease", node=node)
@@ -168,15 +174,22 @@ def _lua_function(name: str, template: str) -> str:
 
 
 def lua_prelude() -> str:
-    """The Lua every script starts with. ARGV[1] is the prefix, ARGV[2] this node's id."""
+    """The Lua every script starts with. ARGV[1] is the prefix, ARGV[2] this node's id and,
+    after a newline, the generation it believes the server has ('' before the first contact:
+    not checked); see `clients.PrimaryWatch`."""
     lines = [
-        "local P, NODE = ARGV[1], ARGV[2]",
+        "local P = ARGV[1]",
+        "local NODE, GEN = string.match(ARGV[2], '^([^\\n]*)\\n?(.*)$')",
         *(_lua_function(name, t) for name, t in TEMPLATES.items()),
         f"local VERSION_TTL_MS = {VERSION_TTL_MS}",
         # numbers are formatted by hand: Lua's tostring would print 1.7e+15
         "local function int(v) return string.format('%d', v) end",
+        # this node counts as registered only under the generation it believes in: on a new
+        # primary a replicated registration is stale, so the node resyncs its records there
         "local function registered(node)",
-        "  return redis.call('SISMEMBER', K_nodes(), node) == 1",
+        "  if redis.call('SISMEMBER', K_nodes(), node) == 0 then return false end",
+        "  if node ~= NODE or GEN == '' then return true end",
+        "  return redis.call('HGET', K_gen(), node) == GEN",
         "end",
         "local function num(v) if v then return tonumber(v) end return 0 end",
         # a new membership version: max(previous + 1, TIME in microseconds)
@@ -207,6 +220,37 @@ def lua_prelude() -> str:
         "local function split_field(f)",
         "  local i = string.find(f, '\\n', 1, true)",
         "  return string.sub(f, 1, i - 1), string.sub(f, i + 1)",
+        "end",
+        # How many nodes listed in `record` (node -> count) must receive a publish: this node
+        # aside unless it receives its own (`echo`). Returns nil and the node when a listed
+        # node's lease ran out: it cannot vouch for its subscribers (cut off, paused), so a
+        # publish must not count on its subscription (Redis may count a dead connection).
+        "local function receivers(record, echo)",
+        "  local need = 0",
+        "  for _, n in ipairs(redis.call('HKEYS', record)) do",
+        "    if n ~= NODE then",
+        "      if redis.call('EXISTS', K_lease(n)) == 0 then return nil, n end",
+        "      need = need + 1",
+        "    elseif echo then",
+        "      need = need + 1",
+        "    end",
+        "  end",
+        "  return need",
+        "end",
+        # a history's epoch and top, started anew when it has none or was written under another
+        # generation (a new primary may lack its last appends: never reuse their offsets)
+        "local function history_meta(topic, ttl_ms)",
+        "  local meta = K_histm(topic)",
+        "  local epoch, gen = unpack(redis.call('HMGET', meta, 'epoch', 'gen'))",
+        "  if epoch and (GEN == '' or gen == GEN) then",
+        "    return epoch, num(redis.call('HGET', meta, 'top'))",
+        "  end",
+        "  redis.call('DEL', K_hist(topic))",
+        "  epoch = new_epoch()",
+        "  redis.call('DEL', meta)",
+        "  redis.call('HSET', meta, 'epoch', epoch, 'top', 0, 'gen', GEN)",
+        "  redis.call('PEXPIRE', meta, ttl_ms)",
+        "  return epoch, 0",
         "end",
         "",
     ]

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
-
 from ..base import Heartbeat
-from .keys import Keys
 from .state import Scripts, as_str, to_ms
 
 
 class RedisLiveness:
-    def __init__(self, client: Redis, keys: Keys, node: str, node_timeout: float) -> None:
-        self.node = node
+    def __init__(self, scripts: Scripts, node_timeout: float) -> None:
+        self.node = scripts.node
         self.node_timeout = node_timeout
-        self.scripts = Scripts(client, keys, node)
+        self.scripts = scripts
 
     async def beat(self) -> Heartbeat:
         """Renew this node's lease if it is registered (one atomic step); never registers."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ...protocol.errors import PresenceLimit
 from ..base import AppSnapshot, Changes, ChannelStats, Joined, Left, NotRegistered, Unavailable
+from .clients import PrimaryWatch
 from .keys import Keys, lua_prelude
 
 LUA_DIR = Path(__file__).parent / "lua"
@@ -48,17 +50,26 @@ def _load_scripts() -> tuple[dict[str, str], dict[str, str]]:
 
 class Scripts:
     """The Lua scripts, run by EVALSHA (loaded again when Redis forgot them, e.g. after a
-    restart). `run` turns every failure into `Unavailable`."""
+    restart). `run` turns every failure into `Unavailable`. Each script is told this node's
+    id and the generation `watch` last saw (keys.lua_prelude)."""
 
-    def __init__(self, client: Redis, keys: Keys, node: str) -> None:
+    def __init__(self, client: Redis, keys: Keys, node: str, watch: PrimaryWatch) -> None:
         self.client = client
         self.keys = keys
         self.node = node
+        self.watch = watch
         self._source, self._sha = _load_scripts()
+
+    async def me(self) -> str:
+        """ARGV[2]: this node and the generation of the server (known once a connection was
+        made: before the first one, a PING makes it)."""
+        if not self.watch.generation:
+            await self.client.ping()
+        return f"{self.node}\n{self.watch.generation}"
 
     async def raw(self, name: str, *args: str | bytes | int | float) -> Any:
         """Run script `name` with ARGV = prefix, node, *args; Redis errors are raised as is."""
-        argv = (self.keys.prefix, self.node, *args)
+        argv = (self.keys.prefix, await self.me(), *args)
         try:
             return await self.client.evalsha(self._sha[name], 0, *argv)
         except NoScriptError:
@@ -66,14 +77,15 @@ class Scripts:
             return await self.client.evalsha(self._sha[name], 0, *argv)
 
     async def pipeline(
-        self, name: str, calls: list[tuple[str | bytes | int | float, ...]]
+        self, name: str, calls: Sequence[tuple[str | bytes | int | float, ...]]
     ) -> list[Any]:
         """Run script `name` once per argument tuple, in order, in one round trip. Results
         are in call order; a failed call's entry is its exception (Redis errors as is)."""
+        me = await self.me()
         for attempt in range(2):
             pipe = self.client.pipeline(transaction=False)
             for args in calls:
-                pipe.evalsha(self._sha[name], 0, self.keys.prefix, self.node, *args)
+                pipe.evalsha(self._sha[name], 0, self.keys.prefix, me, *args)
             results = await pipe.execute(raise_on_error=False)
             if attempt == 0 and results and all(isinstance(r, NoScriptError) for r in results):
                 await self.client.script_load(self._source[name])  # Redis restarted
@@ -102,10 +114,10 @@ class Scripts:
 
 
 class RedisState:
-    def __init__(self, client: Redis, keys: Keys, node: str) -> None:
-        self.node = node
-        self.keys = keys
-        self.scripts = Scripts(client, keys, node)
+    def __init__(self, scripts: Scripts) -> None:
+        self.node = scripts.node
+        self.keys = scripts.keys
+        self.scripts = scripts
 
     async def connect(self, app_id: str, limit: int) -> bool:
         return bool(await self.scripts.run("connect", app_id, limit))

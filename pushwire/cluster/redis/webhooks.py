@@ -3,18 +3,15 @@ so queued webhooks survive a node restart and each is taken by exactly one node.
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
-
-from .keys import Keys
 from .state import Scripts
 
 
 class RedisWebhookStore:
     """Satisfies `pushwire.webhooks.WebhookStore`; failures raise `base.Unavailable`."""
 
-    def __init__(self, client: Redis, keys: Keys, max_size: int) -> None:
+    def __init__(self, scripts: Scripts, max_size: int) -> None:
         self.max_size = max_size
-        self.scripts = Scripts(client, keys, "")
+        self.scripts = scripts  # (the node id is not used by the webhook scripts)
 
     async def add(self, job_id: str, job: bytes, due: float) -> bool:
         return bool(await self.scripts.run("wh_add", job_id, job, repr(due), self.max_size))

@@ -1,4 +1,5 @@
 -- Unregisters this node (its records stay until it is reaped or resyncs).
 redis.call('SREM', K_nodes(), NODE)
+redis.call('HDEL', K_gen(), NODE)
 redis.call('DEL', K_lease(NODE))
 return 1

@@ -1,19 +1,12 @@
 -- ARGV[3] topic, ARGV[4] offset to read after ('' for the last events), ARGV[5] limit,
 -- ARGV[6] ttl ms (older entries count as gone), ARGV[7] bytes of payloads at most (0: no
 -- bound; a page cut short by it is not complete).
--- Creates the topic's epoch when it has none, kept only as long as an event would be (a
--- publish keeps it for the meta ttl). Returns {epoch, top, complete (0/1),
+-- Creates the topic's epoch when it has none (or one of another generation), kept only as
+-- long as an event would be (a publish keeps it for the meta ttl). Returns {epoch, top, complete (0/1),
 -- offset1, data1, time1, offset2, ...} in ascending offsets.
 local topic = ARGV[3]
-local meta, stream = K_histm(topic), K_hist(topic)
-local epoch = redis.call('HGET', meta, 'epoch')
-if not epoch then
-  redis.call('DEL', stream)
-  epoch = new_epoch()
-  redis.call('HSET', meta, 'epoch', epoch, 'top', 0)
-  redis.call('PEXPIRE', meta, ARGV[6])
-end
-local top = tonumber(redis.call('HGET', meta, 'top') or '0')
+local stream = K_hist(topic)
+local epoch, top = history_meta(topic, ARGV[6])
 local limit = tonumber(ARGV[5])
 local cutoff = now_ms() - tonumber(ARGV[6])
 local budget = tonumber(ARGV[7])  -- bytes of payloads at most (0: no bound)

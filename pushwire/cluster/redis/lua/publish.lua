@@ -3,16 +3,28 @@
 -- ARGV[6] the message. Publishes it if this node is registered; then checks that every node
 -- listed in the hash (this node aside) is subscribed: PUBSUB NUMSUB, taken in the same atomic
 -- step, is exactly the set of connections PUBLISH delivers to (pattern subscribers aside).
+-- A listed node without a lease fails the publish before it is sent (see `receivers`).
 -- With history (ARGV[7] the topic, '' for none; ARGV[8] size, ARGV[9] ttl ms, ARGV[10] meta
 -- ttl ms, ARGV[11] the payload to keep, ARGV[12] this publish's id): the message is appended
 -- to the topic's stream first and published with its position line '@OFFSET EPOCH' in front;
 -- it echoes, so this node counts among the receivers too. A publish id seen already (a retry
 -- after a lost reply) is not appended or published again.
+-- ARGV[13]: '' when the registry and the hash are on this server (one Redis for bus and
+-- state); otherwise the bus and the state are apart: the state checked the registration and
+-- counted the receivers (`receivers.lua`, just before), and this is that count.
 -- Returns the number of receivers, or with history {receivers, offset, epoch}.
--- Errors: NOTREG; 'SHORT got need' when fewer nodes received it than must.
-if not registered(NODE) then return redis.error_reply('NOTREG') end
+-- Errors: NOTREG; 'SHORT got need' when fewer nodes received it than must; 'EXPIRED node'.
 local channel, record = ARGV[3], ARGV[4]
 local data, topic = ARGV[6], ARGV[7]
+local need = tonumber(ARGV[13])
+if not need then
+  if not registered(NODE) then return redis.error_reply('NOTREG') end
+  if record ~= '' then
+    local late
+    need, late = receivers(record, topic ~= '')
+    if not need then return redis.error_reply('EXPIRED ' .. late) end
+  end
+end
 local offset, epoch
 if topic ~= '' then
   local seen = redis.call('GET', K_hid(ARGV[12]))
@@ -20,13 +32,8 @@ if topic ~= '' then
     local i = string.find(seen, ' ', 1, true)
     return {0, tonumber(string.sub(seen, 1, i - 1)), string.sub(seen, i + 1)}
   end
+  epoch = history_meta(topic, ARGV[10])
   local meta, stream = K_histm(topic), K_hist(topic)
-  epoch = redis.call('HGET', meta, 'epoch')
-  if not epoch then  -- a new history (or a lost one): a new epoch, no stale entries
-    redis.call('DEL', stream)
-    epoch = new_epoch()
-    redis.call('HSET', meta, 'epoch', epoch)
-  end
   offset = redis.call('HINCRBY', meta, 'top', 1)
   redis.call('XADD', stream, 'MAXLEN', ARGV[8], int(offset) .. '-0', 'd', ARGV[11],
              't', int(now_ms()))
@@ -41,12 +48,11 @@ local function result()
   if topic == '' then return subscribed end
   return {subscribed, offset, epoch}
 end
-if record == '' then return result() end
-local got, need = subscribed, redis.call('HLEN', record)
+if not need then return result() end
+local got = subscribed
 if topic == '' then  -- no echo: this node is neither among the receivers nor needed
   got = subscribed - tonumber(ARGV[5])
   if got < 0 then got = 0 end  -- this node's own connection was not among them after all
-  if need > 0 and redis.call('HEXISTS', record, NODE) == 1 then need = need - 1 end
 end
 if got < need then
   return redis.error_reply('SHORT ' .. got .. ' ' .. need)

@@ -10,6 +10,7 @@ if dead ~= NODE then
   end
 end
 redis.call('SREM', K_nodes(), dead)
+redis.call('HDEL', K_gen(), dead)
 redis.call('DEL', K_lease(dead))
 local vacated, removed, offline = {}, {}, {}
 local apps = K_node_apps(dead)
