@@ -200,7 +200,13 @@ class Broker(Protocol):
 
     node: str
 
-    async def start(self, deliver: Callable[[BusMessage], None]) -> None: ...
+    async def start(
+        self, deliver: Callable[[BusMessage], None], lost: Callable[[], None] | None = None
+    ) -> None:
+        """`lost` is called when messages for this node may have been dropped on the way
+        (its bus connection fell silent and was given up after a bound, or Redis dropped it
+        unread): the subscriptions are made again, but what was published meanwhile may be
+        missing; the node must not leave its sockets silently without it."""
 
     async def stop(self) -> None: ...
 

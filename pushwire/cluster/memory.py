@@ -37,6 +37,7 @@ from .base import (
     Joined,
     Left,
     NotRegistered,
+    PartialDelivery,
     Position,
     Unavailable,
 )
@@ -218,7 +219,9 @@ class MemoryBroker:
         return self.node not in self.plane.unreachable
 
 
-    async def start(self, deliver: Callable[[BusMessage], None]) -> None:
+    async def start(
+        self, deliver: Callable[[BusMessage], None], lost: Callable[[], None] | None = None
+    ) -> None:
         self._deliver = deliver
 
     async def stop(self) -> None:
@@ -255,6 +258,12 @@ class MemoryBroker:
     ) -> Position | None:
         plane = self.plane
         plane.check(self.node)
+        now = plane.clock()
+        for node in plane.topics.get(topic, ()):  # (as publish.lua: see `receivers`)
+            if node != self.node and plane.nodes.get(node, now) < now:
+                raise PartialDelivery(
+                    f"node {node} lost its lease: its subscribers cannot be counted on"
+                )
         position = None
         if history is not None:
             position = plane.append_history(topic, msg.payload, history)

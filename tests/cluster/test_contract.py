@@ -39,6 +39,12 @@ from pushwire.protocol.errors import PresenceLimit
 from pushwire.webhooks import MemoryStore, WebhookStore
 from tests.conftest import start_redis
 
+
+def redis_client(url: str) -> Any:
+    from redis.asyncio import Redis
+
+    return Redis.from_url(url)
+
 APP = "app-1"
 APP2 = "app-2"
 REDIS_NODE_TIMEOUT = 0.5
@@ -759,6 +765,68 @@ async def test_publish_fails_when_a_listed_node_is_not_subscribed(
     await b.broker.subscribe(utopic)
     await a.broker.publish(utopic, chmsg("", b"5"))
     assert (await b.recv()).payload == b"5"
+
+
+@bounded()
+async def test_publish_refused_while_a_listed_node_has_no_lease(backend_factory: Cluster) -> None:
+    """A node cut off (or paused) past its lease cannot vouch for its subscribers, although
+    the bus may still count its subscription: publishes that need it are refused until it
+    beats again or is reaped."""
+    a, b = await backend_factory.add("a"), await backend_factory.add("b")
+    topic = channel_topic(APP, "lease")
+    for n in (a, b):
+        await n.state.subscribe(APP, "lease", None, 0)
+        await n.broker.subscribe(topic)
+    await a.broker.publish(topic, chmsg("lease", b"1"))
+    assert (await b.recv()).payload == b"1"
+    await backend_factory.expire()
+    assert (await a.liveness.beat()).registered  # a renews; b is silent
+    with pytest.raises(Unavailable, match="node b lost its lease"):
+        await a.broker.publish(topic, chmsg("lease", b"2"))
+    await a.state.reap("b")  # b's records go: nothing to count on any more
+    await a.broker.publish(topic, chmsg("lease", b"3"))
+    await a.nothing(0.05)
+
+
+@bounded(20)
+async def test_bus_and_state_apart_keep_to_their_roles(
+    redis_server: Any, redis_state_server: Any
+) -> None:
+    """With bus and state on two servers, the state server never carries pub/sub and the bus
+    server holds nothing but history."""
+    cluster = RedisCluster(redis_server.url, redis_state_server.url)
+    try:
+        a, b = await cluster.add("a"), await cluster.add("b")
+        topic = channel_topic(APP, "roles")
+        for n in (a, b):
+            await n.state.connect(APP, 0)
+            await n.state.subscribe(APP, "roles", ("u-" + n.name, {}), 10)
+            await n.state.sign_in(APP, "u-" + n.name)
+            await n.broker.subscribe(topic)
+        policy = HistoryPolicy(10, 60)
+        await a.broker.publish(topic, chmsg("roles", b"1"), history=policy)
+        assert (await b.recv()).payload == b"1"
+        await a.broker.publish(topic, chmsg("roles", b"2"))
+        assert (await b.recv()).payload == b"2"
+        await a.state.cache_set(APP, "cache-roles", b"x", 10)
+        await a.state.hit("r", 1, 5)
+        await a.liveness.beat()
+    finally:
+        await cluster.aclose()
+    state = redis_client(redis_state_server.url)
+    bus = redis_client(redis_server.url)
+    try:
+        stats = await state.info("commandstats")
+        pubsub = [k for k in stats if "publish" in k or "subscribe" in k or "pubsub" in k]
+        assert pubsub == []
+        assert "cmdstat_evalsha" in stats  # (the state did work)
+        bus_keys = [k.decode() async for k in bus.scan_iter(f"{cluster.prefix}:*")]
+        assert bus_keys and all(k.split(":")[1] in ("hist", "histm", "hid") for k in bus_keys)
+        state_keys = [k.decode() async for k in state.scan_iter(f"{cluster.prefix}:*")]
+        assert not [k for k in state_keys if k.split(":")[1] in ("hist", "histm", "hid")]
+    finally:
+        await state.aclose()
+        await bus.aclose()
 
 
 @bounded()

@@ -101,6 +101,14 @@ def _ignore(msg: BusMessage) -> None:
     pass
 
 
+def _nothing() -> None:
+    pass
+
+
+class _Silent(RedisConnectionError):
+    """The pub/sub connection did not answer within `silence_limit`: given up."""
+
+
 def _padded(history: tuple[str | bytes | int, ...]) -> tuple[str | bytes | int, ...]:
     """publish.lua's six history arguments (ARGV[7..12]), also without history."""
     return history + ("",) * (6 - len(history))
@@ -109,7 +117,10 @@ def _padded(history: tuple[str | bytes | int, ...]) -> tuple[str | bytes | int, 
 class RedisBroker:
     confirm_timeout = 3.0  # subscribe / resubscribed give up after this many seconds
     ping_interval = 1.0  # an idle pub/sub connection is pinged after this many seconds
-    ping_timeout = 3.0  # ... and given up when the PING is not answered within this
+    ping_timeout = 3.0  # ... and is not healthy while the PING is unanswered for longer
+    # ... and is given up after this long without an answer: what Redis sent it meanwhile
+    # may never arrive, so `lost` is called (RedisBackend sets it from node_timeout)
+    silence_limit = 4.0
     backoff_min = 0.1
     backoff_max = 2.0
     chunk = 500  # channels per SUBSCRIBE when subscribing everything again
@@ -136,6 +147,9 @@ class RedisBroker:
         self._outbox: list[_Outgoing] = []
         self._sender: asyncio.Task[None] | None = None
         self._down_logged = False
+        self._silent = False  # the connection has not answered a PING for ping_timeout
+        self._lost: Callable[[], None] = _nothing
+        self.losses = 0  # connections given up while silent (see silence_limit)
         self._malformed = 0
         self._malformed_logged = float("-inf")
         self._token = secrets.token_hex(4)  # names this process's history publishes
@@ -144,10 +158,13 @@ class RedisBroker:
     # Lifecycle ----------------------------------------------------------------------------
     @property
     def healthy(self) -> bool:
-        return self._up
+        return self._up and not self._silent
 
-    async def start(self, deliver: Callable[[BusMessage], None]) -> None:
+    async def start(
+        self, deliver: Callable[[BusMessage], None], lost: Callable[[], None] | None = None
+    ) -> None:
         self._deliver = deliver
+        self._lost = lost or _nothing
         if self._task is None or self._task.done():
             self._stopping = False
             self._task = asyncio.create_task(self._run(), name=f"pushwire-bus-{self.node}")
@@ -290,6 +307,20 @@ class RedisBroker:
                     self._down_logged = False
                 backoff = self.backoff_min
                 await self._listen(conn)
+            except _Silent as exc:
+                self.losses += 1
+                log.error(
+                    "bus connection of node %s silent for %.1f s: given up, its messages "
+                    "meanwhile may be lost (%s)",
+                    self.node,
+                    self.silence_limit,
+                    exc,
+                )
+                self._down_logged = True
+                try:
+                    self._lost()
+                except Exception:
+                    log.exception("bus: the lost-messages handler failed")
             except (RedisError, OSError) as exc:
                 if not self._down_logged:
                     log.error("bus connection of node %s lost (%s): reconnecting", self.node, exc)
@@ -317,6 +348,7 @@ class RedisBroker:
         if self._conn is conn:
             self._conn = None
             self._up = False
+            self._silent = False
             self._channels = {}
             self._wake()
         with contextlib.suppress(Exception):
@@ -333,13 +365,22 @@ class RedisBroker:
             now = loop.time()
             if reply is None:  # nothing within ping_interval
                 if pinged is not None:
-                    if now - pinged > self.ping_timeout:
-                        raise RedisConnectionError("the pub/sub connection does not answer PING")
+                    # A silent connection is kept, not dropped: TCP delivers what was sent
+                    # once the path is back (a short cut costs latency, nothing else). Only
+                    # past silence_limit is it given up, and with it what it still owed.
+                    if now - pinged > self.silence_limit:
+                        raise _Silent("no answer to PING")
+                    if now - pinged > self.ping_timeout and not self._silent:
+                        self._silent = True
+                        log.warning("bus connection of node %s does not answer", self.node)
                 elif now - last >= self.ping_interval:
                     pinged = now
                     await self._send("PING", [])
                 continue
             last, pinged = now, None
+            if self._silent:
+                self._silent = False
+                log.warning("bus connection of node %s answers again", self.node)
             self._on_reply(reply)
 
     def _on_reply(self, reply: Any) -> None:
