@@ -10,7 +10,6 @@ node that cannot reach the store.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import random
 import secrets
@@ -40,6 +39,8 @@ from .base import (
     PartialDelivery,
     Position,
     Unavailable,
+    decode,
+    encode,
 )
 
 
@@ -58,7 +59,7 @@ class Backplane:
     def __init__(self, clock: Callable[[], float], node_timeout: float = 6.0) -> None:
         self.clock = clock
         self.node_timeout = node_timeout
-        self.topics: dict[str, dict[str, Callable[[BusMessage], None]]] = {}
+        self.topics: dict[str, dict[str, Callable[[bytes], None]]] = {}
         self.apps: dict[str, _AppRecords] = {}
         self.nodes: dict[str, float] = {}  # registered node -> lease expiry
         self.cache: dict[tuple[str, str], tuple[bytes, float]] = {}
@@ -194,17 +195,20 @@ def _round_trip(
     fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]],
 ) -> Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]:
     async def call(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        rnd = self.plane.round_trip
-        if rnd is not None:
-            for _ in range(rnd.randint(0, 3)):
-                await asyncio.sleep(0)
+        await _network(self.plane)
         result = await fn(self, *args, **kwargs)
-        if rnd is not None:
-            for _ in range(rnd.randint(0, 3)):
-                await asyncio.sleep(0)
+        await _network(self.plane)
         return result
 
     return call
+
+
+async def _network(plane: Backplane) -> None:
+    """Yield to the loop a random number of times (tests), as a request or reply would."""
+    rnd = plane.round_trip
+    if rnd is not None:
+        for _ in range(rnd.randint(0, 3)):
+            await asyncio.sleep(0)
 
 
 class MemoryBroker:
@@ -243,15 +247,18 @@ class MemoryBroker:
             if not subs:
                 del self.plane.topics[topic]
 
+    @_round_trip
     async def resubscribed(self) -> None:
         self.plane.check(self.node, registered=False)
         for topic in self.wanted:
             self.plane.topics.setdefault(topic, {})[self.node] = self._on_message
 
-    def _on_message(self, msg: BusMessage) -> None:
+    def _on_message(self, wire: bytes) -> None:
         if self.node in self.plane.unreachable:
             return  # a cut-off node misses what is published meanwhile, as over a network
-        self._deliver(msg)
+        msg = decode(wire)
+        if msg is not None:
+            self._deliver(msg)
 
     async def publish(
         self, topic: str, msg: BusMessage, history: HistoryPolicy | None = None
@@ -268,13 +275,17 @@ class MemoryBroker:
         if history is not None:
             position = plane.append_history(topic, msg.payload, history)
         subs = plane.topics.get(topic)
-        if not subs or (position is None and len(subs) == 1 and self.node in subs):
-            return position  # nobody else listens (one node: always): nothing to copy
-        msg = dataclasses.replace(msg, origin=self.node, position=position)
-        loop = asyncio.get_running_loop()
-        for node, deliver in subs.items():
-            if node != self.node or position is not None:  # history events echo (see Broker)
-                loop.call_soon(deliver, msg)  # FIFO: per-topic order holds
+        if subs and (position is not None or len(subs) > 1 or self.node not in subs):
+            # the bytes Redis would carry (the position line is the store's, as publish.lua
+            # writes it), so in-process tests exercise the wire format
+            wire = encode(msg, self.node)
+            if position is not None:
+                wire = b"@%d %s\n" % (position.offset, position.epoch.encode()) + wire
+            loop = asyncio.get_running_loop()
+            for node, deliver in subs.items():
+                if node != self.node or position is not None:  # history echoes (see Broker)
+                    loop.call_soon(deliver, wire)  # FIFO: per-topic order holds
+        await _network(plane)  # only the reply waits: the send kept the call order
         return position
 
     @_round_trip
@@ -452,6 +463,7 @@ class MemoryState:
         users = len(rec.pm.get(channel, {})) if channel.startswith("presence-") else None
         return ChannelStats(total, users)
 
+    @_round_trip
     async def channels(self, app_id: str, prefix: str) -> dict[str, ChannelStats]:
         rec = self._rec(app_id)
         out = {}
@@ -462,23 +474,29 @@ class MemoryState:
                     out[name] = stats
         return out
 
+    @_round_trip
     async def channel_stats(self, app_id: str, channel: str) -> ChannelStats | None:
         return self._stats(self._rec(app_id), channel)
 
+    @_round_trip
     async def members(self, app_id: str, channel: str) -> dict[str, Any]:
         return dict(self._rec(app_id).pm.get(channel, {}))
 
+    @_round_trip
     async def connection_count(self, app_id: str) -> int:
         return sum(self._rec(app_id).conn.values())
 
+    @_round_trip
     async def online_users(self, app_id: str, user_ids: tuple[str, ...]) -> list[str]:
         usr = self._rec(app_id).usr
         return [u for u in user_ids if u in usr]
 
+    @_round_trip
     async def cache_set(self, app_id: str, channel: str, payload: bytes, ttl: float) -> None:
         self.plane.check(self.node)
         self.plane.cache[(app_id, channel)] = (payload, self.plane.clock() + ttl)
 
+    @_round_trip
     async def cache_get(self, app_id: str, channel: str) -> tuple[bytes, float] | None:
         self.plane.check(self.node)
         entry = self.plane.cache.get((app_id, channel))
@@ -490,6 +508,7 @@ class MemoryState:
             return None
         return entry[0], left
 
+    @_round_trip
     async def claim_once(self, key: str, ttl: float) -> bool:
         self.plane.check(self.node)
         now = self.plane.clock()
@@ -501,6 +520,7 @@ class MemoryState:
         claims[key] = now + ttl
         return True
 
+    @_round_trip
     async def hit(self, key: str, n: int, ttl: float) -> int:
         self.plane.check(self.node, registered=False)
         now = self.plane.clock()
@@ -513,6 +533,7 @@ class MemoryState:
         rates[key] = (total + n, expires)
         return total + n
 
+    @_round_trip
     async def resync(self, snapshot: dict[str, AppSnapshot]) -> Changes:
         self.plane.check(self.node, registered=False)
         changes = Changes()
@@ -574,6 +595,7 @@ class MemoryState:
                     del rec.usr[uid]
         return changes
 
+    @_round_trip
     async def reap(self, node: str) -> Changes:
         plane = self.plane
         plane.check(self.node, registered=False)
@@ -613,6 +635,7 @@ class MemoryLiveness:
         self.plane = plane
         self.node = node
 
+    @_round_trip
     async def beat(self) -> Heartbeat:
         plane = self.plane
         plane.check(self.node, registered=False)
@@ -625,10 +648,12 @@ class MemoryLiveness:
         dead = tuple(n for n, t in plane.nodes.items() if t <= now)
         return Heartbeat(registered, alive, dead)
 
+    @_round_trip
     async def register(self) -> None:
         self.plane.check(self.node, registered=False)
         self.plane.nodes[self.node] = self.plane.clock() + self.plane.node_timeout
 
+    @_round_trip
     async def deregister(self) -> None:
         self.plane.nodes.pop(self.node, None)
 
