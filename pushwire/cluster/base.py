@@ -7,8 +7,9 @@ these interfaces what that means for the deployment, and announces it. The memor
 cluster for tests); the Redis backend (`cluster/redis/`) for many processes.
 
 - `Broker`: publish/subscribe per topic (a channel, a user, an app, every node).
-- `ClusterState`: atomic presence join/leave, channel counts, user online/offline,
-  connection quota, cache, once-only claims; resync and reaping of a node's records.
+- `ClusterState`: `ChannelState` (per channel: atomic presence join/leave, counts),
+  `AppState` (per app: connection quota, user online/offline, channel index, rate counters),
+  `CacheState` (per key: cache, once-only claims); resync and reaping of a node's records.
 - `Liveness`: leases; which nodes are registered and which are dead.
 
 Names of kinds are enums (`BusKind`, `Happening`); nothing is pickled between nodes: a bus
@@ -300,24 +301,14 @@ class Changes:
         )
 
 
-class ClusterState(Protocol):
-    """State shared by the deployment. Every method is one atomic step of the store, so two
-    nodes never both see themselves first (or last); figures count every node's records
-    (a dead node's count until it is reaped). Methods raise `Unavailable` when the
-    store cannot be reached, or when this node is not registered (it was reaped, or the
-    store lost its data): the caller decides locally and `resync` repairs it later.
+class ChannelState(Protocol):
+    """Per channel: its subscriber count and presence members. Each method touches one
+    channel's records only (one shard of a sharded store: the channel's), in one atomic step,
+    so two nodes never both see themselves first (or last) in a channel.
 
-    Membership versions increase per presence channel across the deployment and survive
-    a restart of the store (they are taken from its clock), so a node can drop a stale
-    membership message by comparing versions.
-    """
-
-    node: str
-
-    async def connect(self, app_id: str, limit: int) -> bool:
-        """Count one more connection unless `limit` (> 0) are open; False when refused."""
-
-    async def disconnect(self, app_id: str) -> None: ...
+    Membership versions increase per presence channel across the deployment and survive a
+    restart of the store (they are taken from its clock), so a node can drop a stale
+    membership message by comparing versions."""
 
     async def subscribe(
         self, app_id: str, channel: str, member: tuple[str, Any] | None, limit: int
@@ -327,21 +318,43 @@ class ClusterState(Protocol):
 
     async def unsubscribe(self, app_id: str, channel: str, user_id: str | None) -> Left: ...
 
+    async def channel_stats(self, app_id: str, channel: str) -> ChannelStats | None: ...
+
+    async def members(self, app_id: str, channel: str) -> dict[str, Any]: ...
+
+
+class AppState(Protocol):
+    """Per app: the connection quota, signed-in users, the channel index and rate counters.
+    Each method is one atomic step over one app's records (one shard: the app's), so a quota
+    admits exactly `limit` connections deployment-wide and a user is first / last once."""
+
+    async def connect(self, app_id: str, limit: int) -> bool:
+        """Count one more connection unless `limit` (> 0) are open; False when refused."""
+
+    async def disconnect(self, app_id: str) -> None: ...
+
+    async def connection_count(self, app_id: str) -> int: ...
+
     async def sign_in(self, app_id: str, user_id: str) -> bool:
         """True when this is the user's first socket in the deployment."""
 
     async def sign_out(self, app_id: str, user_id: str) -> bool:
         """True when that was the user's last socket."""
 
-    async def channels(self, app_id: str, prefix: str) -> dict[str, ChannelStats]: ...
-
-    async def channel_stats(self, app_id: str, channel: str) -> ChannelStats | None: ...
-
-    async def members(self, app_id: str, channel: str) -> dict[str, Any]: ...
-
-    async def connection_count(self, app_id: str) -> int: ...
-
     async def online_users(self, app_id: str, user_ids: tuple[str, ...]) -> list[str]: ...
+
+    async def channels(self, app_id: str, prefix: str) -> dict[str, ChannelStats]:
+        """The app's occupied channels (a read over the app's index: not a snapshot taken
+        in one step with the channels' own records)."""
+
+    async def hit(self, key: str, n: int, ttl: float) -> int:
+        """Add `n` to the deployment-wide counter `key` (created to expire after `ttl`
+        seconds) and return its total: rate limits over fixed windows named in the key."""
+
+
+class CacheState(Protocol):
+    """Values with a time to live, each under its own key (any shard): a cache channel's last
+    event, and once-only claims (a webhook sent by one node, not every node)."""
 
     async def cache_set(self, app_id: str, channel: str, payload: bytes, ttl: float) -> None: ...
 
@@ -351,9 +364,16 @@ class ClusterState(Protocol):
     async def claim_once(self, key: str, ttl: float) -> bool:
         """True for the first caller in the deployment within `ttl` seconds."""
 
-    async def hit(self, key: str, n: int, ttl: float) -> int:
-        """Add `n` to the deployment-wide counter `key` (created to expire after `ttl`
-        seconds) and return its total: rate limits over fixed windows named in the key."""
+
+class ClusterState(ChannelState, AppState, CacheState, Protocol):
+    """State shared by the deployment, in three parts by what it is kept per (channel, app,
+    key), plus a node's records as a whole. Figures count every node's records (a dead
+    node's until it is reaped). Methods raise `Unavailable` when the store cannot be
+    reached, or when this node is not registered (it was reaped, or the store lost its data,
+    or it is a new primary that may lack the node's last writes): the caller decides locally
+    and `resync` repairs it later."""
+
+    node: str
 
     async def resync(self, snapshot: dict[str, AppSnapshot]) -> Changes:
         """Make this node's records equal `snapshot` (per app id; apps missing from it have

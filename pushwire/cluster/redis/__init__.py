@@ -29,7 +29,8 @@ from .bus import RedisBroker
 from .clients import PrimaryWatch, make_client
 from .keys import Keys
 from .liveness import RedisLiveness
-from .state import RedisState, Scripts
+from .scripts import Scripts
+from .state import RedisState
 from .urls import RedisTarget
 from .webhooks import RedisWebhookStore
 

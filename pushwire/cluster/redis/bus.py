@@ -4,22 +4,18 @@ Receiving: one dedicated pub/sub connection (not from the pool), owned by one li
 that reads every reply on it: messages, and the confirmations Redis sends for every SUBSCRIBE
 and UNSUBSCRIBE, one per channel and in order. Per Redis channel the broker counts what it
 sent on the current connection and what Redis confirmed (`_Channel`), so `subscribe` returns
-only once Redis has confirmed a SUBSCRIBE that no later UNSUBSCRIBE can undo. The listener
-pings the connection when it is idle and treats a missing answer as a lost connection; on a
-lost connection it reconnects with capped backoff (0.1 s doubling to 2 s) and subscribes every
-wanted topic again; meanwhile `healthy` is False.
+only once Redis has confirmed a SUBSCRIBE that no later UNSUBSCRIBE can undo. On a lost
+connection (an error) the listener reconnects with capped backoff (0.1 s doubling to 2 s)
+and subscribes every wanted topic again; meanwhile `healthy` is False.
 
-Publishing: one Lua script per message (`lua/publish.lua`): it fails when this node is not
-registered, publishes, and for a channel or user topic compares the nodes subscribed to the
-Redis channel with the nodes the cluster state lists for it (`chn` / `usr` hash, this node
-aside), raising `Unavailable("published to X of Y nodes")` when some cannot have received it.
-A publish with history is appended to the topic's stream in the same script, gets its
-position line, and echoes back to this node (which then counts among the receivers).
+Silence: the listener pings the connection when it is idle. Unanswered past `ping_timeout`,
+the connection is not healthy but is kept: a network cut that heals lets TCP deliver what
+Redis sent meanwhile (late, nothing lost). Unanswered past `silence_limit`, it is given up,
+and with it whatever Redis sent on it since: `lost` (given to `start`) is called so that the
+engine does not leave its sockets silently deaf.
 
-Order: the receiving side reads one connection in order. On the publishing side messages to
-one topic are sent one at a time, in the order `publish` was called (a FIFO lock per topic):
-so messages one node publishes to one topic arrive in call order, also when the calls overlap
-(different topics go out concurrently over the pool).
+Publishing: `publisher.py`. Order: the receiving side reads one connection in order; the
+publishing side sends messages to one topic in `publish` order.
 
 Limits of the receiver check: it counts subscriptions, it cannot name them. A node subscribed
 on the bus without a record (between its bus subscribe and its state write) can hide a listed
@@ -33,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,22 +38,20 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from ...aio import cancel_and_wait
 from ..base import (
     BusMessage,
-    HistoryEvent,
     HistoryPage,
     HistoryPolicy,
-    PartialDelivery,
     Position,
     Unavailable,
     decode,
-    encode,
 )
 from .clients import new_connection
-from .state import Scripts, as_str, to_ms
+from .publisher import Publisher
+from .scripts import Scripts
 
 log = logging.getLogger("pushwire.cluster.redis")
 
@@ -87,16 +80,6 @@ class _Channel:
         return not (self.active or self.last_sub or self.subs or self.unsubs)
 
 
-@dataclass(slots=True)
-class _Outgoing:
-    name: bytes
-    record: str
-    listening: str
-    data: bytes
-    history: tuple[str | bytes | int, ...]  # publish.lua's history arguments, or ('',)
-    done: asyncio.Future[Position | None]
-
-
 def _ignore(msg: BusMessage) -> None:
     pass
 
@@ -107,11 +90,6 @@ def _nothing() -> None:
 
 class _Silent(RedisConnectionError):
     """The pub/sub connection did not answer within `silence_limit`: given up."""
-
-
-def _padded(history: tuple[str | bytes | int, ...]) -> tuple[str | bytes | int, ...]:
-    """publish.lua's six history arguments (ARGV[7..12]), also without history."""
-    return history + ("",) * (6 - len(history))
 
 
 class RedisBroker:
@@ -131,8 +109,6 @@ class RedisBroker:
         self.node = scripts.node
         self._client = scripts.client
         self._keys = keys = scripts.keys
-        self._scripts = scripts
-        self._state = state
         self._bus_prefix = keys.bus("").encode()
         self._wanted: set[str] = set()
         self._channels: dict[bytes, _Channel] = {}  # of the current connection
@@ -144,16 +120,13 @@ class RedisBroker:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._deliver: Callable[[BusMessage], None] = _ignore
-        self._outbox: list[_Outgoing] = []
-        self._sender: asyncio.Task[None] | None = None
         self._down_logged = False
         self._silent = False  # the connection has not answered a PING for ping_timeout
         self._lost: Callable[[], None] = _nothing
         self.losses = 0  # connections given up while silent (see silence_limit)
         self._malformed = 0
         self._malformed_logged = float("-inf")
-        self._token = secrets.token_hex(4)  # names this process's history publishes
-        self._seq = 0
+        self._publisher = Publisher(scripts, state, self._listening)
 
     # Lifecycle ----------------------------------------------------------------------------
     @property
@@ -170,8 +143,7 @@ class RedisBroker:
             self._task = asyncio.create_task(self._run(), name=f"pushwire-bus-{self.node}")
 
     async def stop(self) -> None:
-        if self._sender is not None:  # what was published goes out first
-            await asyncio.wait([self._sender], timeout=2.0)
+        await self._publisher.drain(2.0)  # what was published goes out first
         self._stopping = True
         self._wanted.clear()
         task, self._task = self._task, None
@@ -438,40 +410,18 @@ class RedisBroker:
             self._malformed_logged = now
 
     # Publishing ---------------------------------------------------------------------------
+
+    # Publishing (publisher.py) --------------------------------------------------------------
+    def _listening(self, topic: str) -> bool:
+        """Whether Redis may count this node's pub/sub connection among `topic`'s
+        subscribers right now."""
+        ch = self._channels.get(self._name(topic)) if self._up else None
+        return ch is not None and ch.maybe_counted
+
     async def publish(
         self, topic: str, msg: BusMessage, history: HistoryPolicy | None = None
     ) -> Position | None:
-        """Queue the message for the next pipeline and wait for its verdict.
-
-        Auto-pipelining: publishes made while a pipeline is in flight go out together in the
-        next one, one round trip for all of them, in call order (pipelines are sent one at
-        a time, so order holds across them too). A burst of triggers thus costs a few round
-        trips, not one each, and no publish waits behind another's reply."""
-        name = self._name(topic)
-        ch = self._channels.get(name) if self._up else None
-        hist: tuple[str | bytes | int, ...] = ("",)
-        if history is not None:
-            self._seq += 1
-            hist = (
-                topic,
-                history.size,
-                to_ms(history.ttl),
-                to_ms(history.kept_for),
-                msg.payload,
-                f"{self.node}:{self._token}:{self._seq}",
-            )
-        out = _Outgoing(
-            name,
-            self._keys.record_of_topic(topic) or "",
-            "1" if ch is not None and ch.maybe_counted else "0",
-            encode(msg, self.node),
-            hist,
-            asyncio.get_running_loop().create_future(),
-        )
-        self._outbox.append(out)
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.create_task(self._send_outbox())
-        return await asyncio.shield(out.done)
+        return await self._publisher.publish(topic, msg, history)
 
     async def history(
         self,
@@ -481,80 +431,4 @@ class RedisBroker:
         policy: HistoryPolicy,
         max_bytes: int = 0,
     ) -> HistoryPage:
-        reply = await self._scripts.run(
-            "history",
-            topic,
-            "" if since is None else since,
-            limit,
-            to_ms(policy.ttl),
-            max_bytes,
-        )
-        epoch, top, complete = as_str(reply[0]), int(reply[1]), bool(int(reply[2]))
-        events = [
-            HistoryEvent(int(reply[i]), bytes(reply[i + 1]), int(reply[i + 2]) / 1000)
-            for i in range(3, len(reply) - 2, 3)
-        ]
-        return HistoryPage(Position(epoch, top), events, complete)
-
-    async def _send_outbox(self) -> None:
-        while self._outbox:
-            batch, self._outbox = self._outbox, []
-            try:
-                if self._state is None:
-                    calls = [(o.name, o.record, o.listening, o.data, *o.history) for o in batch]
-                else:
-                    batch, calls = await self._receivers(batch)
-                results = await self._scripts.pipeline("publish", calls) if calls else []
-            except (RedisError, OSError) as exc:
-                err = Unavailable(f"Redis unreachable (publish): {exc}")
-                for o in batch:
-                    if not o.done.done():
-                        o.done.set_exception(err)
-                continue
-            for o, r in zip(batch, results, strict=True):
-                if o.done.done():
-                    continue
-                if isinstance(r, ResponseError):
-                    o.done.set_exception(self._refusal(r))
-                elif isinstance(r, Exception):
-                    o.done.set_exception(Unavailable(f"Redis unreachable (publish): {r}"))
-                elif isinstance(r, list):  # with history: receivers, offset, epoch
-                    o.done.set_result(Position(as_str(r[2]), int(r[1])))
-                else:
-                    o.done.set_result(None)
-
-    async def _receivers(
-        self, batch: list[_Outgoing]
-    ) -> tuple[list[_Outgoing], list[tuple[str | bytes | int, ...]]]:
-        """Bus and state apart: the state checks this node's registration and counts the nodes
-        that must receive each message (one round trip for the batch), *before* it is
-        published. Sound because a node is subscribed on the bus before the state lists it
-        and is listed until after it unsubscribes: a node listed when counted is subscribed
-        when the message goes out, unless it left meanwhile (then the publish is refused
-        although nothing was lost: a spurious 503, never a false 2xx). Returns the messages
-        still to publish and their publish.lua arguments; the others are failed here."""
-        assert self._state is not None
-        checks = await self._state.pipeline(
-            "receivers", [(o.record, "0" if o.history == ("",) else "1") for o in batch]
-        )
-        keep, calls = [], []
-        for o, need in zip(batch, checks, strict=True):
-            if isinstance(need, ResponseError):
-                o.done.set_exception(self._refusal(need, self._state))
-            elif isinstance(need, Exception):
-                o.done.set_exception(Unavailable(f"Redis unreachable (publish): {need}"))
-            else:
-                keep.append(o)
-                calls.append((o.name, "", o.listening, o.data, *_padded(o.history), int(need)))
-        return keep, calls
-
-    def _refusal(self, exc: ResponseError, scripts: Scripts | None = None) -> Unavailable:
-        text = str(exc)
-        if text.startswith("SHORT"):
-            got, need = text.split()[1:3]
-            return PartialDelivery(f"published to {got} of {need} nodes")
-        if text.startswith("EXPIRED"):
-            return PartialDelivery(
-                f"node {text.split()[1]} lost its lease: its subscribers cannot be counted on"
-            )
-        return (scripts or self._scripts).error("publish", exc)
+        return await self._publisher.history(topic, since, limit, policy, max_bytes)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..base import Heartbeat
-from .state import Scripts, as_str, to_ms
+from .scripts import Scripts, as_str, to_ms
 
 
 class RedisLiveness:

@@ -3,7 +3,7 @@ so queued webhooks survive a node restart and each is taken by exactly one node.
 
 from __future__ import annotations
 
-from .state import Scripts
+from .scripts import Scripts
 
 
 class RedisWebhookStore:

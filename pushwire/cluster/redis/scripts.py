@@ -1,0 +1,110 @@
+"""`Scripts`: the Lua scripts of the Redis backend, run by EVALSHA on one client.
+
+Every script is prefixed with `keys.lua_prelude()` (the key names, and ARGV[1] prefix and
+ARGV[2] this node and generation); see `keys.py` for the data model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from ..base import NotRegistered, Unavailable
+from .clients import PrimaryWatch
+from .keys import Keys, lua_prelude
+
+LUA_DIR = Path(__file__).parent / "lua"
+
+
+def as_str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def to_ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+@functools.cache
+def _load_scripts() -> tuple[dict[str, str], dict[str, str]]:
+    """Each script's source (the prelude, then `lua/{name}.lua`) and SHA1, by name."""
+    prelude = lua_prelude()
+    source = {
+        path.stem: prelude + path.read_text(encoding="utf-8")
+        for path in sorted(LUA_DIR.glob("*.lua"))
+    }
+    return source, {name: hashlib.sha1(s.encode()).hexdigest() for name, s in source.items()}
+
+
+class Scripts:
+    """The Lua scripts, run by EVALSHA (loaded again when Redis forgot them, e.g. after a
+    restart). `run` turns every failure into `Unavailable`. Each script is told this node's
+    id and the generation `watch` last saw (keys.lua_prelude)."""
+
+    def __init__(self, client: Redis, keys: Keys, node: str, watch: PrimaryWatch) -> None:
+        self.client = client
+        self.keys = keys
+        self.node = node
+        self.watch = watch
+        self._source, self._sha = _load_scripts()
+
+    async def me(self) -> str:
+        """ARGV[2]: this node and the generation of the server (known once a connection was
+        made: before the first one, a PING makes it)."""
+        if not self.watch.generation:
+            await self.client.ping()
+        return f"{self.node}\n{self.watch.generation}"
+
+    async def raw(self, name: str, *args: str | bytes | int | float) -> Any:
+        """Run script `name` with ARGV = prefix, node, *args; Redis errors are raised as is."""
+        argv = (self.keys.prefix, await self.me(), *args)
+        try:
+            return await self.client.evalsha(self._sha[name], 0, *argv)
+        except NoScriptError:
+            await self.client.script_load(self._source[name])
+            return await self.client.evalsha(self._sha[name], 0, *argv)
+
+    async def pipeline(
+        self, name: str, calls: Sequence[tuple[str | bytes | int | float, ...]]
+    ) -> list[Any]:
+        """Run script `name` once per argument tuple, in order, in one round trip. Results
+        are in call order; a failed call's entry is its exception (Redis errors as is)."""
+        me = await self.me()
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for args in calls:
+                pipe.evalsha(self._sha[name], 0, self.keys.prefix, me, *args)
+            results = await pipe.execute(raise_on_error=False)
+            if attempt == 0 and results and all(isinstance(r, NoScriptError) for r in results):
+                await self.client.script_load(self._source[name])  # Redis restarted
+                continue
+            return list(results)
+        raise AssertionError("unreachable")
+
+    async def run(self, name: str, *args: str | bytes | int | float) -> Any:
+        try:
+            return await self.raw(name, *args)
+        except ResponseError as exc:
+            raise self.error(name, exc) from None
+        except (RedisError, OSError) as exc:
+            if isinstance(exc, RedisConnectionError | OSError):
+                # after a restart every idle pooled connection is stale: drop them all now
+                # rather than fail once on each
+                with contextlib.suppress(RedisError, OSError):
+                    await self.client.connection_pool.disconnect(inuse_connections=False)
+            raise Unavailable(f"Redis unreachable ({name}): {exc}") from None
+
+    def error(self, name: str, exc: ResponseError) -> Unavailable:
+        text = str(exc)
+        if text.startswith("NOTREG"):
+            return NotRegistered(f"node {self.node} is not registered")
+        return Unavailable(f"Redis script {name} failed: {text}")
+
+
