@@ -109,6 +109,18 @@ def _spawn_redis(port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("redis-server did not start")
 
 
+def redis_info(redis: Redis, section: str) -> list[str]:
+    """The field names of INFO `section` (e.g. commandstats: cmdstat_publish, ...)."""
+    out = subprocess.run(
+        ["redis-cli", "-p", str(redis.port), "INFO", section],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=True,
+    ).stdout
+    return [line.split(":", 1)[0] for line in out.splitlines() if ":" in line]
+
+
 def start_redis() -> Redis:
     port = free_port()
     return Redis(_spawn_redis(port), port)
@@ -254,30 +266,42 @@ def cluster_nodes(
     assert "Traceback" not in text, text
 
 
-def cluster_config(redis: Redis, config: str = BASE_CONFIG, prefix: str = "pw") -> str:
-    return textwrap.dedent(config) + textwrap.dedent(f"""
-        [cluster]
-        redis_url = "{redis.url}"
+def cluster_config(
+    redis: Redis, config: str = BASE_CONFIG, prefix: str = "pw", state: Redis | None = None
+) -> str:
+    """A cluster over `redis`; with `state`, the bus on `redis` and the state on `state`."""
+    urls = f'redis_url = "{redis.url}"'
+    if state is not None:
+        urls = f'bus_url = "{redis.url}"\nstate_url = "{state.url}"'
+    return textwrap.dedent(config) + "\n[cluster]\n" + urls + textwrap.dedent(f"""
         node_timeout = 2.0
         heartbeat_interval = 0.5
         key_prefix = "{prefix}"
     """)
 
 
-@pytest.fixture(scope="session", params=["single", "cluster"])
+@pytest.fixture(scope="session", params=["single", "cluster", "split"])
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    """The shared server: one node, then a 3-node cluster over a real Redis."""
+    """The shared server: one node; a 3-node cluster over a real Redis; the same with the bus
+    and the state on two Redis servers (afterwards the state's saw no pub/sub)."""
     tmp = tmp_path_factory.mktemp(request.param)
+    state = None
     if request.param == "single":
         srv = start_server(tmp, BASE_CONFIG)
     else:
         redis = request.getfixturevalue("redis_server")
-        srv = start_server(tmp, cluster_config(redis, prefix="shared"), nodes=3)
+        if request.param == "split":
+            state = request.getfixturevalue("redis_state_server")
+        config = cluster_config(redis, prefix=request.param, state=state)
+        srv = start_server(tmp, config, nodes=3)
     yield srv
     srv.stop()
     assert "Traceback" not in srv.log_text(), srv.log_text()
+    if state is not None:
+        stats = redis_info(state, "commandstats")
+        assert not [k for k in stats if "publish" in k or "subscribe" in k], stats
 
 
 @pytest.fixture(autouse=True)
