@@ -136,8 +136,12 @@ class Publisher:
                 else:
                     batch, calls = await self._receivers(batch)
                 results = await self._scripts.pipeline("publish", calls) if calls else []
-            except (RedisError, OSError) as exc:
-                err = Unavailable(f"Redis unreachable (publish): {exc}")
+            except (RedisError, OSError, Unavailable) as exc:
+                err = (
+                    exc
+                    if isinstance(exc, Unavailable)
+                    else Unavailable(f"Redis unreachable (publish): {exc}")
+                )
                 for o in batch:
                     if not o.done.done():
                         o.done.set_exception(err)

@@ -62,21 +62,39 @@ class Scripts:
             await self.client.ping()
         return f"{self.node}\n{self.watch.generation}"
 
+    def _same_primary(self, generation: str) -> None:
+        """Raise when the primary changed while a call ran: it may have run on the new
+        primary with the old generation (the connection was made during the call), i.e.
+        on records that may lack this node's last writes, so its answer is not trusted (its
+        effects, if any, are repaired by the resync that follows)."""
+        if self.watch.generation != generation:
+            raise NotRegistered(
+                f"node {self.node}: a new {self.watch.role} primary answered: not registered "
+                "there yet"
+            )
+
     async def raw(self, name: str, *args: str | bytes | int | float) -> Any:
-        """Run script `name` with ARGV = prefix, node, *args; Redis errors are raised as is."""
-        argv = (self.keys.prefix, await self.me(), *args)
+        """Run script `name` with ARGV = prefix, node, *args; Redis errors are raised as is
+        (and `NotRegistered` when the primary changed meanwhile)."""
+        me = await self.me()
+        generation = self.watch.generation
+        argv = (self.keys.prefix, me, *args)
         try:
-            return await self.client.evalsha(self._sha[name], 0, *argv)
+            result = await self.client.evalsha(self._sha[name], 0, *argv)
         except NoScriptError:
             await self.client.script_load(self._source[name])
-            return await self.client.evalsha(self._sha[name], 0, *argv)
+            result = await self.client.evalsha(self._sha[name], 0, *argv)
+        self._same_primary(generation)
+        return result
 
     async def pipeline(
         self, name: str, calls: Sequence[tuple[str | bytes | int | float, ...]]
     ) -> list[Any]:
         """Run script `name` once per argument tuple, in order, in one round trip. Results
-        are in call order; a failed call's entry is its exception (Redis errors as is)."""
+        are in call order; a failed call's entry is its exception (Redis errors as is).
+        Raises `NotRegistered` when the primary changed meanwhile (see `_same_primary`)."""
         me = await self.me()
+        generation = self.watch.generation
         for attempt in range(2):
             pipe = self.client.pipeline(transaction=False)
             for args in calls:
@@ -85,10 +103,12 @@ class Scripts:
             if attempt == 0 and results and all(isinstance(r, NoScriptError) for r in results):
                 await self.client.script_load(self._source[name])  # Redis restarted
                 continue
+            self._same_primary(generation)
             return list(results)
         raise AssertionError("unreachable")
 
     async def run(self, name: str, *args: str | bytes | int | float) -> Any:
+        """`raw`, with every failure as `Unavailable`."""
         try:
             return await self.raw(name, *args)
         except ResponseError as exc:
