@@ -62,12 +62,18 @@ class Scripts:
             await self.client.ping()
         return f"{self.node}\n{self.watch.generation}"
 
-    def _same_primary(self, generation: str) -> None:
+    # scripts whose answer does not depend on the generation (no registration check, no
+    # history): valid on whichever primary ran them
+    ANY_PRIMARY = frozenset(
+        {"resync", "reap", "register", "deregister", "wh_add", "wh_cancel", "wh_take", "wh_size"}
+    )
+
+    def _same_primary(self, name: str, generation: str) -> None:
         """Raise when the primary changed while a call ran: it may have run on the new
         primary with the old generation (the connection was made during the call), i.e.
         on records that may lack this node's last writes, so its answer is not trusted (its
         effects, if any, are repaired by the resync that follows)."""
-        if self.watch.generation != generation:
+        if self.watch.generation != generation and name not in self.ANY_PRIMARY:
             raise NotRegistered(
                 f"node {self.node}: a new {self.watch.role} primary answered: not registered "
                 "there yet"
@@ -84,7 +90,7 @@ class Scripts:
         except NoScriptError:
             await self.client.script_load(self._source[name])
             result = await self.client.evalsha(self._sha[name], 0, *argv)
-        self._same_primary(generation)
+        self._same_primary(name, generation)
         return result
 
     async def pipeline(
@@ -103,7 +109,7 @@ class Scripts:
             if attempt == 0 and results and all(isinstance(r, NoScriptError) for r in results):
                 await self.client.script_load(self._source[name])  # Redis restarted
                 continue
-            self._same_primary(generation)
+            self._same_primary(name, generation)
             return list(results)
         raise AssertionError("unreachable")
 
