@@ -830,6 +830,37 @@ async def test_bus_and_state_apart_keep_to_their_roles(
 
 
 @bounded()
+async def test_webhook_jobs_survive_a_primary_that_lost_them(backend_factory: Cluster) -> None:
+    """A new primary may lack the last jobs added (and have cancelled ones back): the node
+    that added them does it again there, once; a job taken already is not queued again."""
+    redis_only(backend_factory)
+    assert isinstance(backend_factory, RedisCluster)
+    store, other = backend_factory.webhook_stores(100)
+    now = 1000.0
+    assert await store.add("kept", b"1", now)
+    assert await store.add("lost", b"2", now)
+    assert await store.add("cancelled", b"3", now)
+    assert await store.cancel("cancelled")
+    assert await store.add("taken", b"4", now + 5)
+    assert await other.take_due(now + 5, 10) == [b"1", b"2", b"4"]
+    assert await store.add("later", b"5", now)
+    # what the failover left: the promoted replica missed "later" and still had "cancelled"
+    client = backend_factory.backends[0].client
+    keys = backend_factory.backends[0].keys
+    await client.hdel(keys.wh_jobs(), "later")
+    await client.zrem(keys.wh_due(), "later")
+    await client.hset(keys.wh_jobs(), "cancelled", b"3")
+    await client.zadd(keys.wh_due(), {"cancelled": now})
+    assert sorted(await other.take_due(now, 10)) == [b"3"]  # (the other node cannot know)
+    await client.hset(keys.wh_jobs(), "cancelled", b"3")
+    await client.zadd(keys.wh_due(), {"cancelled": now})
+    store.scripts.watch.changes += 1  # as PrimaryWatch.seen does on a new primary
+    assert await store.take_due(now, 10) == [b"5"]  # back, once; "cancelled" cancelled again
+    assert await store.take_due(now + 10, 10) == []
+    assert store.replayed == 1
+
+
+@bounded()
 async def test_bus_drops_malformed_and_foreign_messages(backend_factory: Cluster) -> None:
     redis_only(backend_factory)
     assert isinstance(backend_factory, RedisCluster)

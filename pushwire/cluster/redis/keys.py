@@ -22,6 +22,7 @@ Let p = prefix, A an app id, N a node id, C a channel, U a user id:
 - `p:cache:A:C`        string with PX: the cache channel's last payload
 - `p:once:K`           string SET NX PX: once-only claims
 - `p:wh:jobs`, `p:wh:due`  hash id -> job, zset id by due time: webhook jobs
+- `p:wh:taken:I`       string with PX: job I was taken (not queued again after a failover)
 - `p:bus:T`            pub/sub channel of bus topic T
 - `p:hist:T`           stream: topic T's history, entry id "OFFSET-0", fields d (payload)
                        and t (unix ms); trimmed to the app's size (MAXLEN), read back only
@@ -59,6 +60,7 @@ TEMPLATES: dict[str, str] = {
     "rate": "rate:{key}",
     "wh_jobs": "wh:jobs",
     "wh_due": "wh:due",
+    "wh_taken": "wh:taken:{id}",
     "bus": "bus:{topic}",
     "hist": "hist:{topic}",
     "histm": "histm:{topic}",
