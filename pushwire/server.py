@@ -65,6 +65,8 @@ class Backends:
     liveness: Liveness
     webhook_store: WebhookStore
     close: Callable[[], Awaitable[None]]
+    # per backplane role: (role, the primary's address, new primaries seen since start)
+    primaries: Callable[[], list[tuple[str, str, int]]] = lambda: []
 
 
 async def _nothing() -> None:
@@ -102,6 +104,7 @@ def make_backends(config: Config, node: str, clock: Callable[[], float]) -> Back
             rb.liveness,
             rb.webhook_store(config.server.webhook_queue_size),
             rb.aclose,
+            lambda: [(role, w.address, w.changes) for role, w in sorted(rb.watches.items())],
         )
     plane = Backplane(clock, c.node_timeout)
     path = config.server.history_file
@@ -240,6 +243,23 @@ def _gauges(node: Node) -> list[tuple[str, str, dict[str, str], float]]:
                 "webhook deliveries by outcome (counter)",
                 {"outcome": name},
                 value,
+            )
+        )
+    for role, address, changes in node.backends.primaries():
+        out.append(
+            (
+                "pushwire_redis_failovers_total",
+                "new Redis primaries found per role since start: failovers, restarts (counter)",
+                {"role": role},
+                changes,
+            )
+        )
+        out.append(
+            (
+                "pushwire_redis_primary",
+                "the Redis primary each role reaches now (1)",
+                {"role": role, "address": address},
+                1.0,
             )
         )
     out.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 
 import aiohttp
@@ -37,6 +38,11 @@ async def test_metrics_and_health(server):
     assert 'pushwire_rest_requests_total{route="/apps/{app_id}/events",status="200"}' in text
     assert "pushwire_cluster_bus_up 1" in text
     assert "pushwire_webhook_queue_depth 0" in text
+    if len(server.ports) > 1:  # a cluster: the primary of each role, no failover yet
+        for role in ("bus", "state"):
+            primary = rf'pushwire_redis_primary{{address="127.0.0.1:\d+",role="{role}"}} 1'
+            assert re.search(primary, text)
+            assert f'pushwire_redis_failovers_total{{role="{role}"}} 0' in text
     await c.close()
 
 
