@@ -75,7 +75,7 @@ class ExtensionApi:
         await self._engine.publish_internal(kind, payload)
 
     def on_internal(self, kind: str, fn: InternalHandler) -> None:
-        self._engine.internal.setdefault(kind, []).append(fn)
+        self._engine.internal.on(kind, fn)
 
 
 class Extensions:

@@ -25,11 +25,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cluster.base import AppSnapshot, Position
+from .cluster.base import AppSnapshot, ChannelStats, Position
 from .config import App
 from .connection import Connection
 from .protocol import messages
 from .protocol.channels import ChannelType, channel_type
+from .protocol.errors import PusherError
 from .protocol.frames import Outbound
 
 
@@ -78,11 +79,22 @@ class AppState:
     watchers: dict[str, dict[str, Connection]] = field(default_factory=dict)
 
 
+def _stats(ch: Channel) -> ChannelStats:
+    return ChannelStats(len(ch.subscribers), len(ch.members) if ch.ctype.presence else None)
+
+
 class Hub:
     def __init__(self) -> None:
         self.apps: dict[str, AppState] = {}
 
     def state(self, app: App) -> AppState:
+        """`app`'s state on this node, to read: an empty one, not kept, when it has none
+        here (reading never creates an entry; only a connection does)."""
+        st = self.apps.get(app.id)
+        return AppState(app) if st is None else st
+
+    def _entry(self, app: App) -> AppState:
+        """`app`'s state on this node, created for a change that adds to it."""
         st = self.apps.get(app.id)
         if st is None:
             st = self.apps[app.id] = AppState(app)
@@ -94,14 +106,17 @@ class Hub:
 
     # Connections -------------------------------------------------------------------------
     def add_connection(self, conn: Connection) -> None:
-        self.state(conn.app).connections[conn.socket_id] = conn
+        self._entry(conn.app).connections[conn.socket_id] = conn
 
     def remove_connection(self, conn: Connection) -> None:
         """Forget a connection whose channels and sign-in were already left."""
-        self.state(conn.app).connections.pop(conn.socket_id, None)
+        st = self.apps.get(conn.app.id)
+        if st is not None:
+            st.connections.pop(conn.socket_id, None)
 
     def connection_count(self, app: App) -> int:
-        return len(self.state(app).connections)
+        st = self.apps.get(app.id)
+        return 0 if st is None else len(st.connections)
 
     # Channels ----------------------------------------------------------------------------
     def is_subscribed(self, conn: Connection, name: str) -> bool:
@@ -109,7 +124,7 @@ class Hub:
 
     def begin_subscribe(self, conn: Connection, name: str, user_id: str | None) -> bool:
         """Hold `conn` as a joiner of `name`; True when the channel is new on this node."""
-        st = self.state(conn.app)
+        st = self._entry(conn.app)
         ch = st.channels.get(name)
         first = ch is None
         if ch is None:
@@ -132,7 +147,7 @@ class Hub:
         then what was published meanwhile, and make it a subscriber. `positioned`: the socket
         gets history positions; events at or before `after` (sent with the receipts, or older
         than the position its subscription_succeeded told it) are not sent again."""
-        ch = self.state(conn.app).channels.get(name)
+        ch = self.channel(conn.app, name)
         if ch is None or conn.socket_id not in ch.pending:  # it left while it waited (stop)
             return
         held = ch.pending.pop(conn.socket_id)
@@ -172,9 +187,9 @@ class Hub:
     def unsubscribe(self, conn: Connection, name: str) -> bool:
         """Remove `conn` from `name` (joined or joining); True when no local socket is left."""
         user_id = conn.channels.pop(name, None)
-        st = self.state(conn.app)
-        ch = st.channels.get(name)
-        if ch is None:
+        st = self.apps.get(conn.app.id)
+        ch = None if st is None else st.channels.get(name)
+        if st is None or ch is None:
             return False
         sid = conn.socket_id
         was_subscriber = ch.subscribers.pop(sid, None) is not None
@@ -195,7 +210,8 @@ class Hub:
         return False
 
     def channel(self, app: App, name: str) -> Channel | None:
-        return self.state(app).channels.get(name)
+        st = self.apps.get(app.id)
+        return None if st is None else st.channels.get(name)
 
     # Delivery ----------------------------------------------------------------------------
     def broadcast(
@@ -206,7 +222,8 @@ class Hub:
         except_socket_id: str | None,
         position: Position | None = None,
     ) -> int:
-        ch = self.state(app).channels.get(name)
+        st = self.apps.get(app.id)
+        ch = None if st is None else st.channels.get(name)
         if ch is None:
             return 0
         n = 0
@@ -239,7 +256,7 @@ class Hub:
         """A presence membership change of `user_id` at `version`: sent to the sockets whose
         snapshot is older, never to the user's own sockets; a stale version is dropped.
         Version 0 is a decision taken with local knowledge only: sent, ordering nothing."""
-        ch = self.state(app).channels.get(name)
+        ch = self.channel(app, name)
         if ch is None:
             return
         if version:
@@ -265,7 +282,7 @@ class Hub:
     # Users -------------------------------------------------------------------------------
     def sign_in(self, conn: Connection, user_id: str, user_data: str) -> bool:
         """True when this is the user's first socket on this node."""
-        st = self.state(conn.app)
+        st = self._entry(conn.app)
         conn.user_id = user_id
         conn.user_data = user_data
         socks = st.users.setdefault(user_id, {})
@@ -279,7 +296,9 @@ class Hub:
         """Forget `conn`'s sign-in; True when it was its user's last socket on this node."""
         if conn.user_id is None:
             return False
-        st = self.state(conn.app)
+        st = self.apps.get(conn.app.id)
+        if st is None:
+            return False
         for watched in conn.watchlist:
             w = st.watchers.get(watched)
             if w is not None:
@@ -298,24 +317,90 @@ class Hub:
         """Watchlist events: a user came online (first socket) or went offline (last one)."""
         if not app.enable_watchlist_events:
             return
-        watchers = self.state(app).watchers.get(user_id)
+        st = self.apps.get(app.id)
+        watchers = None if st is None else st.watchers.get(user_id)
         if watchers:
             msg = messages.watchlist_events([{"name": status.value, "user_ids": [user_id]}])
             for conn in watchers.values():
                 conn.send(msg)
 
+    def _user(self, app: App, user_id: str) -> dict[str, Connection]:
+        st = self.apps.get(app.id)
+        return {} if st is None else st.users.get(user_id, {})
+
     def user_connections(self, app: App, user_id: str) -> list[Connection]:
-        return list(self.state(app).users.get(user_id, {}).values())
+        return list(self._user(app, user_id).values())
 
     def send_to_user(
         self, app: App, user_id: str, msg: Outbound, except_socket_id: str | None = None
     ) -> int:
         n = 0
-        for sid, conn in self.state(app).users.get(user_id, {}).items():
+        for sid, conn in self._user(app, user_id).items():
             if sid != except_socket_id:
                 conn.send(msg)
                 n += 1
         return n
+
+    def close_user(self, app: App, user_id: str, err: PusherError) -> int:
+        """Close every socket of `user_id` here with `err`; returns how many there were."""
+        conns = self.user_connections(app, user_id)
+        for conn in conns:
+            conn.send_error_and_close(err)
+        return len(conns)
+
+    # This node's figures (what the engine falls back on when the cluster state is away) ---
+    def local_stats(self, app: App, prefix: str = "") -> dict[str, ChannelStats]:
+        """This node's occupied channels whose names start with `prefix`."""
+        st = self.apps.get(app.id)
+        if st is None:
+            return {}
+        return {
+            name: _stats(ch)
+            for name, ch in st.channels.items()
+            if name.startswith(prefix) and ch.subscribers
+        }
+
+    def has_channel(self, app: App, name: str) -> bool:
+        """A socket here is subscribed to `name` or joining it."""
+        return self.channel(app, name) is not None
+
+    def channel_stats(self, app: App, name: str) -> ChannelStats | None:
+        """`name`'s figures on this node; None when no local socket is subscribed."""
+        ch = self.channel(app, name)
+        return None if ch is None or not ch.subscribers else _stats(ch)
+
+    def subscriber_count(self, app: App, name: str) -> int:
+        """Sockets subscribed to `name` on this node (joiners not counted)."""
+        ch = self.channel(app, name)
+        return 0 if ch is None else len(ch.subscribers)
+
+    def local_members(self, app: App, name: str) -> dict[str, Any]:
+        """Presence members of `name` on this node (user id -> user_info), in join order."""
+        ch = self.channel(app, name)
+        return {} if ch is None else {u: m.user_info for u, m in ch.members.items()}
+
+    def has_member(self, app: App, name: str, user_id: str) -> bool:
+        ch = self.channel(app, name)
+        return ch is not None and user_id in ch.members
+
+    def signed_in(self, app: App, user_ids: Iterable[str]) -> list[str]:
+        """Those of `user_ids` with a signed-in socket on this node, in the order given."""
+        st = self.apps.get(app.id)
+        return [] if st is None else [u for u in user_ids if u in st.users]
+
+    # Apps changed ------------------------------------------------------------------------
+    def app_connections(self, app_id: str) -> list[Connection]:
+        st = self.apps.get(app_id)
+        return [] if st is None else list(st.connections.values())
+
+    def replace_app(self, app: App) -> None:
+        """`app`'s settings changed: its state and open sockets take the new ones now."""
+        st = self.apps.get(app.id)
+        if st is None:
+            return
+        st.app = app
+        for conn in st.connections.values():
+            conn.app = app
 
     # Resync ------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, AppSnapshot]:
@@ -333,4 +418,3 @@ class Hub:
             snap.users = {uid: len(socks) for uid, socks in st.users.items()}
             out[app_id] = snap
         return out
-

@@ -51,7 +51,7 @@ async def test_operation_spawned_inside_an_operation_waits_for_resync(attempt):
         await until(lambda: "a" in entered)
         for _ in range(attempt):  # the spawned operation gets varying head starts
             await asyncio.sleep(0)
-        resync = asyncio.create_task(engine._resync(lost=False))
+        resync = asyncio.create_task(engine.link.resync(lost=False))
         await asyncio.sleep(0)
         release["a"].set()
         await op_a
@@ -64,6 +64,6 @@ async def test_operation_spawned_inside_an_operation_waits_for_resync(attempt):
         # one socket on each channel: neither counted twice (snapshot + late state call)
         assert (await state.channel_stats("1", "a")).subscription_count == 1
         assert (await state.channel_stats("1", "b")).subscription_count == 1
-        assert engine._ops == 0
+        assert engine.link.ops == 0
     finally:
         await engine.stop()
