@@ -22,6 +22,7 @@ class Metrics:
         self.slow_consumers_closed = 0
         self.bus_published = 0  # messages sent to the other nodes
         self.bus_publish_failures = 0  # sends the bus could not confirm (strict ones: 503)
+        self.backplane_lost = 0  # times the bus may have dropped messages (sockets told)
         self.bus_received = 0
         self.rest: Counter[tuple[str, int]] = Counter()  # (route, status) -> requests
         # client mistakes and abuse by kind (malformed HTTP, aborted uploads, timeouts, ...)
@@ -99,6 +100,13 @@ class Metrics:
             "counter",
             "publishes the bus could not confirm (a REST trigger among them answers 503)",
             [({}, self.bus_publish_failures)],
+        )
+        metric(
+            "pushwire_backplane_lost_total",
+            "counter",
+            "times the bus may have dropped messages for this node (its sockets were closed "
+            "with 4200)",
+            [({}, self.backplane_lost)],
         )
         metric(
             "pushwire_bus_received_total",

@@ -68,9 +68,15 @@ class Backplane:
         self.version = 0
         self.histories: dict[str, _History] = {}
         self.unreachable: set[str] = set()
+        self.lost: dict[str, Callable[[], None]] = {}  # each broker's `lost` (see Broker)
         # tests: state and bus calls yield to the loop before and after, a random number of
         # times, like requests and replies over a network (None: they don't)
         self.round_trip: random.Random | None = None
+
+    def lose(self, node: str) -> None:
+        """Tests: as if `node`'s bus connection had fallen silent and been given up (what
+        was published to it meanwhile is gone): its broker's `lost` is called."""
+        self.lost[node]()
 
     def cut(self, node: str, down: bool = True) -> None:
         """Make the store unreachable from `node` (or reachable again)."""
@@ -227,6 +233,7 @@ class MemoryBroker:
         self, deliver: Callable[[BusMessage], None], lost: Callable[[], None] | None = None
     ) -> None:
         self._deliver = deliver
+        self.plane.lost[self.node] = lost or (lambda: None)
 
     async def stop(self) -> None:
         for topic in list(self.wanted):

@@ -53,9 +53,11 @@ from ..protocol.channels import channel_type
 from ..protocol.errors import (
     AppDisabled,
     AppNotFound,
+    OverCapacity,
     OverConnectionQuota,
     PresenceLimit,
     PusherError,
+    ReconnectNow,
 )
 from ..protocol.frames import Outbound
 from .announce import Announcer
@@ -132,7 +134,7 @@ class Engine:
 
     # Lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        await self.broker.start(self.bus.on_bus)
+        await self.broker.start(self.bus.on_bus, self._bus_lost)
         await self.bus.subscribe_topic(NODES_TOPIC)
         await self.link.start()
 
@@ -155,6 +157,23 @@ class Engine:
     def ready(self) -> bool:
         return self.link.ready
 
+    def _bus_lost(self) -> None:
+        """The bus may have dropped messages for this node (its connection fell silent and
+        was given up): its sockets would miss them without knowing. Tell every socket to
+        reconnect (4200: elsewhere through a load balancer, and recover from history), and
+        refuse new ones (4100) until the resync has made the bus subscriptions again."""
+        self.link.deaf = self.link.dirty = True
+        self.metrics.backplane_lost += 1
+        conns = list(self.connections())
+        log.error(
+            "this node may have missed bus messages: closing its %d socket(s) (4200) and "
+            "refusing new ones until its bus subscriptions are made again",
+            len(conns),
+        )
+        err = ReconnectNow("This node lost messages from its backplane: reconnect")
+        for conn in conns:
+            conn.send_error_and_close(err)
+
     async def _announce_found(self, changes: Changes) -> None:
         """Deployment-wide changes a resync or a reaping found (the link reports them)."""
         await self.announce.changes(changes)
@@ -166,6 +185,10 @@ class Engine:
 
     async def connect(self, conn: Connection) -> None:
         """Admit a connection; raises OverConnectionQuota past the app's (deployment) quota."""
+        if self.link.deaf:
+            raise OverCapacity(
+                "This node lost its backplane: try again later (or another node)"
+            )
         async with self.link.operation():
             app = conn.app
             limit = app.max_connections

@@ -17,6 +17,9 @@ Guarantees:
   `node_timeout` (a node that was cut off sees every lease run out).
 - After this node lost its registration, strict publishes raise `Resyncing` until the nodes
   alive before are back or dead (`node_timeout` at most).
+- When the bus may have dropped messages for this node (`Broker.start`'s `lost`), the node
+  is `deaf` until the next resync has made its bus subscriptions again: not ready, and the
+  engine has closed its sockets (4200) and refuses new ones (4100) meanwhile.
 - Announcements (member and watchlist changes) the bus could not take are kept (at most
   `REDO_LIMIT`) and sent again at the first heartbeat with no node awaited.
 """
@@ -83,6 +86,9 @@ class ClusterLink:
         self.node_timeout = cluster.node_timeout
         self.healthy = True  # the shared store answered the last time it was asked
         self.dirty = False  # a decision was taken locally: resync when the store is back
+        # the bus may have dropped messages for this node (a silent connection given up):
+        # its sockets were told to reconnect, and new ones are refused until it resubscribed
+        self.deaf = False
         self.ops = 0  # operations in flight
         self.stopping = False
         self._unannounced: list[Changes] = []  # found by a resync, to tell once registered
@@ -147,7 +153,7 @@ class ClusterLink:
 
     @property
     def ready(self) -> bool:
-        return self.healthy and self.broker.healthy
+        return self.healthy and self.broker.healthy and not self.deaf
 
     async def call(self, what: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T | None:
         """One state call; None when the store cannot answer (decide locally)."""
@@ -266,6 +272,9 @@ class ClusterLink:
         """Write this node's local truth again: bus subscriptions first (confirmed), then the
         state, then the registration; then announce what the deployment had lost."""
         await self.broker.resubscribed()
+        if self.deaf:
+            log.warning("bus subscriptions made again: this node takes clients again")
+            self.deaf = False
         async with self._exclusive():
             self._unannounced.append(await self.state.resync(self.snapshot()))
             await self.liveness.register()

@@ -13,6 +13,7 @@ import pytest
 
 from pushwire import api
 from pushwire.config import App, ClusterConfig, Config, ServerConfig
+from pushwire.protocol.errors import PusherError
 from pushwire.protocol.signing import channel_string_to_sign, sign_auth
 from pushwire.testing import FakeConnection, InProcessCluster
 
@@ -210,6 +211,39 @@ async def test_outage_gives_503_then_resync(cluster):
     await api.trigger(a.engine, APP, {"name": "after", "channel": "news", "data": "y"})
     await cluster.settle()
     assert [e["event"] for e in remote.take() if e["event"] == "after"] == ["after"]
+
+
+async def test_a_node_whose_bus_dropped_messages_tells_its_sockets(cluster):
+    """A bus connection given up while silent may have swallowed messages: the node closes
+    its sockets with 4200 (reconnect, recover from history), refuses new ones with 4100
+    until its subscriptions are made again, and is not ready meanwhile."""
+    a, b = cluster.nodes
+    deaf = [await connect(a.handler) for _ in range(3)]
+    for conn in deaf:
+        await join(a.handler, conn, "news")
+    other = await connect(b.handler)
+    await join(b.handler, other, "news")
+    await cluster.settle()
+    cluster.plane.lose("n0")
+    assert [c.close_code for c in deaf] == [4200, 4200, 4200]
+    assert other.close_code is None
+    assert not a.engine.ready and b.engine.ready
+    refused = FakeConnection(APP, now=a.handler.clock())
+    with pytest.raises(PusherError):
+        await a.handler.open(refused)
+    assert refused.close_code == 4100
+    for conn in deaf:
+        await a.handler.on_close(conn)
+    await a.engine.heartbeat()  # the resync makes the bus subscriptions again
+    assert a.engine.ready
+    back = await connect(a.handler)
+    await join(a.handler, back, "news")
+    await cluster.settle()
+    await api.trigger(b.engine, APP, {"name": "after", "channel": "news", "data": "y"})
+    await cluster.settle()
+    assert [e["event"] for e in back.take() if e["event"] == "after"] == ["after"]
+    stats = await b.engine.channel_stats(APP, "news")
+    assert stats is not None and stats.subscription_count == 2
 
 
 async def test_watchlist_online_offline_across_nodes(cluster):
