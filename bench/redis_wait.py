@@ -6,13 +6,15 @@ Starts a redis-server primary and a replica of it (free ports, nothing saved), l
 shaped like the history branch of pushwire/cluster/redis/lua/publish.lua (HINCRBY the topic's
 top offset, XADD the event with it, PEXPIRE, PUBLISH it), then for each pipeline size (1 and
 32 EVALSHA calls) and each client count runs the same closed loop without and with
-`WAIT 1 <ms>` at the end of every pipeline (same round trip), in alternating rounds. Reports
-publishes/s, p50/p99 latency of a publish (its pipeline's round trip), each with WAIT as a
-ratio against the no-WAIT baseline of the same invocation, how many WAITs timed out, and the
-redis-server CPU per publish (primary and replica, from /proc/PID/stat).
+`WAIT 1 <ms>` at the end of every pipeline (same round trip): short slices, the two side by
+side, their order swapped every round, so that the machine's drift hits both alike. Reports
+publishes/s, p50/p99 latency of a publish (its pipeline's round trip) and the redis-server CPU
+per publish (primary and replica, from /proc/PID/stat), how many WAITs timed out, and for
+WAIT the ratios against the no-WAIT baseline of the same invocation: publishes/s as the
+median of the rounds' paired ratios, latency and CPU from all rounds pooled.
 
     .venv/bin/python bench/redis_wait.py                  # pipelines 1 and 32, clients 1 and 8
-    .venv/bin/python bench/redis_wait.py --seconds 3 --rounds 3 --wait-ms 100 --json
+    .venv/bin/python bench/redis_wait.py --seconds 1 --rounds 10 --wait-ms 100 --json
 
 The client is redis-py's asyncio client (with hiredis when installed), as in Pushwire.
 """
@@ -25,6 +27,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import tempfile
 import time
@@ -169,19 +172,25 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
             for c in args.clients
             for w in (False, True)
         }
-        # warm-up, then rounds that alternate baseline and WAIT so that drift hits both
-        await run_case(url, sha, Result(1, 1, False), 0.5, args.wait_ms, (primary.pid, replica.pid))
-        for _ in range(args.rounds):
-            for res in results.values():
-                await run_case(
-                    url, sha, res, args.seconds, args.wait_ms, (primary.pid, replica.pid)
-                )
+        pids = (primary.pid, replica.pid)
+        paired: dict[tuple[int, int], list[float]] = {(n, c): [] for n, c, _ in results}
+        await run_case(url, sha, Result(1, 1, False), 0.5, args.wait_ms, pids)  # warm-up
+        for round_ in range(args.rounds):
+            for n, c in paired:
+                rates = {}
+                for w in (False, True) if round_ % 2 == 0 else (True, False):
+                    res = results[(n, c, w)]
+                    before = (res.publishes, res.seconds)
+                    await run_case(url, sha, res, args.seconds, args.wait_ms, pids)
+                    rates[w] = (res.publishes - before[0]) / (res.seconds - before[1])
+                paired[(n, c)].append(rates[True] / rates[False])
         out = []
         for (n, c, w), res in results.items():
             row = res.summary()
             if w:
                 base = results[(n, c, False)].summary()
-                for key in ("publishes_per_s", "p50_ms", "p99_ms", "primary_cpu_us_per_publish"):
+                row["publishes_per_s_ratio"] = statistics.median(paired[(n, c)])
+                for key in ("p50_ms", "p99_ms", "primary_cpu_us_per_publish"):
                     row[f"{key}_ratio"] = row[key] / base[key] if base[key] else None
             out.append(row)
         return out
@@ -197,8 +206,8 @@ def main() -> None:
     ap.add_argument("--pipelines", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--wait-ms", type=int, default=100, help="WAIT's timeout")
-    ap.add_argument("--seconds", type=float, default=2.0, help="per case and round")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=1.0, help="per case and round")
+    ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--json", action="store_true", help="one JSON line per case")
     args = ap.parse_args()
     print(json.dumps({"cpus": os.cpu_count(), "load": os.getloadavg(), "args": vars(args)}))
@@ -224,7 +233,7 @@ def main() -> None:
             + " | ".join("-" if x is None else f"{x:.2f}x" for x in ratios)
             + " |"
         )
-    print(f"(totals over {args.rounds} alternating rounds of {args.seconds} s per case)")
+    print(f"({args.rounds} rounds of {args.seconds} s per case; WAIT {args.wait_ms} ms)")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import redis
@@ -85,6 +84,10 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float) -> T:
         time.sleep(0.05)
 
 
+class _ExitedAtStart(RuntimeError):
+    pass
+
+
 class RedisNode:
     """One redis-server process on `port`: a data node, a sentinel (`config` given: its file,
     which the sentinel rewrites) or a cluster node. `args` come after the port."""
@@ -103,6 +106,7 @@ class RedisNode:
         self.dir = dir
         self.sentinel_config = sentinel_config
         self.proc: subprocess.Popen[bytes] | None = None
+        self._started = False  # it has answered once: its port is known to others now
 
     def __repr__(self) -> str:
         return f"RedisNode({self.port}, {'up' if self.alive else 'down'})"
@@ -121,9 +125,25 @@ class RedisNode:
         return self.dir / "redis.log" if self.dir else None
 
     def start(self, *extra: str) -> Self:
-        """Start it (`extra` arguments for this start only) and wait until it answers PING;
-        a process that exits first is reported with its log."""
+        """Start it (`extra` arguments for this start only) and wait until it answers PING.
+        A first start that fails is retried twice on other free ports (another process may
+        have taken the port since it was found free); a restart keeps its port. A process
+        that exits at start is reported with its log."""
         assert not self.alive, f"redis-server on {self.port} is running already"
+        retries = 0 if self._started else 2
+        for attempt in range(retries + 1):
+            try:
+                return self._start(extra)
+            except _ExitedAtStart:
+                if attempt == retries:
+                    raise
+                self.port = free_port()
+                if "--cluster-port" in self.args:
+                    at = self.args.index("--cluster-port") + 1
+                    self.args[at] = str(free_port())
+        raise AssertionError("unreachable")
+
+    def _start(self, extra: Sequence[str]) -> Self:
         cmd = [executable("redis-server")]
         if self.sentinel_config is not None:
             cmd += [str(self.sentinel_config), "--sentinel"]
@@ -149,7 +169,7 @@ class RedisNode:
             if proc.poll() is not None:
                 _LIVE.discard(proc)
                 log = self.log.read_text()[-3000:] if self.log else ""
-                raise RuntimeError(f"redis-server on {self.port} exited at start: {log}")
+                raise _ExitedAtStart(f"redis-server on {self.port} exited at start: {log}")
             return command(self.port, "PING", timeout=0.5) or None
 
         try:
@@ -157,6 +177,7 @@ class RedisNode:
         except BaseException:
             self.kill()
             raise
+        self._started = True
         return self
 
     def stop(self) -> None:
@@ -268,12 +289,7 @@ class NodeSet:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     def pids(self) -> dict[int, int]:
