@@ -481,13 +481,13 @@ def _check_server(server: ServerConfig, source: str) -> None:
 
 
 def _check_cluster(cluster: ClusterConfig, source: str) -> None:
-    from .cluster.redis.urls import parse_url
+    from .cluster.redis.urls import parse_redis_url
 
     for name in ("redis_url", "bus_url", "state_url"):
         url = getattr(cluster, name)
         if url:
             try:
-                parse_url(url)
+                parse_redis_url(url)
             except ValueError as exc:
                 raise ConfigError(f"{source}: [cluster]: key '{name}': {exc}") from None
     if not cluster.redis_url and bool(cluster.bus_url) != bool(cluster.state_url):

@@ -89,11 +89,11 @@ def make_backends(config: Config, node: str, clock: Callable[[], float]) -> Back
     c = config.cluster
     if c.bus_url:
         from .cluster.redis import RedisBackend
-        from .cluster.redis.urls import parse_url
+        from .cluster.redis.urls import parse_redis_url
 
         rb = RedisBackend(
-            parse_url(c.bus_url),
-            parse_url(c.state_url),
+            parse_redis_url(c.bus_url),
+            parse_redis_url(c.state_url),
             c.key_prefix,
             node,
             c.node_timeout,

@@ -1,13 +1,14 @@
-"""Shared fixtures: real `pushwire serve` processes on free ports, signed REST helpers."""
+"""Shared fixtures: real `pushwire serve` processes on free ports, signed REST helpers.
+
+Redis processes (one server, Sentinel, Cluster) and the black-hole proxy come from
+tests/helpers/ (their fixtures: tests/helpers/fixtures.py, loaded below).
+"""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,9 +19,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import TIMEOUT, free_port
+from tests.helpers.redis_procs import RedisSingle, start_redis
+
+pytest_plugins = ["tests.helpers.fixtures"]  # redis_server, sentinel_set, redis_cluster, blackhole
+
+Redis = RedisSingle  # the name the suites import
+__all__ = ["TIMEOUT", "Redis", "RedisSingle", "free_port", "start_redis"]  # re-exported
+
 ROOT = Path(__file__).resolve().parent.parent
-# One factor scales every timeout in the tests (raise it on a slow machine).
-TIMEOUT = float(os.environ.get("PUSHWIRE_TEST_TIMEOUT_FACTOR", "1")) * 10
 
 BASE_CONFIG = """
 [server]
@@ -59,78 +66,6 @@ key = "off-key"
 secret = "off-secret"
 enabled = false
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class Redis:
-    proc: subprocess.Popen[bytes]
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(TIMEOUT)
-
-    def restart(self) -> None:
-        self.stop()
-        self.proc = _spawn_redis(self.port)
-
-
-def _spawn_redis(port: int) -> subprocess.Popen[bytes]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise RuntimeError(
-            "redis-server is needed for the cluster tests (apt-get install redis-server)"
-        )
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("redis-server did not start")
-
-
-def redis_info(redis: Redis, section: str) -> list[str]:
-    """The field names of INFO `section` (e.g. commandstats: cmdstat_publish, ...)."""
-    out = subprocess.run(
-        ["redis-cli", "-p", str(redis.port), "INFO", section],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=True,
-    ).stdout
-    return [line.split(":", 1)[0] for line in out.splitlines() if ":" in line]
-
-
-def start_redis() -> Redis:
-    port = free_port()
-    return Redis(_spawn_redis(port), port)
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[Redis]:
-    r = start_redis()
-    yield r
-    r.stop()
 
 
 @pytest.fixture(scope="session")
@@ -251,7 +186,7 @@ def start_server(tmp: Path, config: str, *extra: str, nodes: int = 1) -> Server:
 
 @contextlib.contextmanager
 def cluster_nodes(
-    redis: Redis, tmp: Path, config: str, prefix: str, n: int = 2
+    redis: RedisSingle, tmp: Path, config: str, prefix: str, n: int = 2
 ) -> Iterator[list[tuple[subprocess.Popen[str], int, Path]]]:
     """`n` nodes of one cluster over `redis`; stopped afterwards, and none may have logged a
     traceback."""
@@ -300,7 +235,7 @@ def server(
     srv.stop()
     assert "Traceback" not in srv.log_text(), srv.log_text()
     if state is not None:
-        stats = redis_info(state, "commandstats")
+        stats = state.info("commandstats")
         assert not [k for k in stats if "publish" in k or "subscribe" in k], stats
 
 

@@ -34,7 +34,7 @@ from pushwire.cluster.base import (
 )
 from pushwire.cluster.memory import Backplane, MemoryBroker, MemoryLiveness, MemoryState
 from pushwire.cluster.redis import RedisBackend
-from pushwire.cluster.redis.urls import parse_url
+from pushwire.cluster.redis.urls import parse_redis_url
 from pushwire.protocol.errors import PresenceLimit
 from pushwire.webhooks import MemoryStore, WebhookStore
 from tests.conftest import start_redis
@@ -146,7 +146,11 @@ class RedisCluster(Cluster):
 
     def backend(self, name: str) -> RedisBackend:
         backend = RedisBackend(
-            parse_url(self.url), parse_url(self.state_url), self.prefix, name, REDIS_NODE_TIMEOUT
+            parse_redis_url(self.url),
+            parse_redis_url(self.state_url),
+            self.prefix,
+            name,
+            REDIS_NODE_TIMEOUT,
         )
         self.backends.append(backend)
         return backend
@@ -925,7 +929,7 @@ async def test_redis_restart(backend_factory: Cluster) -> None:
     redis_only(backend_factory)
     server = start_redis()
     prefix = f"t-{uuid.uuid4().hex[:12]}"
-    target = parse_url(server.url)
+    target = parse_redis_url(server.url)
     backends = [RedisBackend(target, target, prefix, n, 2.0) for n in ("a", "b")]
     a, b = (Node(x.node, x.broker, x.state, x.liveness) for x in backends)
     try:

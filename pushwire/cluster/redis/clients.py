@@ -32,7 +32,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
-from .urls import RedisTarget, TargetKind
+from .urls import RedisKind, RedisTarget
 
 log = logging.getLogger("pushwire.cluster.redis")
 
@@ -103,7 +103,7 @@ def make_client(target: RedisTarget, watch: PrimaryWatch, **kwargs: Any) -> Redi
         password=target.password,
         **kwargs,
     )
-    if target.kind is TargetKind.SENTINEL:
+    if target.kind is RedisKind.SENTINEL:
         # the URL's credentials are the data nodes'; sentinels are asked without any
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             target.hosts,
@@ -122,12 +122,12 @@ def make_client(target: RedisTarget, watch: PrimaryWatch, **kwargs: Any) -> Redi
             check_connection=False,
             **options,
         )
-    elif target.kind is TargetKind.SINGLE:
+    elif target.kind is RedisKind.SINGLE:
         pool = BlockingConnectionPool.from_url(
             target.url, max_connections=POOL_SIZE, timeout=5, **options
         )
     else:
-        raise ValueError(f"{target.kind.value} targets have their own client (cluster.py)")
+        raise ValueError(f"{target.kind.value} targets have a backend of their own")
     pool.connection_class = _watched(pool.connection_class, watch)
     client = Redis(connection_pool=pool)
     client.auto_close_connection_pool = True  # aclose() closes the pool too

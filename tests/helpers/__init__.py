@@ -1,0 +1,24 @@
+"""Test infrastructure shared by the suites (a library: no tests here).
+
+- `redis_topology`: real redis-server processes on free ports: one server, a Sentinel set, a
+  Redis Cluster.
+- `blackhole`: a TCP proxy that can stop moving bytes without closing connections.
+- `fixtures`: pytest fixtures over both (loaded by tests/conftest.py via `pytest_plugins`).
+
+The two basics every test helper uses live here: `TIMEOUT` and `free_port()`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+# One factor scales every timeout in the tests (raise it on a slow machine).
+TIMEOUT = float(os.environ.get("PUSHWIRE_TEST_TIMEOUT_FACTOR", "1")) * 10
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
