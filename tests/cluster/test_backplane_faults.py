@@ -215,7 +215,7 @@ async def test_node_cut_off_from_redis(redis_server, blackhole, tmp_path: Path, 
     proxy = blackhole(redis_server.port)
     prefix = f"cut-{int(cut)}"
     a = start_node(tmp_path, config(redis_server.url, prefix, node_timeout))
-    b = start_node(tmp_path, config(proxy.url(), prefix, node_timeout))
+    b = start_node(tmp_path, config(proxy.url, prefix, node_timeout))
     (pa, port_a, _), (pb, port_b, log_b) = a, b
     subs_a: list[Subscriber] = []
     subs_b: list[Subscriber] = []
@@ -234,9 +234,15 @@ async def test_node_cut_off_from_redis(redis_server, blackhole, tmp_path: Path, 
         proxy.cut()
         cut_at = time.monotonic()
         closed_at: float | None = None
+        refused: dict[str, Any] | None = None
         while time.monotonic() < cut_at + cut:
             if closed_at is None and all(s.closed is not None for s in subs_b):
                 closed_at = time.monotonic()
+                newcomer = await Client.connect(
+                    f"ws://127.0.0.1:{port_b}/app/app-key?protocol=7", handshake=False
+                )
+                refused = await newcomer.recv()
+                await newcomer.close()
             await asyncio.sleep(0.05)
         proxy.heal()
         await asyncio.sleep(node_timeout)  # B comes back, resyncs
@@ -252,6 +258,8 @@ async def test_node_cut_off_from_redis(redis_server, blackhole, tmp_path: Path, 
             assert closed_at is not None, [s.closed for s in subs_b]
             assert closed_at - cut_at <= node_timeout / 2 + 2 * min(1.0, node_timeout / 6) + 1
             assert {s.closed for s in subs_b} == {4200}
+            assert refused is not None and refused["event"] == "pusher:error", refused
+            assert refused["data"]["code"] == 4100, refused  # until B is back
             # every 2xx answered before B's sockets were told reached them
             told = [d for t, d, s in load.answers if 200 <= s < 300 and t < cut_at]
             for sub in subs_b:
