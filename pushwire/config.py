@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-from .cluster.base import HistoryPolicy
+from .protocol.history import HistoryPolicy
 
 DEMO_APP = ("app-id", "app-key", "app-secret")
 APP_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,100}")  # it is part of Redis keys and URLs

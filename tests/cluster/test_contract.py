@@ -23,7 +23,6 @@ from pushwire.cluster.base import (
     BusMessage,
     Changes,
     ChannelStats,
-    HistoryPolicy,
     Joined,
     Left,
     Unavailable,
@@ -36,6 +35,7 @@ from pushwire.cluster.memory import Backplane, MemoryBroker, MemoryLiveness, Mem
 from pushwire.cluster.redis import RedisBackend
 from pushwire.cluster.redis.urls import parse_url
 from pushwire.protocol.errors import PresenceLimit
+from pushwire.protocol.history import HistoryPolicy
 from pushwire.webhooks import MemoryStore, WebhookStore
 from tests.conftest import start_redis
 
