@@ -32,7 +32,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import App, Config
+from .apps.model import App
+from .config import Config
 from .connection import Connection
 from .engine import Engine, InternalHandler
 from .protocol.frames import Outbound

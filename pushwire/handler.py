@@ -16,8 +16,9 @@ from typing import Any
 
 import orjson
 
+from .apps.model import App
 from .cluster.base import Unavailable
-from .config import App, Config
+from .config import Config
 from .connection import Connection
 from .engine import Engine, RateKind, Recovery
 from .extensions import Extensions

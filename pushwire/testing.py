@@ -8,8 +8,9 @@ import asyncio
 import itertools
 from typing import Any
 
+from .apps.model import App
 from .cluster.memory import Backplane
-from .config import App, Config
+from .config import Config
 from .connection import Connection
 from .handler import PusherHandler, new_socket_id
 from .protocol.frames import Outbound

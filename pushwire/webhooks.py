@@ -32,7 +32,8 @@ import aiohttp
 import orjson
 
 from .aio import cancel_and_wait
-from .config import App, Config, Webhook
+from .apps.model import App, Webhook
+from .config import Config
 from .happenings import Happening
 from .protocol.signing import webhook_signature
 

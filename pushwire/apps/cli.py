@@ -10,8 +10,10 @@ import json
 import sys
 from typing import Any
 
-from ..config import App, Config, ConfigError, app_settings
+from ..config import Config
+from ..tables import ConfigError
 from .base import StoreError
+from .model import App, app_settings
 
 COMMANDS = ("list", "show", "create", "update", "disable", "enable", "delete", "rotate-secret",
             "migrate")  # fmt: skip

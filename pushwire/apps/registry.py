@@ -16,8 +16,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..config import App, Config, ConfigError, parse_app
+from ..config import Config
+from ..tables import ConfigError
 from .base import AppStore, StoreUnavailable
+from .model import App, parse_app
 
 log = logging.getLogger("pushwire.apps")
 

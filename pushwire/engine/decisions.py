@@ -24,6 +24,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..apps.model import App
 from ..apps.registry import AppChangeKind, AppChanges
 from ..cluster.base import (
     NODES_TOPIC,
@@ -42,7 +43,7 @@ from ..cluster.base import (
     channel_topic,
     user_topic,
 )
-from ..config import App, Config
+from ..config import Config
 from ..connection import Connection
 from ..happenings import Happening, HappeningSink
 from ..hub import Hub, WatchStatus

@@ -25,11 +25,13 @@ from aiohttp import web
 
 from ..apps.admin import AppAdmin
 from ..apps.base import AppExists, AppMissing, ReadOnlyStore, StoreError, StoreUnavailable
+from ..apps.model import App, app_settings
 from ..apps.registry import AppRegistry
-from ..config import App, Config, ConfigError, app_settings
+from ..config import Config
 from ..engine import Engine
 from ..protocol.frames import loads_checked
 from ..protocol.signing import same_token
+from ..tables import ConfigError
 from .http import bearer_token
 
 ADMIN_BODY = 256 * 1024

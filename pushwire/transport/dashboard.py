@@ -20,7 +20,8 @@ import orjson
 from aiohttp import web
 
 from .. import api
-from ..config import App, Config
+from ..apps.model import App
+from ..config import Config
 from ..engine import Engine
 from ..metrics import Metrics
 from ..monitor import TrafficMonitor

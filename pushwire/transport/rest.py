@@ -23,7 +23,8 @@ from aiohttp.http_exceptions import PayloadEncodingError
 from aiohttp.streams import EofStream
 
 from .. import api
-from ..config import App, Config
+from ..apps.model import App
+from ..config import Config
 from ..engine import Engine
 from ..metrics import Metrics
 from ..monitor import TrafficMonitor

@@ -8,8 +8,9 @@ import time
 import orjson
 
 from pushwire.apps.memory import MemoryStore
+from pushwire.apps.model import App, app_settings
 from pushwire.apps.registry import AppRegistry
-from pushwire.config import App, Config, app_settings
+from pushwire.config import Config
 from pushwire.protocol.signing import channel_string_to_sign, sign_auth, sign_rest, verify_rest
 from pushwire.testing import FakeConnection, make_node
 
