@@ -94,29 +94,12 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     apps_store: AppsStoreConfig = field(default_factory=AppsStoreConfig)
+    # the apps the file and environment name (what the TOML app store starts from); the apps
+    # served now are the registry's `AppIndex`
     apps: tuple[App, ...] = ()
     extensions: tuple[str, ...] = ()  # modules with a setup(ext) function
     demo_credentials: bool = False
     source: str = "<defaults>"
-
-    _by_key: dict[str, App] = field(init=False, repr=False, compare=False, default_factory=dict)
-    _by_id: dict[str, App] = field(init=False, repr=False, compare=False, default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.replace_apps(self.apps)
-
-    def replace_apps(self, apps: tuple[App, ...]) -> None:
-        """The app index is live: the app registry swaps in what the app store holds now
-        (each lookup sees the old or the new index, never a mix)."""
-        object.__setattr__(self, "apps", tuple(apps))
-        object.__setattr__(self, "_by_key", {a.key: a for a in apps})
-        object.__setattr__(self, "_by_id", {a.id: a for a in apps})
-
-    def app_by_key(self, key: str) -> App | None:
-        return self._by_key.get(key)
-
-    def app_by_id(self, app_id: str) -> App | None:
-        return self._by_id.get(app_id)
 
 
 def parse(data: Mapping[str, Any], source: str = "<config>") -> Config:

@@ -24,6 +24,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..apps.index import AppIndex
 from ..apps.model import App
 from ..apps.registry import AppChangeKind, AppChanges
 from ..cluster.base import (
@@ -78,6 +79,7 @@ class Engine:
     def __init__(
         self,
         config: Config,
+        apps: AppIndex,
         hub: Hub,
         broker: Broker,
         state: ClusterState,
@@ -88,7 +90,8 @@ class Engine:
         clock: Callable[[], float],
     ) -> None:
         self.config = config
-        self.app_by_id = config.app_by_id
+        self.apps = apps
+        self.app_by_id = apps.by_id
         self.hub = hub
         self.broker = broker
         self.state = state

@@ -74,8 +74,8 @@ def _needs_id(args: argparse.Namespace) -> str:
 
 
 async def _direct(args: argparse.Namespace, config: Config | None) -> Any:
-    from ..server import make_app_store
-    from .admin import AppAdmin
+    from .management import AppAdmin
+    from .stores import make_app_store
 
     if config is None:
         raise ConfigError("give --config (the store it names) or --url and --token")
