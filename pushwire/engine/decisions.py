@@ -61,12 +61,12 @@ from ..protocol.errors import (
 )
 from ..protocol.frames import Outbound
 from .announce import Announcer
-from .bus import BusRouter, terminate_local
 from .internal import InternalMessages
 from .link import ClusterLink, Resyncing
 from .queries import Queries
 from .rates import RateLimiter
 from .recovery import History, Recovery
+from .routing import BusRouter, terminate_local
 
 log = logging.getLogger(__name__)
 
