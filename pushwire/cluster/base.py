@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from ..protocol.history import HistoryPolicy
+from ..protocol.history import HistoryPolicy as HistoryPolicy  # its methods take one
 from ..protocol.positions import EPOCH_RE as EPOCH_RE
 from ..protocol.positions import Position as Position
 
