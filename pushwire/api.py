@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
+from .apps.model import App
 from .cluster.base import ChannelStats, Unavailable
-from .config import App
 from .engine import Engine, RateKind
 from .monitor import TrafficMonitor
 from .protocol import messages

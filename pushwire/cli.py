@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     tap.add_argument("--seconds", type=float, default=0, help="stop after this long")
     routes = sub.add_parser("routes", help="list the REST API routes")
     routes.add_argument("--config", help="TOML configuration file")
-    from .apps.cli import add_parser as add_apps_parser
+    from .apps.command import add_parser as add_apps_parser
 
     add_apps_parser(sub)
     return p
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         _parser().print_help()
         return 2
     if args.command == "apps" and args.url:  # through a running server: no config needed
-        from .apps.cli import run as run_apps
+        from .apps.command import run as run_apps
 
         return run_apps(args, None)
     try:
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tap":
         return _tap(args, config)
     if args.command == "apps":
-        from .apps.cli import run as run_apps
+        from .apps.command import run as run_apps
 
         return run_apps(args, config)
     if args.command == "routes":
@@ -292,9 +292,10 @@ def _tap(args: argparse.Namespace, config: Config) -> int:
 
     import aiohttp
 
+    from .apps.index import AppIndex
     from .protocol.signing import sign_rest
 
-    app = config.app_by_id(args.app) if args.app else config.apps[0]
+    app = AppIndex(config.apps).by_id(args.app) if args.app else config.apps[0]
     app_id = args.app or app.id if app else args.app
     key = args.key or (app.key if app else None)
     secret = args.secret or (app.secret if app else None)

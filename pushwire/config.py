@@ -7,117 +7,17 @@ with one line naming the file, the key and the problem (`ConfigError`).
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
 
-from .cluster.base import HistoryPolicy
+from .apps.model import App, parse_app
+from .tables import ConfigError as ConfigError  # the loader's error, for its callers
+from .tables import build
 
 DEMO_APP = ("app-id", "app-key", "app-secret")
-APP_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,100}")  # it is part of Redis keys and URLs
-
-WEBHOOK_EVENT_TYPES = frozenset(
-    {
-        "channel_occupied",
-        "channel_vacated",
-        "member_added",
-        "member_removed",
-        "client_event",
-        "cache_miss",
-        "subscription_count",
-    }
-)
-
-
-class ConfigError(Exception):
-    """A configuration problem; its message is one line meant for the operator."""
-
-
-@dataclass(frozen=True)
-class WebhookFilter:
-    channel_name_starts_with: str | None = None
-    channel_name_ends_with: str | None = None
-
-
-@dataclass(frozen=True)
-class Webhook:
-    url: str
-    event_types: tuple[str, ...] = tuple(sorted(WEBHOOK_EVENT_TYPES))
-    headers: Mapping[str, str] = field(default_factory=dict)
-    filter: WebhookFilter = field(default_factory=WebhookFilter)
-
-
-@dataclass(frozen=True)
-class App:
-    id: str
-    key: str
-    secret: str
-    enabled: bool = True
-    enable_client_messages: bool = True
-    enable_user_authentication: bool = False  # kick sockets that neither sign in nor authorize
-    user_authentication_timeout: float = 30.0
-    enable_watchlist_events: bool = False
-    enable_subscription_count: bool = False  # pusher_internal:subscription_count events
-    max_connections: int = 0  # 0 = unlimited
-    max_presence_members: int = 100
-    max_presence_member_size: int = 1024  # bytes of user_info JSON
-    max_presence_user_id_length: int = 128
-    max_channel_name_length: int = 200
-    max_event_name_length: int = 200
-    max_message_size: int = 10240  # bytes of an event's data
-    max_channels_per_trigger: int = 100
-    max_batch_size: int = 10
-    max_watchlist_size: int = 100
-    client_event_rate: float = 10.0  # client events per second per connection
-    # app-wide, deployment-wide rates (0 = no limit): REST events (each channel of each event,
-    # batches too) and REST reads answer 429 past them; client events get 4301 and a socket
-    # that keeps at it is closed (4100)
-    max_backend_events_per_sec: float = 0.0
-    max_read_requests_per_sec: float = 0.0
-    max_client_events_per_sec: float = 0.0
-    max_channels_per_connection: int = 100
-    # browsers' Origin header must match one of these (wildcards: https://*.example.com);
-    # empty: any origin
-    allowed_origins: tuple[str, ...] = ()
-    cache_ttl: float = 1800.0  # seconds a cache channel remembers its last event
-    # channel history (opt-in): the last `history_size` events of each channel whose name
-    # starts with one of `history_channels` (empty: every channel) are kept `history_ttl`
-    # seconds, with offsets, so clients that opted in recover what they missed on reconnect
-    history_size: int = 0
-    history_ttl: float = 300.0
-    history_channels: tuple[str, ...] = ()
-    webhooks: tuple[Webhook, ...] = ()
-    webhook_delay: float = 3.0  # seconds channel_vacated / member_removed wait (and cancel)
-    webhook_batch_ms: float = 0.0  # > 0: wait this long so one POST carries many events
-    # secret rotation: the old secret stays valid (REST signatures, channel and user auth)
-    # until this unix time, so backends can be redeployed one by one
-    previous_secret: str = ""
-    previous_secret_until: float = 0.0
-
-    @functools.cached_property
-    def _history(self) -> HistoryPolicy | None:
-        return HistoryPolicy(self.history_size, self.history_ttl) if self.history_size else None
-
-    def history_policy(self, channel: str) -> HistoryPolicy | None:
-        """How `channel` keeps history; None when it keeps none."""
-        policy = self._history
-        if policy is None or (
-            self.history_channels and not channel.startswith(self.history_channels)
-        ):
-            return None
-        return policy
-
-    def secrets(self, now: float) -> tuple[str, ...]:
-        """The secrets a signature may use now: the secret, and the previous one in grace."""
-        if self.previous_secret and now < self.previous_secret_until:
-            return (self.secret, self.previous_secret)
-        return (self.secret,)
 
 
 @dataclass(frozen=True)
@@ -194,188 +94,12 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     apps_store: AppsStoreConfig = field(default_factory=AppsStoreConfig)
+    # the apps the file and environment name (what the TOML app store starts from); the apps
+    # served now are the registry's `AppIndex`
     apps: tuple[App, ...] = ()
     extensions: tuple[str, ...] = ()  # modules with a setup(ext) function
     demo_credentials: bool = False
     source: str = "<defaults>"
-
-    _by_key: dict[str, App] = field(init=False, repr=False, compare=False, default_factory=dict)
-    _by_id: dict[str, App] = field(init=False, repr=False, compare=False, default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.replace_apps(self.apps)
-
-    def replace_apps(self, apps: tuple[App, ...]) -> None:
-        """The app index is live: the app registry swaps in what the app store holds now
-        (each lookup sees the old or the new index, never a mix)."""
-        object.__setattr__(self, "apps", tuple(apps))
-        object.__setattr__(self, "_by_key", {a.key: a for a in apps})
-        object.__setattr__(self, "_by_id", {a.id: a for a in apps})
-
-    def app_by_key(self, key: str) -> App | None:
-        return self._by_key.get(key)
-
-    def app_by_id(self, app_id: str) -> App | None:
-        return self._by_id.get(app_id)
-
-
-def _check_type(where: str, key: str, value: Any, expected: Any) -> Any:
-    if expected is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        value = float(value) if ok else value
-        if ok and not math.isfinite(value):
-            raise ConfigError(f"{where}: key '{key}' must be a finite number, got {value!r}")
-    elif expected is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, expected)
-    if not ok:
-        name = getattr(expected, "__name__", str(expected))
-        raise ConfigError(f"{where}: key '{key}' must be of type {name}, got {value!r}")
-    return value
-
-
-def _build(cls: Any, data: Mapping[str, Any], where: str, skip: tuple[str, ...] = ()) -> Any:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a table, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key in skip:
-            continue
-        f = fields.get(key)
-        if f is None:
-            raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(fields)})")
-        expected = {"str": str, "int": int, "float": float, "bool": bool}.get(
-            str(f.type).split(" |")[0]
-        )
-        if expected is not None:
-            value = _check_type(where, key, value, expected)
-        elif str(f.type).startswith("tuple[str"):
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"{where}: key '{key}' must be a list of strings")
-            value = tuple(value)
-        kwargs[key] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-
-
-def _webhook(data: Any, where: str) -> Webhook:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: each webhook must be a table with a 'url'")
-    known = {"url", "event_types", "headers", "filter"}
-    for k in data:
-        if k not in known:
-            raise ConfigError(f"{where}: unknown key '{k}' (known: {', '.join(sorted(known))})")
-    url = data.get("url")
-    if not isinstance(url, str) or urlparse(url).scheme not in ("http", "https"):
-        raise ConfigError(f"{where}: key 'url' must be an http:// or https:// URL, got {url!r}")
-    if not urlparse(url).netloc:
-        raise ConfigError(f"{where}: key 'url' has no host: {url!r}")
-    types = data.get("event_types", sorted(WEBHOOK_EVENT_TYPES))
-    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
-        raise ConfigError(f"{where}: key 'event_types' must be a list of strings")
-    for t in types:
-        if t not in WEBHOOK_EVENT_TYPES:
-            raise ConfigError(
-                f"{where}: unknown event type {t!r} in 'event_types' "
-                f"(known: {', '.join(sorted(WEBHOOK_EVENT_TYPES))})"
-            )
-    headers = data.get("headers", {})
-    if not isinstance(headers, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-    ):
-        raise ConfigError(f"{where}: key 'headers' must be a table of strings")
-    flt = _build(WebhookFilter, data.get("filter", {}), f"{where}.filter")
-    return Webhook(url=url, event_types=tuple(types), headers=dict(headers), filter=flt)
-
-
-_POSITIVE = (
-    "max_presence_members",
-    "max_presence_member_size",
-    "max_presence_user_id_length",
-    "max_channel_name_length",
-    "max_event_name_length",
-    "max_message_size",
-    "max_channels_per_trigger",
-    "max_batch_size",
-    "max_watchlist_size",
-    "client_event_rate",
-    "cache_ttl",
-    "user_authentication_timeout",
-    "history_ttl",
-)
-MAX_HISTORY_SIZE = 10_000
-
-
-def _app(data: Any, where: str) -> App:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: each [[apps]] entry must be a table")
-    for required in ("id", "key", "secret"):
-        if required not in data:
-            raise ConfigError(f"{where}: missing required key '{required}'")
-    app: App = _build(App, data, where, skip=("webhooks",))
-    for name in ("id", "key", "secret"):
-        if not getattr(app, name):
-            raise ConfigError(f"{where}: key '{name}' must not be empty")
-    if ":" in app.key:
-        raise ConfigError(f"{where}: key 'key' must not contain ':'")
-    if not APP_ID_RE.fullmatch(app.id):
-        raise ConfigError(f"{where}: key 'id' may hold only letters, digits, '-' and '_'")
-    for name in _POSITIVE:
-        if getattr(app, name) <= 0:
-            raise ConfigError(f"{where}: key '{name}' must be greater than 0")
-    if app.max_connections < 0:
-        raise ConfigError(f"{where}: key 'max_connections' must be >= 0 (0 = unlimited)")
-    if app.max_channels_per_connection < 1:
-        raise ConfigError(f"{where}: key 'max_channels_per_connection' must be at least 1")
-    if not 0 <= app.history_size <= MAX_HISTORY_SIZE:
-        raise ConfigError(
-            f"{where}: key 'history_size' must be 0 (no history) to {MAX_HISTORY_SIZE}"
-        )
-    for name in (
-        "max_backend_events_per_sec",
-        "max_read_requests_per_sec",
-        "max_client_events_per_sec",
-    ):
-        if 0 < getattr(app, name) < 1 or getattr(app, name) < 0:
-            raise ConfigError(f"{where}: key '{name}' must be 0 (no limit) or at least 1")
-    hooks = data.get("webhooks", [])
-    if not isinstance(hooks, list):
-        raise ConfigError(f"{where}: key 'webhooks' must be a list of tables")
-    webhooks = tuple(_webhook(h, f"{where}.webhooks[{i}]") for i, h in enumerate(hooks))
-    return dataclasses.replace(app, webhooks=webhooks)
-
-
-def parse_app(settings: Mapping[str, Any], where: str) -> App:
-    """One app from its settings (a [[apps]] table, as an app store holds it), with every
-    check the config file gets; raises ConfigError naming `where`, the key and the problem."""
-    return _app(settings, where)
-
-
-def app_settings(app: App) -> dict[str, Any]:
-    """The settings of `app` as a [[apps]] table (what an app store holds): every key."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(App):
-        value = getattr(app, f.name)
-        if f.name == "webhooks":
-            value = [
-                {
-                    "url": h.url,
-                    "event_types": list(h.event_types),
-                    "headers": dict(h.headers),
-                    "filter": {
-                        k: v for k, v in dataclasses.asdict(h.filter).items() if v is not None
-                    },
-                }
-                for h in value
-            ]
-        elif isinstance(value, tuple):
-            value = list(value)
-        out[f.name] = value
-    return out
 
 
 def parse(data: Mapping[str, Any], source: str = "<config>") -> Config:
@@ -392,10 +116,10 @@ def parse(data: Mapping[str, Any], source: str = "<config>") -> Config:
     modules = ext.get("modules", [])
     if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
         raise ConfigError(f"{source}: [extensions]: key 'modules' must be a list of strings")
-    server = _build(ServerConfig, data.get("server", {}), f"{source}: [server]")
-    cluster = _build(ClusterConfig, data.get("cluster", {}), f"{source}: [cluster]")
+    server = build(ServerConfig, data.get("server", {}), f"{source}: [server]")
+    cluster = build(ClusterConfig, data.get("cluster", {}), f"{source}: [cluster]")
     _check_cluster(cluster, source)
-    store = _build(AppsStoreConfig, data.get("apps_store", {}), f"{source}: [apps_store]")
+    store = build(AppsStoreConfig, data.get("apps_store", {}), f"{source}: [apps_store]")
     if store.kind not in ("toml", "postgres"):
         raise ConfigError(f"{source}: [apps_store]: key 'kind' must be toml or postgres")
     if store.kind == "postgres" and not store.dsn:
@@ -407,7 +131,7 @@ def parse(data: Mapping[str, Any], source: str = "<config>") -> Config:
     raw_apps = data.get("apps", [])
     if not isinstance(raw_apps, list):
         raise ConfigError(f"{source}: 'apps' must be an array of tables ([[apps]])")
-    apps = tuple(_app(a, f"{source}: apps[{i}]") for i, a in enumerate(raw_apps))
+    apps = tuple(parse_app(a, f"{source}: apps[{i}]") for i, a in enumerate(raw_apps))
     for attr in ("id", "key"):
         seen: set[str] = set()
         for i, a in enumerate(apps):

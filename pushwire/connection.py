@@ -16,7 +16,7 @@ from .protocol.errors import PusherError
 from .protocol.frames import Outbound
 
 if TYPE_CHECKING:
-    from .config import App
+    from .apps.model import App
 
 
 class Connection:

@@ -32,7 +32,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import App, Config
+from .apps.model import App
+from .config import Config
 from .connection import Connection
 from .engine import Engine, InternalHandler
 from .protocol.frames import Outbound
@@ -58,7 +59,7 @@ class ExtensionApi:
         self.node = engine.node
 
     def app(self, app_id: str) -> App | None:
-        return self.config.app_by_id(app_id)
+        return self._engine.apps.by_id(app_id)
 
     def broadcast_local(self, app: App, channel: str, msg: Outbound) -> int:
         """Deliver to this node's subscribers of `channel`; returns how many got it."""

@@ -16,8 +16,10 @@ from typing import Any
 
 import orjson
 
+from .apps.index import AppIndex
+from .apps.model import App
 from .cluster.base import Unavailable
-from .config import App, Config
+from .config import Config
 from .connection import Connection
 from .engine import Engine, RateKind, Recovery
 from .extensions import Extensions
@@ -51,6 +53,7 @@ class PusherHandler:
     def __init__(
         self,
         config: Config,
+        apps: AppIndex,
         engine: Engine,
         clock: Callable[[], float],
         monitor: TrafficMonitor,
@@ -58,6 +61,7 @@ class PusherHandler:
         extensions: Extensions | None = None,
     ) -> None:
         self.config = config
+        self.apps = apps
         self.engine = engine
         self.clock = clock
         self.monitor = monitor
@@ -70,7 +74,7 @@ class PusherHandler:
         self, app_key: str, query: Mapping[str, str], origin: str | None = None
     ) -> App:
         """The app a new connection is for; raises a closing PusherError if refused."""
-        app = self.config.app_by_key(app_key)
+        app = self.apps.by_key(app_key)
         if app is None:
             raise errors.AppNotFound(f"Application does not exist: unknown app key {app_key!r}")
         if not app.enabled:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from typing import Any, Protocol
 
-from .config import App
+from .apps.model import App
 
 
 class Happening(enum.StrEnum):

@@ -25,8 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .apps.model import App
 from .cluster.base import AppSnapshot, ChannelStats, Position
-from .config import App
 from .connection import Connection
 from .protocol import messages
 from .protocol.channels import ChannelType, channel_type

@@ -15,8 +15,9 @@ from aiohttp import web
 
 from . import __version__
 from .apps.base import AppStore
+from .apps.index import AppIndex
 from .apps.registry import AppRegistry
-from .apps.toml import TomlStore
+from .apps.stores import make_app_store
 from .cluster.base import Broker, ClusterState, Liveness
 from .cluster.memory import Backplane, MemoryBroker, MemoryLiveness, MemoryState
 from .config import Config
@@ -35,7 +36,7 @@ from .transport.http import bearer_token
 from .transport.rest import BodyBudget, RestApi
 from .transport.tap import TapEndpoint
 from .transport.ws import WS_ENDPOINT, WsEndpoint
-from .webhooks import MemoryStore, Webhooks, WebhookStore
+from .webhooks import MemoryWebhookStore, Webhooks, WebhookStore
 
 log = logging.getLogger("pushwire")
 
@@ -54,7 +55,9 @@ def sweep_interval(config: Config) -> float:
 
 def rest_routes(config: Config) -> list[tuple[str, str]]:
     node = build_node(config)
-    api = RestApi(config, node.engine, node.monitor, node.metrics, BodyBudget(1))
+    api = RestApi(
+        config, node.registry.apps, node.engine, node.monitor, node.metrics, BodyBudget(1)
+    )
     return [(method, path) for method, path, _ in api.routes()]
 
 
@@ -79,7 +82,7 @@ def memory_backends(config: Config, node: str, plane: Backplane) -> Backends:
         MemoryBroker(plane, node),
         MemoryState(plane, node),
         MemoryLiveness(plane, node),
-        MemoryStore(config.server.webhook_queue_size),
+        MemoryWebhookStore(config.server.webhook_queue_size),
         _nothing,
     )
 
@@ -124,16 +127,6 @@ def make_backends(config: Config, node: str, clock: Callable[[], float]) -> Back
     return dataclasses.replace(memory_backends(config, node, plane), close=save)
 
 
-def make_app_store(config: Config) -> AppStore:
-    """The app store the config names (the only place that picks one)."""
-    c = config.apps_store
-    if c.kind == "postgres":
-        from .apps.postgres import PostgresStore
-
-        return PostgresStore(c.dsn, c.reload_interval)
-    return TomlStore(config, None if config.source == "<defaults>" else config.source)
-
-
 @dataclass
 class Node:
     """Everything one server instance is made of, wired through constructors."""
@@ -175,9 +168,11 @@ def build_node(
         backends = make_backends(config, node, clock)
     metrics = Metrics()
     monitor = TrafficMonitor(node, backends.broker, clock)
-    webhooks = Webhooks(config, backends.webhook_store)
+    apps = AppIndex(config.apps)  # the registry's: it loads the store into it at start
+    webhooks = Webhooks(config, apps, backends.webhook_store)
     engine = Engine(
         config,
+        apps,
         Hub(),
         backends.broker,
         backends.state,
@@ -190,8 +185,8 @@ def build_node(
     ext = load_extensions(config.extensions, Extensions(ExtensionApi(engine)))
     for watcher, cluster in ext.monitors:
         monitor.add(watcher, cluster)
-    handler = PusherHandler(config, engine, clock, monitor, webhooks, ext)
-    registry = AppRegistry(config, store or make_app_store(config), engine.apply_app_changes)
+    handler = PusherHandler(config, apps, engine, clock, monitor, webhooks, ext)
+    registry = AppRegistry(apps, store or make_app_store(config), engine.apply_app_changes)
     return Node(config, registry, engine, handler, monitor, metrics, webhooks, ext, backends)
 
 
@@ -288,7 +283,7 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
     budget = BodyBudget(config.server.request_body_budget)
     role = config.server.role
     if role in ("all", "api"):
-        rest = RestApi(config, engine, monitor, metrics, budget)
+        rest = RestApi(config, node.registry.apps, engine, monitor, metrics, budget)
         for method, path, fn in rest.routes():
             app.router.add_route(method, path, fn)
 
@@ -333,8 +328,8 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
     app[WS_ENDPOINT] = endpoint  # ws_transport = "raw" serves its sockets through it too
     if role in ("all", "websocket"):
         app.router.add_get("/app/{key}", endpoint.handle)
-    app.router.add_get("/tap", TapEndpoint(config, monitor).handle)
-    Dashboard(config, engine, monitor, metrics).routes(app.router)
+    app.router.add_get("/tap", TapEndpoint(config, node.registry.apps, monitor).handle)
+    Dashboard(config, node.registry.apps, engine, monitor, metrics).routes(app.router)
     AdminApi(config, node.registry, engine).routes(app.router)
 
     async def lifecycle(app: web.Application) -> Any:

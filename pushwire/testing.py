@@ -8,8 +8,10 @@ import asyncio
 import itertools
 from typing import Any
 
+from .apps.base import AppStore
+from .apps.model import App
 from .cluster.memory import Backplane
-from .config import App, Config
+from .config import Config
 from .connection import Connection
 from .handler import PusherHandler, new_socket_id
 from .protocol.frames import Outbound
@@ -69,13 +71,15 @@ def make_node(
     clock: FakeClock | None = None,
     plane: Backplane | None = None,
     node_id: str | None = None,
+    store: AppStore | None = None,
 ) -> Node:
-    """A node on the memory backend, registered at once (no need to start it)."""
+    """A node on the memory backend, registered at once (no need to start it); its app
+    registry loads `store` (default: the config's apps) when the node starts."""
     clock = clock or FakeClock()
     plane = plane or Backplane(clock, config.cluster.node_timeout)
     node_id = node_id or f"node-{next(_ids)}"
     plane.nodes[node_id] = clock() + config.cluster.node_timeout
-    return build_node(config, memory_backends(config, node_id, plane), clock, node_id)
+    return build_node(config, memory_backends(config, node_id, plane), clock, node_id, store)
 
 
 def make_handler(config: Config, clock: FakeClock | None = None) -> PusherHandler:

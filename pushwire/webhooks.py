@@ -32,7 +32,9 @@ import aiohttp
 import orjson
 
 from .aio import cancel_and_wait
-from .config import App, Config, Webhook
+from .apps.index import AppIndex
+from .apps.model import App, Webhook
+from .config import Config
 from .happenings import Happening
 from .protocol.signing import webhook_signature
 
@@ -68,7 +70,7 @@ class WebhookStore(Protocol):
     async def size(self) -> int: ...
 
 
-class MemoryStore:
+class MemoryWebhookStore:
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
         self.jobs: dict[str, tuple[float, bytes]] = {}
@@ -111,8 +113,9 @@ def _matches(hook: Webhook, name: Happening, channel: str | None) -> bool:
 
 
 class Webhooks:
-    def __init__(self, config: Config, store: WebhookStore) -> None:
+    def __init__(self, config: Config, apps: AppIndex, store: WebhookStore) -> None:
         self.config = config
+        self.apps = apps
         self.store = store
         srv = config.server
         self.s = WebhookSettings(
@@ -140,7 +143,7 @@ class Webhooks:
 
     @property
     def enabled(self) -> bool:
-        return any(a.webhooks for a in self.config.apps)
+        return any(a.webhooks for a in self.apps.apps)
 
     # Producing ---------------------------------------------------------------------------
     def wants(self, app: App, kind: Happening) -> bool:
@@ -243,7 +246,7 @@ class Webhooks:
                 posts: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
                 for n, raw in enumerate(jobs):
                     job = orjson.loads(raw)
-                    app = self.config.app_by_id(job["app"])
+                    app = self.apps.by_id(job["app"])
                     batch = app is not None and app.webhook_batch_ms > 0
                     posts.setdefault((job["app"], job["hook"], -1 if batch else n), []).append(job)
                 for (app_id, hook, _), group in posts.items():  # in order, per worker
@@ -252,7 +255,7 @@ class Webhooks:
                 self._in_flight -= 1
 
     async def _post(self, key: tuple[str, int], jobs: list[dict[str, Any]]) -> None:
-        app = self.config.app_by_id(key[0])
+        app = self.apps.by_id(key[0])
         if app is None or key[1] >= len(app.webhooks):
             return
         hook = app.webhooks[key[1]]

@@ -1,10 +1,11 @@
 """The app registry: every app in memory, loaded from the app store and kept current.
 
-Lookups (`config.app_by_key` at each handshake, `config.app_by_id` at each REST call) never
-touch the store: the registry swaps the config's live app index whenever the store says apps
-may have changed, and tells the engine what that means for open connections (an app disabled
-or deleted closes its sockets; a changed one applies to them at once). Each node does this for
-itself, so a change reaches every node of a cluster through the store.
+Lookups (`AppIndex.by_key` at each handshake, `AppIndex.by_id` at each REST call) never
+touch the store: the registry owns the app index and swaps in what the store holds whenever
+the store says apps may have changed, and tells the engine what that means for open
+connections (an app disabled or deleted closes its sockets; a changed one applies to them at
+once). Each node does this for itself, so a change reaches every node of a cluster through
+the store.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..config import App, Config, ConfigError, parse_app
+from ..tables import ConfigError
 from .base import AppStore, StoreUnavailable
+from .index import AppIndex
+from .model import App, parse_app
 
 log = logging.getLogger("pushwire.apps")
 
@@ -59,12 +62,12 @@ def diff(old: dict[str, App], new: dict[str, App]) -> AppChanges:
 class AppRegistry:
     def __init__(
         self,
-        config: Config,
+        apps: AppIndex,
         store: AppStore,
         on_changes: Callable[[AppChanges], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.config = config
+        self.apps = apps  # owned: this registry is its only writer
         self.store = store
         self.on_changes = on_changes
         self.clock = clock
@@ -124,7 +127,7 @@ class AppRegistry:
                     raise ConfigError(f"app store: app {app_id!r}: key {app.key!r} is taken")
             except ConfigError as exc:
                 bad[app_id] = str(exc)
-                last_good = self.config.app_by_id(app_id)
+                last_good = self.apps.by_id(app_id)
                 if self._bad.get(app_id) != str(exc):
                     log.error(
                         "%s (%s; the others are served)",
@@ -140,11 +143,11 @@ class AppRegistry:
             apps[app.id] = app
             keys.add(app.key)
         self._bad = bad
-        old = {a.id: a for a in self.config.apps}
+        old = {a.id: a for a in self.apps.apps}
         changes = diff(old, apps)
         if changes:  # unchanged apps keep their objects (open sockets hold them)
             kept = {i: old[i] if old.get(i) == a else a for i, a in apps.items()}
-            self.config.replace_apps(tuple(kept.values()))
+            self.apps.replace(kept.values())
             for kind, app in changes.changed:
                 log.info("app %s %s", app.id, kind.value)
             self.on_changes(changes)

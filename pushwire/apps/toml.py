@@ -11,8 +11,9 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Callable
 
-from ..config import Config, app_settings
+from ..config import Config
 from .base import ReadOnlyStore, Settings, StoreUnavailable
+from .model import app_settings
 
 READ_ONLY = "apps come from the config file (read-only here): edit it and send SIGHUP"
 

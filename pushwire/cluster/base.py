@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from ..protocol.history import HistoryPolicy as HistoryPolicy  # its methods take one
 from ..protocol.positions import EPOCH_RE as EPOCH_RE
 from ..protocol.positions import Position as Position
 
@@ -45,23 +46,6 @@ class PartialDelivery(Unavailable):
 
 
 # Channel history ------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class HistoryPolicy:
-    """How a channel keeps history: its last `size` events, each for `ttl` seconds. The
-    channel's epoch and top offset are kept for `meta_ttl` seconds after its last event, so a
-    client that missed nothing recovers even after its events expired."""
-
-    size: int
-    ttl: float
-    meta_ttl: float = 86_400.0
-
-    @property
-    def kept_for(self) -> float:
-        """Seconds a history's epoch and top offset outlive its last event (never less than
-        its events)."""
-        return max(self.meta_ttl, self.ttl)
-
-
 @dataclass(frozen=True, slots=True)
 class HistoryEvent:
     offset: int

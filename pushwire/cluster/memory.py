@@ -22,6 +22,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import orjson
 
 from ..protocol.errors import PresenceLimit
+from ..protocol.history import HistoryPolicy
 from .base import (
     EPOCH_RE,
     AppSnapshot,
@@ -32,7 +33,6 @@ from .base import (
     Heartbeat,
     HistoryEvent,
     HistoryPage,
-    HistoryPolicy,
     Joined,
     Left,
     NotRegistered,

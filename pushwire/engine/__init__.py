@@ -13,7 +13,7 @@ The parts, each with its job and guarantees in its docstring:
 - `announce`: what a decision means for this node's sockets, the other nodes, the webhooks;
 - `link`: the cluster link: health, the store-call wrapper, bus publishing, the operation
   gate, heartbeat, resync, reaping and the redo queue;
-- `bus`: topic tracking, and what a message from another node means for this node;
+- `routing`: topic tracking, and what a message from another node means for this node;
 - `recovery`: channel history and what a socket that opted in to positions recovers;
 - `queries`: read-side figures, with their local fallbacks;
 - `rates`: rate limits and the subscription_count throttle;

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from ..apps.model import App
 from ..cluster.base import BusKind, BusMessage, Changes, app_topic, channel_topic
-from ..config import App
 from ..happenings import Happening, HappeningSink
 from ..hub import Hub, WatchStatus
 from ..protocol import messages

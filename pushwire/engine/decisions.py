@@ -24,6 +24,8 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..apps.index import AppIndex
+from ..apps.model import App
 from ..apps.registry import AppChangeKind, AppChanges
 from ..cluster.base import (
     NODES_TOPIC,
@@ -42,7 +44,7 @@ from ..cluster.base import (
     channel_topic,
     user_topic,
 )
-from ..config import App, Config
+from ..config import Config
 from ..connection import Connection
 from ..happenings import Happening, HappeningSink
 from ..hub import Hub, WatchStatus
@@ -61,12 +63,12 @@ from ..protocol.errors import (
 )
 from ..protocol.frames import Outbound
 from .announce import Announcer
-from .bus import BusRouter, terminate_local
 from .internal import InternalMessages
 from .link import ClusterLink, Resyncing
 from .queries import Queries
 from .rates import RateLimiter
 from .recovery import History, Recovery
+from .routing import BusRouter, terminate_local
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ class Engine:
     def __init__(
         self,
         config: Config,
+        apps: AppIndex,
         hub: Hub,
         broker: Broker,
         state: ClusterState,
@@ -89,7 +92,8 @@ class Engine:
         clock: Callable[[], float],
     ) -> None:
         self.config = config
-        self.app_by_id = config.app_by_id
+        self.apps = apps
+        self.app_by_id = apps.by_id
         self.hub = hub
         self.broker = broker
         self.state = state

@@ -41,7 +41,6 @@ from ..cluster.base import (
     BusMessage,
     Changes,
     ClusterState,
-    HistoryPolicy,
     Liveness,
     PartialDelivery,
     Unavailable,
@@ -49,6 +48,7 @@ from ..cluster.base import (
 from ..config import ClusterConfig
 from ..metrics import Metrics
 from ..monitor import TrafficMonitor
+from ..protocol.history import HistoryPolicy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..apps.model import App
 from ..cluster.base import ChannelStats, ClusterState, Unavailable
-from ..config import App
 from ..hub import Hub
 from ..protocol.frames import Outbound
 from .link import ClusterLink

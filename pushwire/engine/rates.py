@@ -8,8 +8,8 @@ import enum
 import time
 from collections.abc import Callable
 
+from ..apps.model import App
 from ..cluster.base import ClusterState
-from ..config import App
 from ..metrics import Metrics
 from .link import ClusterLink
 

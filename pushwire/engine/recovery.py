@@ -16,8 +16,8 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+from ..apps.model import App
 from ..cluster.base import Broker, HistoryPage, Position, Unavailable, channel_topic
-from ..config import App
 from ..metrics import Metrics
 from ..protocol import messages
 from ..protocol.frames import Outbound

@@ -23,13 +23,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ..apps.admin import AppAdmin
 from ..apps.base import AppExists, AppMissing, ReadOnlyStore, StoreError, StoreUnavailable
+from ..apps.management import AppAdmin
+from ..apps.model import App, app_settings
 from ..apps.registry import AppRegistry
-from ..config import App, Config, ConfigError, app_settings
+from ..config import Config
 from ..engine import Engine
 from ..protocol.frames import loads_checked
 from ..protocol.signing import same_token
+from ..tables import ConfigError
 from .http import bearer_token
 
 ADMIN_BODY = 256 * 1024
@@ -45,6 +47,7 @@ def _json(body: Any, status: int = 200) -> web.Response:
 class AdminApi:
     def __init__(self, config: Config, registry: AppRegistry, engine: Engine) -> None:
         self.config = config
+        self.apps = registry.apps
         self.engine = engine
         self.admin = AppAdmin(registry.store, config.apps_store.secret_grace, registry.reload)
 
@@ -107,10 +110,10 @@ class AdminApi:
         return request.match_info["app_id"]
 
     async def list(self, request: web.Request) -> web.Response:
-        return _json({"apps": [await self._view(a) for a in self.config.apps]})
+        return _json({"apps": [await self._view(a) for a in self.apps.apps]})
 
     async def show(self, request: web.Request) -> web.Response:
-        app = self.config.app_by_id(self._id(request))
+        app = self.apps.by_id(self._id(request))
         if app is None:
             raise AppMissing(f"no app {self._id(request)!r}")
         return _json(await self._view(app))

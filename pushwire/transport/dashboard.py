@@ -20,7 +20,9 @@ import orjson
 from aiohttp import web
 
 from .. import api
-from ..config import App, Config
+from ..apps.index import AppIndex
+from ..apps.model import App
+from ..config import Config
 from ..engine import Engine
 from ..metrics import Metrics
 from ..monitor import TrafficMonitor
@@ -59,9 +61,15 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 
 class Dashboard:
     def __init__(
-        self, config: Config, engine: Engine, monitor: TrafficMonitor, metrics: Metrics
+        self,
+        config: Config,
+        apps: AppIndex,
+        engine: Engine,
+        monitor: TrafficMonitor,
+        metrics: Metrics,
     ) -> None:
         self.config = config
+        self.apps = apps
         self.engine = engine
         self.monitor = monitor
         self.metrics = metrics
@@ -101,7 +109,7 @@ class Dashboard:
     ) -> App:
         """The app, if `token` (else the bearer token) is a valid session token for it, or
         with `login`, the app's secret or the server's dashboard_token."""
-        app = self.config.app_by_id(app_id)
+        app = self.apps.by_id(app_id)
         if app is None:
             raise web.HTTPNotFound(text='{"error": "Unknown app"}', content_type="application/json")
         if token is None:
@@ -195,10 +203,10 @@ class Dashboard:
     async def live(self, request: web.Request) -> web.StreamResponse:
         session = request.query.get("session", "")
         app = self._auth(request, request.query.get("app", ""), session)
-        config = self.config
+        apps = self.apps
 
         def still_allowed() -> bool:  # the same app settings, and the session not expired
-            return config.app_by_id(app.id) == app and verify_session(app, session, time.time())
+            return apps.by_id(app.id) == app and verify_session(app, session, time.time())
 
         return await stream_traffic(
             request,

@@ -59,7 +59,7 @@ from .rest import RestRoute, wire
 from .ws import WS_ENDPOINT, Flusher, QueuedConnection, WsEndpoint
 
 if TYPE_CHECKING:
-    from ..config import App
+    from ..apps.model import App
 
 log = logging.getLogger("pushwire.ws")
 

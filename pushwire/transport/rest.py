@@ -23,7 +23,9 @@ from aiohttp.http_exceptions import PayloadEncodingError
 from aiohttp.streams import EofStream
 
 from .. import api
-from ..config import App, Config
+from ..apps.index import AppIndex
+from ..apps.model import App
+from ..config import Config
 from ..engine import Engine
 from ..metrics import Metrics
 from ..monitor import TrafficMonitor
@@ -233,6 +235,7 @@ class RestApi:
     def __init__(
         self,
         config: Config,
+        apps: AppIndex,
         engine: Engine,
         monitor: TrafficMonitor,
         metrics: Metrics,
@@ -240,6 +243,7 @@ class RestApi:
     ) -> None:
         self.budget = budget
         self.config = config
+        self.apps = apps
         self.engine = engine
         self.monitor = monitor
         self.metrics = metrics
@@ -314,11 +318,11 @@ class RestApi:
     def _app(self, request: web.Request, app_id: str | None) -> App:
         if app_id is None:  # prefix-less route: the app is named by its key
             key = request.query.get("auth_key", "")
-            app = self.config.app_by_key(key)
+            app = self.apps.by_key(key)
             if app is None:
                 raise RestAuthError("Unknown auth_key")
         else:
-            found = self.config.app_by_id(app_id)
+            found = self.apps.by_id(app_id)
             if found is None:
                 raise api.ApiError(404, f"Unknown app id {app_id!r}")
             app = found

@@ -17,18 +17,20 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from ..apps.index import AppIndex
 from ..config import Config
 from ..monitor import TrafficMonitor
 from ..protocol.signing import RestAuthError, verify_rest
 
 
 class TapEndpoint:
-    def __init__(self, config: Config, monitor: TrafficMonitor) -> None:
+    def __init__(self, config: Config, apps: AppIndex, monitor: TrafficMonitor) -> None:
         self.config = config
+        self.apps = apps
         self.monitor = monitor
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        app = self.config.app_by_id(request.query.get("app", ""))
+        app = self.apps.by_id(request.query.get("app", ""))
         if app is None:
             return web.json_response({"error": "Unknown app (?app=ID)"}, status=404)
         try:
@@ -51,9 +53,9 @@ class TapEndpoint:
                 return False
             return not prefix or str(event.get("channel") or "").startswith(prefix)
 
-        config = self.config
+        apps = self.apps
         return await stream_traffic(
-            request, self.monitor, accept, 10_000, lambda: config.app_by_id(app.id) == app
+            request, self.monitor, accept, 10_000, lambda: apps.by_id(app.id) == app
         )
 
 

@@ -30,7 +30,8 @@ from ..protocol.errors import ConnectionUnauthorized, OverCapacity, PusherError
 from ..protocol.frames import Outbound, close_frame, close_reason
 
 if TYPE_CHECKING:
-    from ..config import App, ServerConfig
+    from ..apps.model import App
+    from ..config import ServerConfig
 
 log = logging.getLogger("pushwire.ws")
 

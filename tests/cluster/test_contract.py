@@ -23,7 +23,6 @@ from pushwire.cluster.base import (
     BusMessage,
     Changes,
     ChannelStats,
-    HistoryPolicy,
     Joined,
     Left,
     Unavailable,
@@ -36,7 +35,8 @@ from pushwire.cluster.memory import Backplane, MemoryBroker, MemoryLiveness, Mem
 from pushwire.cluster.redis import RedisBackend
 from pushwire.cluster.redis.urls import parse_redis_url
 from pushwire.protocol.errors import PresenceLimit
-from pushwire.webhooks import MemoryStore, WebhookStore
+from pushwire.protocol.history import HistoryPolicy
+from pushwire.webhooks import MemoryWebhookStore, WebhookStore
 from tests.conftest import start_redis
 
 
@@ -131,7 +131,7 @@ class MemoryCluster(Cluster):
         self.now += seconds
 
     def webhook_stores(self, max_size: int) -> tuple[WebhookStore, WebhookStore]:
-        store = MemoryStore(max_size)
+        store = MemoryWebhookStore(max_size)
         return store, store
 
 

@@ -7,23 +7,21 @@ import time
 
 import orjson
 
-from pushwire.apps.memory import MemoryStore
-from pushwire.apps.registry import AppRegistry
-from pushwire.config import App, Config, app_settings
+from pushwire.apps.model import App, app_settings
+from pushwire.config import Config
 from pushwire.protocol.signing import channel_string_to_sign, sign_auth, sign_rest, verify_rest
 from pushwire.testing import FakeConnection, make_node
+from tests.helpers.app_store import MemoryAppStore
 
 A = App(id="a", key="ka", secret="sa")
 B = App(id="b", key="kb", secret="sb")
 
 
 async def setup(*apps: App):
-    config = Config(apps=apps)
-    node = make_node(config)
-    store = MemoryStore([app_settings(a) for a in apps])
-    registry = AppRegistry(config, store, node.engine.apply_app_changes)
-    await registry.start()
-    return config, node, store, registry
+    store = MemoryAppStore([app_settings(a) for a in apps])
+    node = make_node(Config(apps=apps), store=store)
+    await node.registry.start()
+    return node.registry.apps, node, store, node.registry
 
 
 async def connect(node, app):
@@ -34,20 +32,20 @@ async def connect(node, app):
 
 
 async def test_changes_apply_to_open_connections():
-    config, node, store, registry = await setup(A, B)
+    apps, node, store, registry = await setup(A, B)
     a, b = await connect(node, A), await connect(node, B)
     await store.update("a", {**app_settings(A), "enabled": False})
     await registry.reload()
     assert a.close_code == 4003 and a.events()[-1]["data"]["code"] == 4003
-    assert config.app_by_key("ka") is not None and not config.app_by_key("ka").enabled
+    assert apps.by_key("ka") is not None and not apps.by_key("ka").enabled
     await store.delete("b")
     await registry.reload()
     assert b.close_code == 4001
-    assert config.app_by_id("b") is None and config.app_by_key("kb") is None
+    assert apps.by_id("b") is None and apps.by_key("kb") is None
 
 
 async def test_changed_limits_apply_at_once():
-    config, node, store, registry = await setup(A)
+    apps, node, store, registry = await setup(A)
     conn = await connect(node, A)
     await store.update("a", {**app_settings(A), "enable_client_messages": False})
     await registry.reload()
@@ -55,11 +53,11 @@ async def test_changed_limits_apply_at_once():
 
 
 async def test_a_bad_row_keeps_the_last_good_settings_and_a_new_one_is_refused(caplog):
-    config, node, store, registry = await setup(A, B)
+    apps, node, store, registry = await setup(A, B)
     b = await connect(node, B)
     await store.update("b", {**app_settings(B), "max_batch_size": -1})
     await registry.reload()
-    assert config.app_by_id("b") == B and b.close_code is None  # a typo disconnects no one
+    assert apps.by_id("b") == B and b.close_code is None  # a typo disconnects no one
     assert "app store: app 'b'" in caplog.text and "max_batch_size" in caplog.text
     assert "last good settings" in caplog.text
     lines = caplog.text.count("app store: app 'b'")
@@ -67,12 +65,12 @@ async def test_a_bad_row_keeps_the_last_good_settings_and_a_new_one_is_refused(c
     assert caplog.text.count("app store: app 'b'") == lines
     await store.create({"id": "c", "key": "kc", "secret": "sc", "max_batch_size": 0})
     await registry.reload()
-    assert config.app_by_id("c") is None and "this app is refused" in caplog.text
-    assert config.app_by_id("a") is not None
+    assert apps.by_id("c") is None and "this app is refused" in caplog.text
+    assert apps.by_id("a") is not None
 
 
 async def test_rotation_keeps_the_old_secret_for_the_grace_window():
-    config, node, store, registry = await setup(A)
+    apps, node, store, registry = await setup(A)
     rotated = {
         **app_settings(A),
         "secret": "new",
@@ -81,7 +79,7 @@ async def test_rotation_keeps_the_old_secret_for_the_grace_window():
     }
     await store.update("a", rotated)
     await registry.reload()
-    app = config.app_by_id("a")
+    app = apps.by_id("a")
     assert app is not None
     for secret in ("new", "sa"):  # channel auth with either secret
         conn = await connect(node, app)
@@ -97,10 +95,22 @@ async def test_rotation_keeps_the_old_secret_for_the_grace_window():
     # after the grace window only the new secret signs
     await store.update("a", {**rotated, "previous_secret_until": time.time() - 1})
     await registry.reload()
-    app = config.app_by_id("a")
+    app = apps.by_id("a")
     assert app is not None and app.secrets(time.time()) == ("new",)
     conn = await connect(node, app)
     auth = sign_auth("ka", "sa", channel_string_to_sign(conn.socket_id, "private-x", None))
     msg = {"event": "pusher:subscribe", "data": {"channel": "private-x", "auth": auth}}
     await node.handler.on_text(conn, orjson.dumps(msg))
     assert conn.take()[-1]["event"] == "pusher:error"
+
+
+async def test_a_reload_changes_the_registry_index_not_the_config():
+    config = Config(apps=(A,))
+    store = MemoryAppStore([app_settings(A), app_settings(B)])
+    node = make_node(config, store=store)
+    await node.registry.start()
+    assert config.apps == (A,)  # the config is what the file said, never changed
+    apps = node.registry.apps
+    assert apps.by_id("b") == B and apps.by_key("kb") == B
+    # every reader looks apps up in the registry's index
+    assert node.engine.apps is apps and node.handler.apps is apps and node.webhooks.apps is apps

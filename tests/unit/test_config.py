@@ -1,5 +1,6 @@
 import pytest
 
+from pushwire.apps.index import AppIndex
 from pushwire.config import ConfigError, load
 
 GOOD = """
@@ -34,7 +35,7 @@ def test_documented_shape_loads(tmp_path):
     assert [a.id for a in cfg.apps] == ["app-id", "two"]
     assert cfg.apps[0].webhooks[0].event_types == ("channel_occupied",)
     assert not cfg.demo_credentials
-    assert cfg.app_by_key("key-two").id == "two"
+    assert AppIndex(cfg.apps).by_key("key-two").id == "two"
 
 
 def test_defaults_use_demo_app():

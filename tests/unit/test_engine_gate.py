@@ -9,7 +9,8 @@ import asyncio
 
 import pytest
 
-from pushwire.config import App, ClusterConfig, Config, ServerConfig
+from pushwire.apps.model import App
+from pushwire.config import ClusterConfig, Config, ServerConfig
 from pushwire.testing import FakeConnection, make_node
 
 APP = App(id="1", key="k", secret="s")

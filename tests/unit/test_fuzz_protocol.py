@@ -32,7 +32,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from pushwire import api
-from pushwire.config import App, Config, ServerConfig
+from pushwire.apps.model import App
+from pushwire.config import Config, ServerConfig
 from pushwire.handler import PusherHandler
 from pushwire.protocol.channels import channel_type
 from pushwire.protocol.frames import loads_checked

@@ -3,7 +3,8 @@
 import orjson
 import pytest
 
-from pushwire.config import App, Config, ServerConfig
+from pushwire.apps.model import App
+from pushwire.config import Config, ServerConfig
 from pushwire.protocol import errors
 from pushwire.protocol.signing import channel_string_to_sign, sign_auth, user_string_to_sign
 from pushwire.testing import FakeClock, FakeConnection, make_handler

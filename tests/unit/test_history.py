@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 from pushwire import api
-from pushwire.config import App, ClusterConfig, Config, ServerConfig
+from pushwire.apps.model import App
+from pushwire.config import ClusterConfig, Config, ServerConfig
 from pushwire.protocol.signing import channel_string_to_sign, sign_auth
 from pushwire.testing import FakeConnection, InProcessCluster
 

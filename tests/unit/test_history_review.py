@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from pushwire import api
+from pushwire.apps.model import App
 from pushwire.cluster.base import Unavailable
-from pushwire.config import App, ClusterConfig, Config, ServerConfig
+from pushwire.config import ClusterConfig, Config, ServerConfig
 from pushwire.testing import FakeConnection, InProcessCluster
 from tests.unit.test_history import connect as connect_app
 from tests.unit.test_history import subscribe

@@ -4,8 +4,8 @@ bus messages leaves nothing behind)."""
 
 from __future__ import annotations
 
+from pushwire.apps.model import App
 from pushwire.cluster.base import ChannelStats
-from pushwire.config import App
 from pushwire.hub import Hub, WatchStatus
 from pushwire.protocol import messages
 from pushwire.protocol.errors import ConnectionUnauthorized

@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pushwire.config import App
+from pushwire.apps.model import App
 from pushwire.metrics import Metrics
 from pushwire.transport.rawws import (
     _BINARY,

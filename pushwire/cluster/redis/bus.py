@@ -41,10 +41,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from ...aio import cancel_and_wait
+from ...protocol.history import HistoryPolicy
 from ..base import (
     BusMessage,
     HistoryPage,
-    HistoryPolicy,
     Position,
     Unavailable,
     decode,

@@ -10,8 +10,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..config import App, ConfigError, app_settings, parse_app
+from ..tables import ConfigError
 from .base import AppExists, AppMissing, AppStore, Settings
+from .model import App, app_settings, parse_app
 
 
 class AppAdmin:

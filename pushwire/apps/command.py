@@ -10,8 +10,10 @@ import json
 import sys
 from typing import Any
 
-from ..config import App, Config, ConfigError, app_settings
+from ..config import Config
+from ..tables import ConfigError
 from .base import StoreError
+from .model import App, app_settings
 
 COMMANDS = ("list", "show", "create", "update", "disable", "enable", "delete", "rotate-secret",
             "migrate")  # fmt: skip
@@ -72,8 +74,8 @@ def _needs_id(args: argparse.Namespace) -> str:
 
 
 async def _direct(args: argparse.Namespace, config: Config | None) -> Any:
-    from ..server import make_app_store
-    from .admin import AppAdmin
+    from .management import AppAdmin
+    from .stores import make_app_store
 
     if config is None:
         raise ConfigError("give --config (the store it names) or --url and --token")

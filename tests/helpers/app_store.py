@@ -1,14 +1,15 @@
-"""A writable app store in memory, for unit tests of the registry and the admin API logic."""
+"""A writable app store in memory: a test double for the registry and the admin API logic
+(the server's stores are TOML and PostgreSQL, `pushwire.apps.toml` / `.postgres`)."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
 
-from .base import AppExists, AppMissing, Settings
+from pushwire.apps.base import AppExists, AppMissing, Settings
 
 
-class MemoryStore:
+class MemoryAppStore:
     kind = "memory"
 
     def __init__(self, apps: list[Settings] | None = None) -> None:

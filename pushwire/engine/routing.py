@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 
+from ..apps.model import App
 from ..cluster.base import Broker, BusKind, BusMessage, Unavailable
-from ..config import App
 from ..hub import Hub, WatchStatus
 from ..metrics import Metrics
 from ..monitor import TrafficMonitor
