@@ -14,8 +14,10 @@ import time
 
 from bench.lib.servers import start_pushwire
 from bench.lib.stats import emit
-from bench.lib.wire import APP_ID, KEY, SECRET
+from bench.lib.wire import KEY, SECRET
 from bench.scenarios import parser
+
+APP_ID = "1"  # the PyPI SDK takes only numeric app ids
 
 
 async def _async_client(port: int, n: int, concurrency: int) -> float:
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="100 triggers per client")
     args = ap.parse_args(argv)
     n = 100 if args.quick else args.n
-    srv = start_pushwire(args.port)
+    srv = start_pushwire(args.port, app={"id": APP_ID})
     try:
         timings: list[tuple[str, float]] = []
         sdk = pusher.Pusher(

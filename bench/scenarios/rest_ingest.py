@@ -221,10 +221,10 @@ def main(argv: list[str] | None = None) -> None:
         help="py-spy profile of Pushwire's runs, one file per kind (NAME-events.svg ...): "
         ".svg for a flame graph, collapsed stacks for any other suffix",
     )
-    ap.add_argument("--quick", action="store_true", help="1 s runs, no warm-up, no soketi")
+    ap.add_argument("--quick", action="store_true", help="1 s runs, 1 s of warm-up, no soketi")
     args = ap.parse_args(argv)
     if args.quick:
-        args.duration, args.warmup, args.no_soketi = 1, 0.2, True
+        args.duration, args.warmup, args.no_soketi = 1, 1, True
     wrk = ensure_wrk()
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     rows: list[dict[str, Any]] = []
