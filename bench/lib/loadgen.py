@@ -4,6 +4,7 @@ throughput (`handshakes`) and paced fan-out to every socket (`paced_fanout`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import subprocess
@@ -132,6 +133,10 @@ class LoadGen:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(5)
+            for pipe in (p.stdin, p.stdout):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
 
 
 def handshakes(
