@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import json
 import shutil
+from typing import Any
 
 import orjson
 import pytest
@@ -31,7 +32,7 @@ SCENARIOS = {
 }
 
 
-def rows(out: str) -> list[dict[str, object]]:
+def rows(out: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
