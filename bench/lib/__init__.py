@@ -1,6 +1,7 @@
-"""The benchmarks' library: servers (servers.py), clients (subscribers.py: picows sockets;
-loadgen.py: the compiled generator; publisher.py: signed REST triggers), figures (stats.py,
-procs.py) and the wire format they share (wire.py). Scenarios live in bench/scenarios/."""
+"""The benchmarks' library: servers (servers.py); clients (subscribers.py with
+subscriber_proc.py: the picows subscriber; loadgen.py: the compiled generator; publisher.py:
+signed REST triggers); figures (stats.py, procs.py); the wire format they share (wire.py);
+the C programs' build (native.py). Scenarios live in bench/scenarios/."""
 
 from pathlib import Path
 

@@ -39,6 +39,9 @@ def event_body(s: int, t_ns: int, size: int, channel: str) -> bytes:
     return orjson.dumps({"name": EVENT, "channel": channel, "data": data})
 
 
+SENT_KEY = b'\\"t\\":'  # what precedes t in a received frame; `Sock.receipt` reads it inline
+
+
 def parse_event(raw: bytes) -> tuple[int, int]:
     """(s, t_ns) of a received bench event frame, without parsing its JSON (the data is the
     string `{"s":..,"t":..,..}` escaped inside the frame)."""

@@ -24,7 +24,7 @@ from typing import Any
 from bench.lib.publisher import publish
 from bench.lib.servers import Server, external, start_pushwire, start_redis, start_soketi
 from bench.lib.stats import emit, percentile_ms, ratio
-from bench.lib.subscribers import Spec, Subscribers
+from bench.lib.subscribers import Accounting, Spec, Subscribers
 from bench.lib.wire import ws_url
 from bench.scenarios import parser
 
@@ -40,7 +40,7 @@ def measure(
     """Publish to `target`; subscriber processes connect round-robin to `sub_servers`
     (default: the target). CPU and RSS are those of `servers`, Redis's of `aux`."""
     urls = tuple(ws_url(f"{s.host}:{s.port}") for s in sub_servers or [target])
-    spec = Spec(urls, timeout=args.timeout)
+    spec = Spec(urls, Accounting.RECEIPTS, timeout=args.timeout)
     with Subscribers(spec, args.procs) as subs:
         info = subs.open(args.subscribers, args.timeout + 60)
         if info["subscribed"] < args.subscribers:

@@ -29,7 +29,7 @@ from bench.lib.loadgen import LoadGen, paced_fanout
 from bench.lib.publisher import publish
 from bench.lib.servers import Server, start_pushwire, start_redis
 from bench.lib.stats import emit, percentile_ms, ratio
-from bench.lib.subscribers import Spec, Subscribers
+from bench.lib.subscribers import Accounting, Spec, Subscribers
 from bench.lib.wire import ws_url
 from bench.scenarios import parser
 
@@ -43,7 +43,8 @@ def start(port: int, history: int, redis_url: str = "") -> Server:
 def fanout_run(name: str, history: int, positioned: bool, args: Any) -> dict[str, Any]:
     server = start(args.port, history)
     try:
-        spec = Spec((ws_url(f"127.0.0.1:{args.port}"),), positioned=positioned, inflight=64)
+        url = ws_url(f"127.0.0.1:{args.port}")
+        spec = Spec((url,), Accounting.RECEIPTS, positioned=positioned, inflight=64)
         with Subscribers(spec, args.procs) as subs:
             subs.open(args.subscribers)
             subs.count(args.events)
