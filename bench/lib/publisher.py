@@ -213,7 +213,7 @@ class _Publisher:
         return cpu
 
 
-async def publish_async(
+def publish(
     port: int,
     events: int,
     rate: float = 0,
@@ -224,9 +224,19 @@ async def publish_async(
     host: str = "127.0.0.1",
 ) -> PublishResult:
     """Trigger `events` events at `rate` per second (0: back-to-back) on host:port, over
-    `conns` connections (default: 1 back-to-back, 4-64 by the rate paced)."""
+    `conns` connections (default: 1 back-to-back, 4-64 by the rate paced); blocks (on a
+    uvloop of its own) until every trigger was answered or 30 s passed without an answer."""
+    import uvloop
+
     if not conns:
         conns = max(4, min(64, int(rate / 50) + 4)) if rate else 1
+    result: PublishResult = uvloop.run(_publish(host, port, events, rate, size, channels, conns))
+    return result
+
+
+async def _publish(
+    host: str, port: int, events: int, rate: float, size: int, channels: int, conns: int
+) -> PublishResult:
     pub = _Publisher(host, port, events, rate, size, channels)
     cpu = await pub.run(conns)
     end = pub.last_ns or time.monotonic_ns()
@@ -247,21 +257,3 @@ async def publish_async(
         rtt_p99_ms=percentile_ms(rtts, 99),
         rtt_max_ms=percentile_ms(rtts, 100),
     )
-
-
-def publish(
-    port: int,
-    events: int,
-    rate: float = 0,
-    *,
-    size: int = 100,
-    conns: int = 0,
-    channels: int = 1,
-    host: str = "127.0.0.1",
-) -> PublishResult:
-    """`publish_async` on its own uvloop (blocks until every trigger was answered)."""
-    import uvloop
-
-    coro = publish_async(port, events, rate, size=size, conns=conns, channels=channels, host=host)
-    result: PublishResult = uvloop.run(coro)
-    return result

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import pkgutil
+from collections.abc import Mapping
+from typing import Any
 
 
 def names() -> list[str]:
@@ -21,3 +23,18 @@ def parser(module: str, doc: str | None) -> argparse.ArgumentParser:
         description=doc,
         formatter_class=argparse.RawTextHelpFormatter,
     )
+
+
+def parse(
+    ap: argparse.ArgumentParser, argv: list[str] | None, quick: Mapping[str, Any]
+) -> argparse.Namespace:
+    """`ap`'s arguments from `argv`, with `--quick` (a small run to check the tools): the
+    values of `quick` for every option left at its default."""
+    small = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in quick.items())
+    ap.add_argument("--quick", action="store_true", help=f"a small run: {small}")
+    args = ap.parse_args(argv)
+    if args.quick:
+        for k, v in quick.items():
+            if getattr(args, k) == ap.get_default(k):
+                setattr(args, k, v)
+    return args

@@ -23,7 +23,7 @@ from bench.lib.publisher import publish
 from bench.lib.servers import free_port, pushwire_config, start_pushwire, write_temp
 from bench.lib.stats import emit, ratio_row
 from bench.lib.wire import APP_ID, KEY, SECRET
-from bench.scenarios import parser
+from bench.scenarios import parse, parser
 
 FIGURES = ("handshakes_per_s", "triggers_per_s")
 
@@ -60,10 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--handshakes", type=int, default=3000)
     ap.add_argument("--triggers", type=int, default=5000)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="200 handshakes, 300 triggers, 1 round")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.handshakes, args.triggers, args.rounds = 200, 300, 1
+    args = parse(ap, argv, quick={"handshakes": 200, "triggers": 300, "rounds": 1})
     pg = start_postgres()
     try:
         store = {"kind": "postgres", "dsn": pg.dsn}

@@ -39,7 +39,7 @@ from bench.lib.servers import Server, start_pushwire, start_soketi
 from bench.lib.stats import emit
 from bench.lib.subscribers import Spec, Subscribers
 from bench.lib.wire import channel_name, ws_url
-from bench.scenarios import parser
+from bench.scenarios import parse, parser
 
 PER_PROC_MAX = 9_000  # sockets per client process
 
@@ -204,10 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--soketi-port", type=int, default=7301)
     ap.add_argument("--profile", type=int, default=0, help="tracemalloc attribution at N")
     ap.add_argument("--top", type=int, default=25)
-    ap.add_argument("--quick", action="store_true", help="steps of 200 and 400 connections")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.connections, args.settle = "200,400", 0.5
+    args = parse(ap, argv, quick={"connections": "200,400", "settle": 0.5})
     steps = [int(s) for s in args.connections.split(",") if s]
     if not args.procs:
         args.procs = max(2, -(-max([*steps, args.profile]) // PER_PROC_MAX))

@@ -26,7 +26,7 @@ from bench.lib.servers import Server, external, start_pushwire, start_redis, sta
 from bench.lib.stats import emit, percentile_ms, ratio
 from bench.lib.subscribers import Accounting, Spec, Subscribers
 from bench.lib.wire import ws_url
-from bench.scenarios import parser
+from bench.scenarios import parse, parser
 
 
 def measure(
@@ -133,10 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         "on node A, subscribers split over A and B",
     )
     ap.add_argument("--soketi-port", type=int, default=6102)
-    ap.add_argument("--quick", action="store_true", help="100 subscribers, 20 events, 1 process")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.subscribers, args.events, args.procs = 100, 20, 1
+    args = parse(ap, argv, quick={"subscribers": 100, "events": 20, "procs": 1})
 
     rows = []
     if args.url:

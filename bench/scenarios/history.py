@@ -31,7 +31,7 @@ from bench.lib.servers import Server, start_pushwire, start_redis
 from bench.lib.stats import emit, percentile_ms, ratio
 from bench.lib.subscribers import Accounting, Spec, Subscribers
 from bench.lib.wire import ws_url
-from bench.scenarios import parser
+from bench.scenarios import parse, parser
 
 
 def start(port: int, history: int, redis_url: str = "") -> Server:
@@ -134,10 +134,8 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also history off / on with the compiled load generator (V1 subscribers)",
     )
-    ap.add_argument("--quick", action="store_true", help="100 subscribers, 25 events, storm 200")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.subscribers, args.events, args.rate, args.storm, args.procs = 100, 25, 25, 200, 2
+    quick = {"subscribers": 100, "events": 25, "storm": 200, "procs": 2}
+    args = parse(ap, argv, quick)
     emit({"cpus": procs.cores(), "load": os.getloadavg()})
     if args.subscribers:
         rows = [

@@ -15,7 +15,7 @@ import time
 from bench.lib.servers import start_pushwire
 from bench.lib.stats import emit
 from bench.lib.wire import KEY, SECRET
-from bench.scenarios import parser
+from bench.scenarios import parse, parser
 
 APP_ID = "1"  # the PyPI SDK takes only numeric app ids
 
@@ -43,9 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = parser(__name__, __doc__)
     ap.add_argument("--n", type=int, default=2000, help="triggers per client")
     ap.add_argument("--port", type=int, default=6131)
-    ap.add_argument("--quick", action="store_true", help="100 triggers per client")
-    args = ap.parse_args(argv)
-    n = 100 if args.quick else args.n
+    args = parse(ap, argv, quick={"n": 100})
+    n = args.n
     srv = start_pushwire(args.port, app={"id": APP_ID})
     try:
         timings: list[tuple[str, float]] = []

@@ -47,7 +47,7 @@ from bench.lib import ROOT
 from bench.lib.servers import Server, external, start_pushwire, start_soketi
 from bench.lib.stats import emit, ratio
 from bench.lib.wire import APP_ID, signed_query
-from bench.scenarios import parser
+from bench.scenarios import parse, parser
 
 EVENT = {"name": "e", "channels": ["c"], "data": "{}"}
 BATCH = {"batch": [{"name": "e", "channel": f"c{i}", "data": "{}"} for i in range(10)]}
@@ -221,10 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         help="py-spy profile of Pushwire's runs, one file per kind (NAME-events.svg ...): "
         ".svg for a flame graph, collapsed stacks for any other suffix",
     )
-    ap.add_argument("--quick", action="store_true", help="1 s runs, 1 s of warm-up, no soketi")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.duration, args.warmup, args.no_soketi = 1, 1, True
+    args = parse(ap, argv, quick={"duration": 1, "warmup": 1, "no_soketi": True})
     wrk = ensure_wrk()
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     rows: list[dict[str, Any]] = []

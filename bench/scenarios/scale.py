@@ -47,7 +47,7 @@ from bench.lib import procs
 from bench.lib.loadgen import LoadGen, handshakes, paced_fanout
 from bench.lib.servers import Server, start_floor, start_pushwire, start_soketi
 from bench.lib.stats import emit, git_commit, ratio, ratio_row, saturation
-from bench.scenarios import parser
+from bench.scenarios import parse, parser
 
 # every pair (a, b) of servers in this order that ran the same scenario gets a ratio row a/b
 PAIRS = [
@@ -272,26 +272,23 @@ def main(argv: list[str] | None = None) -> None:
         "time and tries again (0 = never, it waits for the kernel)",
     )
     ap.add_argument("--clients", type=int, default=10000, help="--handshakes / --storm / --sparse")
+    ap.add_argument("--subscribers", type=int, default=2000, help="--rates / --max-rate")
     ap.add_argument("--drain", type=float, default=10, help="seconds to wait for stragglers")
     ap.add_argument("--settle", type=float, default=3, help="seconds before the RSS reading")
     ap.add_argument("--timeout", type=float, default=180)
-    ap.add_argument("--quick", action="store_true", help="10x fewer clients, short runs")
-    args = ap.parse_args(argv)
+    quick = {"clients": 1000, "subscribers": 200, "memory_counts": "1000,1900"}
+    args = parse(ap, argv, {**quick, "duration": 5, "step_duration": 3})
     if args.all:
         for f in ("memory", "sparse", "rates", "max_rate", "handshakes", "storm"):
             setattr(args, f, True)
-    div = 10 if args.quick else 1
-    if args.quick:
-        args.duration = min(args.duration, 5)
-        args.step_duration = min(args.step_duration, 3)
     servers = [s for s in args.servers.split(",") if s]
     given = sys.argv[1:] if argv is None else argv
     emit({"commit": git_commit(), "cores": procs.cores(), "argv": given, "pid": os.getpid()})
 
     if args.memory or args.handshakes:
-        counts = [int(c) // div for c in args.memory_counts.split(",")] if args.memory else []
-        if args.handshakes and args.clients // div not in counts:
-            counts.append(args.clients // div)
+        counts = [int(c) for c in args.memory_counts.split(",")] if args.memory else []
+        if args.handshakes and args.clients not in counts:
+            counts.append(args.clients)
         rows = []
         for n in counts:
             for name in servers:
@@ -304,19 +301,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.sparse:
         rows = []
         for name in servers:
-            rows += fanout_runs(name, args.clients // div, [5], args.duration, args)
+            rows += fanout_runs(name, args.clients, [5], args.duration, args)
         ratios("sparse", rows, keys, ["subscribers", "rate"])
     if args.rates:
         rows = []
         for name in servers:
-            rows += fanout_runs(name, 2000 // div, [25, 50], args.duration, args)
+            rows += fanout_runs(name, args.subscribers, [25, 50], args.duration, args)
         ratios("rates", rows, keys, ["subscribers", "rate"])
     if args.max_rate:
-        max_rate(servers, 2000 // div, args)
+        max_rate(servers, args.subscribers, args)
     if args.storm:
         rows = []
         for name in servers:
-            row = storm_run(name, args.clients // div, args)
+            row = storm_run(name, args.clients, args)
             emit(row)
             rows.append(row)
         keys = ["last_resubscribed_s", "listen_to_last_s", "server_us_per_client"]

@@ -37,7 +37,7 @@ from bench.lib.servers import Server, external, start_pushwire, start_soketi
 from bench.lib.stats import emit, percentile_ms
 from bench.lib.subscribers import Spec, Subscribers
 from bench.lib.wire import ws_url
-from bench.scenarios import parser
+from bench.scenarios import parse, parser
 
 
 def soak(srv: Server, args: Any) -> dict[str, Any]:
@@ -219,11 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--server-log", help="append the started server's output here")
     ap.add_argument("--soketi", action="store_true", help="then soak soketi the same way")
     ap.add_argument("--soketi-port", type=int, default=6122)
-    ap.add_argument("--quick", action="store_true", help="200 sockets, 10 channels, 3 s")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.connections, args.procs, args.channels, args.minutes = 200, 2, 10, 0.05
-        args.sample_s, args.drain = 1.0, 10.0
+    quick = {"connections": 200, "procs": 2, "channels": 10, "minutes": 0.05, "sample_s": 1.0}
+    args = parse(ap, argv, quick)
     if args.connections / args.procs > 19_000:
         ap.error("at most ~19,000 sockets per process here: raise --procs")
     if args.rate <= 0 or args.channels <= 0 or args.connections <= 0:

@@ -40,7 +40,7 @@ from bench.lib.loadgen import LoadGen
 from bench.lib.servers import Server, wait_port
 from bench.lib.stats import emit, hist_pct, merge_hist, ratio_row
 from bench.lib.wire import EVENT, event_data
-from bench.scenarios import parser
+from bench.scenarios import parse, parser
 
 TRANSPORTS = ("raw", "aiohttp", "picows")
 ESTABLISHED = (
@@ -258,10 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--settle", type=float, default=3)
     ap.add_argument("--drain", type=float, default=10)
     ap.add_argument("--timeout", type=float, default=180)
-    ap.add_argument("--quick", action="store_true", help="300 connections, 10 events at 10/s")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.connections, args.events, args.rate, args.procs, args.settle = 300, 10, 10, 2, 0.5
+    quick = {"connections": 300, "events": 10, "rate": 10, "procs": 2, "settle": 0.5}
+    args = parse(ap, argv, quick)
     if args.serve:
         server_main(args.serve, args.port, args.rate, args.events)
         return

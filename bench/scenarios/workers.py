@@ -19,7 +19,7 @@ from typing import Any
 from bench.lib.loadgen import LoadGen, paced_fanout
 from bench.lib.servers import Server, start_pushwire, start_redis
 from bench.lib.stats import emit, ratio
-from bench.scenarios import parser
+from bench.scenarios import parse, parser
 
 
 def run(name: str, workers: int, args: Any) -> list[dict[str, Any]]:
@@ -56,10 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--procs", type=int, default=4, help="load generator processes")
     ap.add_argument("--port", type=int, default=7151)
-    ap.add_argument("--quick", action="store_true", help="200 subscribers, 2 s at 20 events/s")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.subscribers, args.rates, args.duration, args.procs = 200, "20", 2.0, 2
+    quick = {"subscribers": 200, "rates": "20", "duration": 2.0, "procs": 2}
+    args = parse(ap, argv, quick)
     args.rates = [float(r) for r in args.rates.split(",")]
     one = run("1-process", 1, args)
     many = run(f"{args.workers}-workers-redis", args.workers, args)
