@@ -68,18 +68,18 @@ class _Client:
     def __init__(self, spec: Spec, index: int, procs: int, ctl: Any, out: Any) -> None:
         import resource
 
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         self.spec, self.index, self.procs, self.ctl, self.out = spec, index, procs, ctl, out
         self.loop = asyncio.get_running_loop()
         self.socks: list[Any] = []
-        self.latencies = array("q")  # first receipt of each (socket, event), ns
+        self.latencies = array("q")  # ns; every receipt's, or (exact) each event's first
         self.stats = collections.Counter[str]()  # pings, disconnects, errors, unknown
         self.samples: list[str] = []
         self.closing = False
-        self.unique = 0  # first receipts over all sockets
-        self.target = -1  # first receipts that complete the count
+        self.unique = 0  # receipts counted over all sockets (exact: first receipts)
+        self.target = -1  # the count that completes collect()
         self.complete = 0  # sockets subscribed with all their events (reopen)
         self.done = asyncio.Event()
         self.listener = _listener_class(self)
