@@ -30,8 +30,8 @@ tests/browser/node_modules/.package-lock.json: tests/browser/package-lock.json
 test: $(STAMP) tests/compat/node_modules/.package-lock.json tests/browser/node_modules/.package-lock.json lint
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-bench: $(STAMP)
-	$(BIN)/python bench/fanout.py $(ARGS)
+bench: $(STAMP)  # make bench [SCENARIO=fanout] [ARGS="--soketi"]; python -m bench --help lists them
+	$(BIN)/python -m bench $(or $(SCENARIO),fanout) $(ARGS)
 
 clean:
 	rm -rf $(VENV) tests/compat/node_modules

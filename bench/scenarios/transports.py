@@ -1,8 +1,9 @@
-#!/usr/bin/env python3
-"""The same fan-out on three WebSocket transports (issue 12, "measure before choosing"):
-aiohttp's `WebSocketResponse`, picows in server mode, and a plain `asyncio.Protocol` whose
-frames come from the protocol core (`pushwire.protocol.frames`, what `ws_transport = "raw"`
-uses). Each is a minimal server in this file, run in its own process on uvloop:
+"""The same fan-out on three WebSocket transports: aiohttp, picows, a plain asyncio.Protocol.
+
+Issue 12, "measure before choosing": aiohttp's `WebSocketResponse`, picows in server mode,
+and a plain `asyncio.Protocol` whose frames come from the protocol core
+(`pushwire.protocol.frames`, what `ws_transport = "raw"` uses). Each is a minimal server in
+this module, run in its own process on uvloop (`--serve KIND`):
 
   - upgrade, then `pusher:connection_established`; a text frame containing
     `pusher:subscribe` gets `pusher_internal:subscription_succeeded` and makes the socket a
@@ -17,27 +18,29 @@ opens --connections sockets with the compiled generator (bench/loadgen), reports
 socket (RSS after subscribing minus before, over N), server CPU per delivered message beside
 the generator's, and p50/p99, then ratios against the raw protocol.
 
-    flock /tmp/pushwire-bench.lock .venv/bin/python bench/transports.py
-    .venv/bin/python bench/transports.py --connections 2000 --rate 25 --events 100
+    flock /tmp/pushwire-bench.lock .venv/bin/python -m bench transports
+    .venv/bin/python -m bench transports --connections 2000 --rate 25 --events 100
+    .venv/bin/python -m bench transports --quick      # a small run to check the tools
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from bench.common import LoadGen, Server, hist_pct, machine_busy, merge_hist  # noqa: E402
-from bench.fanout import wait_port  # noqa: E402
+import orjson
+
+from bench.lib import ROOT, procs
+from bench.lib.loadgen import LoadGen
+from bench.lib.servers import Server, wait_port
+from bench.lib.stats import emit, hist_pct, merge_hist, ratio_row
+from bench.lib.wire import EVENT, event_data
+from bench.scenarios import parse, parser
 
 TRANSPORTS = ("raw", "aiohttp", "picows")
 ESTABLISHED = (
@@ -45,13 +48,10 @@ ESTABLISHED = (
     b'\\"activity_timeout\\":120}"}'
 )
 SUBSCRIBED = b'{"event":"pusher_internal:subscription_succeeded","channel":"bench","data":"{}"}'
-PAD = "x" * 60
 
 
 def payload(s: int, t: int) -> bytes:
-    data = json.dumps({"s": s, "t": t, "p": PAD}, separators=(",", ":"))
-    ev = {"event": "bench", "channel": "bench", "data": data}
-    return json.dumps(ev, separators=(",", ":")).encode()
+    return orjson.dumps({"event": EVENT, "channel": EVENT, "data": event_data(s, t, 100)})
 
 
 # ------------------------------------------------------------------------------ the servers
@@ -161,7 +161,7 @@ async def serve_aiohttp(port: int, em: Emitter) -> None:
 async def serve_picows(port: int, em: Emitter) -> None:
     from picows import WSListener, WSMsgType, ws_create_server
 
-    class Listener(WSListener):  # type: ignore[misc]
+    class Listener(WSListener):
         def on_ws_connected(self, transport: Any) -> None:
             self.t = transport
             transport.send(WSMsgType.TEXT, ESTABLISHED)
@@ -193,14 +193,14 @@ def server_main(kind: str, port: int, rate: float, events: int) -> None:
 
 
 # ------------------------------------------------------------------------------ the driver
-def run(kind: str, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--serve", kind, "--port", str(args.port)]
+def run(kind: str, args: Any) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench", "transports", "--serve", kind, "--port", str(args.port)]
     cmd += ["--rate", str(args.rate), "--events", str(args.events)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
     srv = Server(kind, args.port, proc.pid, proc)
     gen = None
     try:
-        wait_port(args.port)
+        wait_port(args.port, proc=proc)
         time.sleep(1.0)
         rss0 = srv.rss()
         gen = LoadGen(args.port, args.connections, args.procs)
@@ -208,7 +208,7 @@ def run(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(args.settle)
         rss1 = srv.rss()
         gen.start_window()
-        c0, m0, w0 = srv.cpu_s(), machine_busy(), time.monotonic()
+        c0, m0, w0 = srv.cpu_s(), procs.machine_busy(), time.monotonic()
         proc.send_signal(signal.SIGUSR1)
         expected = args.events * args.connections
         deadline = time.monotonic() + args.events / args.rate + args.drain
@@ -218,7 +218,7 @@ def run(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             got = sum(r["events"] for r in reps)
             if got >= expected or time.monotonic() > deadline:
                 break
-        c1, m1, w1 = srv.cpu_s(), machine_busy(), time.monotonic()
+        c1, m1, w1 = srv.cpu_s(), procs.machine_busy(), time.monotonic()
         window = w1 - w0
         gen_cpu = [r["cpu_user_s"] + r["cpu_sys_s"] for r in reps]
         hist = merge_hist(reps)
@@ -245,9 +245,9 @@ def run(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         srv.stop()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--serve", choices=TRANSPORTS, help=argparse.SUPPRESS)
+def main(argv: list[str] | None = None) -> None:
+    ap = parser(__name__, __doc__)
+    ap.add_argument("--serve", choices=TRANSPORTS, help="(run one minimal server)")
     ap.add_argument("--transports", default=",".join(TRANSPORTS))
     ap.add_argument("--connections", type=int, default=10000)
     ap.add_argument("--rate", type=float, default=5, help="events per second")
@@ -258,36 +258,19 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=3)
     ap.add_argument("--drain", type=float, default=10)
     ap.add_argument("--timeout", type=float, default=180)
-    args = ap.parse_args()
+    quick = {"connections": 300, "events": 10, "rate": 10, "procs": 2, "settle": 0.5}
+    args = parse(ap, argv, quick)
     if args.serve:
         server_main(args.serve, args.port, args.rate, args.events)
         return
-    print(json.dumps({"argv": sys.argv[1:], "pid": os.getpid()}), flush=True)
+    emit({"argv": sys.argv[1:] if argv is None else argv, "pid": os.getpid()})
+    keys = ("rss_per_conn_kb", "server_us_per_msg", "p50_ms", "p99_ms")
     for rnd in range(args.rounds):
         rows = []
         for kind in args.transports.split(","):
-            row = run(kind, args)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+            rows.append(run(kind, args))
+            emit(rows[-1])
         base = next((r for r in rows if r["transport"] == "raw"), None)
         for row in rows:  # ratios inside one round only
-            if base is None or row is base:
-                continue
-            keys = ("rss_per_conn_kb", "server_us_per_msg", "p50_ms", "p99_ms")
-            print(
-                json.dumps(
-                    {
-                        "ratio": f"{row['transport']}/raw",
-                        "round": rnd + 1,
-                        **{
-                            k: round(row[k] / base[k], 2) if row[k] and base[k] else None
-                            for k in keys
-                        },
-                    }
-                ),
-                flush=True,
-            )
-
-
-if __name__ == "__main__":
-    main()
+            if base is not None and row is not base:
+                emit(ratio_row(f"{row['transport']}/raw", row, base, keys, round=rnd + 1))
