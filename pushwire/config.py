@@ -204,16 +204,24 @@ def _check_server(server: ServerConfig, source: str) -> None:
             ) from None
 
 
-def _check_cluster(cluster: ClusterConfig, source: str) -> None:
-    from .cluster.redis.urls import parse_redis_url
+CLUSTER_URLS = ("redis_url", "bus_url", "state_url")  # [cluster] keys, env vars, flags
 
-    for name in ("redis_url", "bus_url", "state_url"):
+
+def _check_cluster(cluster: ClusterConfig, source: str) -> None:
+    from .cluster.redis.urls import RedisKind, parse_redis_url
+
+    for name in CLUSTER_URLS:
         url = getattr(cluster, name)
         if url:
             try:
-                parse_redis_url(url)
+                target = parse_redis_url(url)
             except ValueError as exc:
                 raise ConfigError(f"{source}: [cluster]: key '{name}': {exc}") from None
+            if target.kind is RedisKind.CLUSTER:
+                raise ConfigError(
+                    f"{source}: [cluster]: key '{name}': Redis Cluster is not supported yet "
+                    "(use one Redis, bus_url and state_url apart, or redis+sentinel://)"
+                )
     if not cluster.redis_url and bool(cluster.bus_url) != bool(cluster.state_url):
         raise ConfigError(
             f"{source}: [cluster]: bus_url and state_url go together (or set redis_url, "
@@ -225,8 +233,6 @@ def _check_cluster(cluster: ClusterConfig, source: str) -> None:
         )
 
 
-
-CLUSTER_URLS = ("redis_url", "bus_url", "state_url")  # [cluster] keys, env vars, flags
 
 
 def _env_bool(raw: str) -> bool:

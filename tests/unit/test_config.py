@@ -132,3 +132,28 @@ def test_every_server_check_applies_to_every_source(tmp_path):
         load(write(tmp_path, "[server]\nactivity_timeout = 0\n"), env={})
     with pytest.raises(ConfigError, match="'activity_timeout' must be greater than 0"):
         load(None, env={}, overrides={"activity_timeout": 0})
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PUSHWIRE_BUS_URL": "redis://127.0.0.1:1/0"}, "bus_url and state_url go together"),
+        ({"PUSHWIRE_REDIS_URL": "http://x"}, "key 'redis_url'"),
+        ({"PUSHWIRE_REDIS_URL": "redis+sentinel://127.0.0.1:26379"}, "key 'redis_url'"),
+        ({"PUSHWIRE_REDIS_URL": "redis+cluster://127.0.0.1:7000"}, "not supported yet"),
+    ],
+)
+def test_backplane_urls_are_checked(env, message):
+    with pytest.raises(ConfigError, match=message):
+        load(None, env=env)
+
+
+def test_redis_url_is_both_roles_unless_one_is_set_apart():
+    both = load(None, env={"PUSHWIRE_REDIS_URL": "redis://r:6379/0"}).cluster
+    assert (both.bus_url, both.state_url) == ("redis://r:6379/0", "redis://r:6379/0")
+    apart = load(
+        None, env={"PUSHWIRE_REDIS_URL": "redis://r:6379/0"}, overrides={"state_url": "redis://s/1"}
+    ).cluster
+    assert (apart.bus_url, apart.state_url) == ("redis://r:6379/0", "redis://s/1")
+    sentinel = "redis+sentinel://h1:26379,h2/pw/2"
+    assert load(None, env={"PUSHWIRE_BUS_URL": sentinel, "PUSHWIRE_STATE_URL": sentinel})
