@@ -5,8 +5,10 @@ say, and the black-hole proxy really holds bytes back while keeping connections 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import redis
@@ -16,7 +18,7 @@ from redis.sentinel import Sentinel
 
 from tests.helpers.blackhole import BlackholeProxy
 from tests.helpers.redis_cluster import RedisClusterSet
-from tests.helpers.redis_procs import HOST, RedisSingle, command
+from tests.helpers.redis_procs import HOST, NodeSet, RedisSingle, command
 from tests.helpers.redis_sentinel import SentinelSet
 
 pytestmark = pytest.mark.topology
@@ -205,3 +207,40 @@ async def test_blackhole_from_an_async_test_and_a_connection_made_during_the_cut
         for w in (writer, late_writer):
             w.close()
             await w.wait_closed()
+
+
+class _TwoNodes(NodeSet):
+    """Two plain servers, and a start that fails after them when asked to."""
+
+    def __init__(self, root: Path, fail: bool) -> None:
+        super().__init__(root)
+        self.fail = fail
+
+    def _start(self) -> None:
+        self.new_node("a").start()
+        self.new_node("b").start()
+        if self.fail:
+            raise RuntimeError("the set's start failed")
+
+
+def _gone(pids: list[int]) -> bool:
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        return False
+    return True
+
+
+def test_a_set_leaves_no_process_behind_when_its_start_or_its_test_fails(tmp_path: Path) -> None:
+    failing = _TwoNodes(tmp_path / "1", fail=True)
+    with pytest.raises(RuntimeError, match="start failed"), failing:
+        pass
+    assert len(failing.nodes) == 2 and _gone([n.pid for n in failing.nodes])
+    pids: list[int] = []
+    with pytest.raises(KeyError), _TwoNodes(tmp_path / "2", fail=False) as nodes:
+        pids = list(nodes.pids().values())
+        assert len(pids) == 2 and not _gone(pids)
+        raise KeyError("the test failed")
+    assert _gone(pids)

@@ -39,6 +39,7 @@ class _Side(asyncio.Protocol):
         self.held: list[bytes] = []  # read from this side, not yet forwarded
         self.closed = False  # this side hit EOF or was lost: close the other once flowing
         self.peer_full = False  # the other side's write buffer is full: don't read this one
+        self.lost = pipe.proxy.loop.create_future()  # done when its connection is closed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -55,6 +56,8 @@ class _Side(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if not self.lost.done():
+            self.lost.set_result(None)
         self.pipe.pump()
 
     def pause_writing(self) -> None:
@@ -77,7 +80,7 @@ class _Pipe:
         self.proxy = proxy
         self.client = _Side(self, upstream=False)
         self.target = _Side(self, upstream=True)
-        self.connecting = False
+        self.connecting: asyncio.Task[None] | None = None
         self.done = False
 
     def other(self, side: _Side) -> _Side:
@@ -97,9 +100,8 @@ class _Pipe:
         if self.target.transport is None:
             if self.client.closed:
                 self.close()
-            elif not self.connecting:
-                self.connecting = True
-                self.proxy.loop.create_task(self._connect())
+            elif self.connecting is None:
+                self.connecting = self.proxy.loop.create_task(self._connect())
             return
         for side in (self.client, self.target):
             peer = self.other(side)
@@ -131,6 +133,8 @@ class _Pipe:
 
     def close(self) -> None:
         self.done = True
+        if self.connecting is not None:
+            self.connecting.cancel()
         for side in (self.client, self.target):
             if side.transport is not None:
                 side.transport.close()
@@ -199,7 +203,8 @@ class BlackholeProxy:
             pipe.pump()
 
     def close(self) -> None:
-        """Close the listener and every connection (FIN both ways), stop the thread."""
+        """Close the listener and every connection (FIN; a reset where bytes held back were
+        never read, as the kernel does), stop the thread."""
         if not self._thread.is_alive():
             return
         try:
@@ -210,9 +215,13 @@ class BlackholeProxy:
     async def _close(self) -> None:
         assert self._server is not None
         self._server.close()
+        sides = [side for pipe in self.pipes for side in (pipe.client, pipe.target)]
         for pipe in list(self.pipes):
             pipe.close()
         await self._server.wait_closed()
+        lost = [side.lost for side in sides if side.transport is not None]
+        if lost:
+            await asyncio.wait(lost, timeout=2)  # the sockets closed before the loop stops
 
     def _stop_loop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
