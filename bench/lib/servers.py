@@ -39,7 +39,7 @@ class Server:
     port: int
     pid: int
     popen: subprocess.Popen[bytes] | None = None
-    files: list[str] = field(default_factory=list)  # removed by stop()
+    files: list[str] = field(default_factory=list)  # files and folders removed by stop()
     also: list[int] = field(default_factory=list)  # PIDs counted with the server's CPU
     start: Callable[[], Server] | None = None  # what started it, for restart()
     host: str = "127.0.0.1"
@@ -85,8 +85,11 @@ class Server:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
         for f in self.files:
-            with contextlib.suppress(OSError):
-                os.unlink(f)
+            if os.path.isdir(f):
+                shutil.rmtree(f, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(f)
         return took
 
     def restart(self) -> Server:
@@ -261,14 +264,14 @@ def start_floor(port: int, uring: bool = False) -> Server:
 
 
 # ------------------------------------------------------------------------------------- Redis
-def start_redis() -> tuple[Server, str]:
-    """A throwaway redis-server on a free port (nothing saved); returns it and its URL."""
+def start_redis(*options: str) -> tuple[Server, str]:
+    """A throwaway redis-server on a free port (nothing saved, its own temporary folder),
+    with more `options` ("--replicaof", HOST, PORT ...); returns it and its URL."""
     port = free_port()
     exe = shutil.which("redis-server") or "redis-server"
-    p = subprocess.Popen(
-        [exe, "--port", str(port), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    folder = tempfile.mkdtemp(prefix="pushwire-bench-redis-")
+    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    cmd += ["--dir", folder, *options]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port, proc=p)
-    return Server("redis", port, p.pid, p), f"redis://127.0.0.1:{port}/0"
+    return Server("redis", port, p.pid, p, [folder]), f"redis://127.0.0.1:{port}/0"

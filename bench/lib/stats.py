@@ -20,12 +20,12 @@ def emit(row: Mapping[str, Any]) -> None:
     print(json.dumps(row), flush=True)
 
 
-def percentile_ms(sorted_ns: Sequence[int], p: float) -> float | None:
+def percentile_ms(sorted_ns: Sequence[int], p: float, digits: int = 2) -> float | None:
     """The p-th percentile (nearest rank) of sorted nanosecond samples, in ms."""
     if not sorted_ns:
         return None
     k = min(len(sorted_ns) - 1, round(p / 100 * (len(sorted_ns) - 1)))
-    return round(sorted_ns[k] / 1e6, 2)
+    return round(sorted_ns[k] / 1e6, digits)
 
 
 def merge_hist(reports: Iterable[Mapping[str, Any]]) -> list[tuple[int, int]]:

@@ -23,6 +23,7 @@ SCENARIOS = {
     "conn_memory",
     "fanout",
     "history",
+    "redis_wait",
     "rest_clients",
     "rest_ingest",
     "scale",
