@@ -1,19 +1,25 @@
-"""`pushwire serve | routes | --version`."""
+"""`pushwire serve | routes | health | tap | apps | --version`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
+import os
 import signal
 import ssl
 import sys
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from . import __version__
 from .config import Config, ConfigError, load
+
+if TYPE_CHECKING:
+    from .server import Node
 
 log = logging.getLogger("pushwire")
 
@@ -48,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     tap.add_argument("--seconds", type=float, default=0, help="stop after this long")
     routes = sub.add_parser("routes", help="list the REST API routes")
     routes.add_argument("--config", help="TOML configuration file")
+    health = sub.add_parser(
+        "health", help="probe a node's /ready: exit 0 when ready (for container health checks)"
+    )
+    health.add_argument("--config", help="TOML configuration file (for the default URL)")
+    health.add_argument("--url", help="what to probe (default: this config's port, /ready)")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    health.add_argument("--quiet", "-q", action="store_true", help="print nothing")
     from .apps.command import add_parser as add_apps_parser
 
     add_apps_parser(sub)
@@ -145,8 +158,23 @@ async def _serve(
     loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
     loop.add_signal_handler(signal.SIGHUP, node.registry.changed)  # reload the apps
     await stop.wait()
+    await _drain(node, config.server.drain_delay, stop)
     log.info("shutting down")
     await runner.cleanup()
+
+
+async def _drain(node: Node, delay: float, again: asyncio.Event) -> None:
+    """Report not ready (503 on /ready) for `delay` seconds while still serving, so load
+    balancers send new clients elsewhere before this node tells its own to reconnect; a second
+    SIGTERM/SIGINT ends the wait at once."""
+    node.draining = True
+    if delay <= 0:
+        return
+    log.info("draining: /ready answers 503; clients are told to reconnect in %g s", delay)
+    again.clear()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(delay):
+            await again.wait()
 
 
 def _dump_tasks() -> None:
@@ -205,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                 "workers": args.workers,
                 "role": args.role,
             }
-        config = load(args.config, overrides=overrides)
+        config = load(args.config or os.environ.get("PUSHWIRE_CONFIG"), overrides=overrides)
     except ConfigError as exc:
         print(f"pushwire: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -220,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.command == "tap":
         return _tap(args, config)
+    if args.command == "health":
+        return _health(args, config)
     if args.command == "apps":
         from .apps.command import run as run_apps
 
@@ -269,7 +299,7 @@ def _run_workers(config: Config, argv: list[str]) -> int:
     if "--workers" in argv:  # drop the value that followed the flag
         i = argv.index("--workers")
         base = argv[:i] + argv[i + 2 :]
-    env = dict(__import__("os").environ, PUSHWIRE_WORKERS="1")
+    env = dict(os.environ, PUSHWIRE_WORKERS="1")
     procs = [
         subprocess.Popen([sys.executable, "-m", "pushwire", *base, "--reuse-port"], env=env)
         for _ in range(config.server.workers)
@@ -285,6 +315,18 @@ def _run_workers(config: Config, argv: list[str]) -> int:
     signal.signal(signal.SIGINT, forward)
     codes = [p.wait() for p in procs]
     return max(codes)
+
+
+def _health(args: argparse.Namespace, config: Config) -> int:
+    from .health import default_url, probe
+
+    if not args.url and config.server.port == 0:
+        print("pushwire health: the port is 0 (any); give --url", file=sys.stderr)
+        return 2
+    ok, line = probe(args.url or default_url(config), args.timeout, verify=bool(args.url))
+    if not args.quiet:
+        print(line, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
 
 
 def _tap(args: argparse.Namespace, config: Config) -> int:

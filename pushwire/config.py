@@ -67,6 +67,9 @@ class ServerConfig:
     # with ws_transport = "raw": plain REST triggers are parsed and answered by the raw
     # transport too (same checks and answers, without aiohttp's request machinery)
     rest_fast_path: bool = True
+    # SIGTERM: answer /ready with 503 for this long (load balancers stop sending new clients)
+    # before clients are told to reconnect (4200) elsewhere; a second signal cuts it short
+    drain_delay: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,8 @@ def _check_server(server: ServerConfig, source: str) -> None:
         raise ConfigError(f"{source}: [server]: key 'log_format' must be plain or json")
     if server.workers < 1:
         raise ConfigError(f"{source}: [server]: key 'workers' must be at least 1")
+    if not 0 <= server.drain_delay <= 3600:
+        raise ConfigError(f"{source}: [server]: key 'drain_delay' must be 0 to 3600 seconds")
     for name in ("max_connections_per_ip", "max_new_connections_per_ip_per_sec"):
         value = getattr(server, name)
         if value < 0 or 0 < value < 1:
@@ -270,6 +275,7 @@ def load(
         ("role", str),
         ("ws_transport", str),
         ("rest_fast_path", _env_bool),
+        ("drain_delay", float),
     ):
         raw = env.get(f"PUSHWIRE_{key.upper()}")
         if raw:

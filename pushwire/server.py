@@ -140,6 +140,7 @@ class Node:
     webhooks: Webhooks
     extensions: Extensions
     backends: Backends
+    draining: bool = False  # set on SIGTERM: /ready answers 503 from then on
 
     async def start(self) -> None:
         await self.registry.start()  # the apps, before anyone connects
@@ -293,8 +294,8 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
 
     async def ready(request: web.Request) -> web.Response:
         """Readiness: not shutting down, and (in a cluster) Redis reachable."""
-        if state["stopping"] or not engine.ready:
-            reason = "shutting down" if state["stopping"] else "cluster bus (Redis) unreachable"
+        if node.draining or not engine.ready:
+            reason = "shutting down" if node.draining else "cluster bus (Redis) unreachable"
             return web.json_response({"status": "unavailable", "reason": reason}, status=503)
         return web.json_response({"status": "ready", "version": __version__})
 
@@ -317,7 +318,6 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
             headers={"X-Content-Type-Options": "nosniff"},
         )
 
-    state = {"stopping": False}
     app.router.add_get("/up", up)
     app.router.add_get("/ready", ready)
     if not config.server.metrics_port:  # else on its own port (see lifecycle)
@@ -329,7 +329,7 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
     if role in ("all", "websocket"):
         app.router.add_get("/app/{key}", endpoint.handle)
     app.router.add_get("/tap", TapEndpoint(config, node.registry.apps, monitor).handle)
-    Dashboard(config, node.registry.apps, engine, monitor, metrics).routes(app.router)
+    Dashboard(config, node.registry.apps, engine, monitor, metrics).install(app)
     AdminApi(config, node.registry, engine).routes(app.router)
 
     async def lifecycle(app: web.Application) -> Any:
@@ -368,7 +368,7 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
     async def goodbye(app: web.Application) -> None:
         """Graceful stop, before aiohttp closes sockets: tell every client to reconnect (4200)
         and let each connection's handler finish, so the cluster sees members leave now."""
-        state["stopping"] = True
+        node.draining = True
         err = ReconnectNow("Server shutting down, reconnect")
         for conn in engine.connections():
             conn.send_error_and_close(err)

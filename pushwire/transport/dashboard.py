@@ -28,6 +28,7 @@ from ..metrics import Metrics
 from ..monitor import TrafficMonitor
 from ..protocol.frames import loads_checked
 from ..protocol.signing import same_token
+from ..rates import RateHistory
 from .http import bearer_token
 from .tap import stream_traffic
 
@@ -56,6 +57,8 @@ def verify_session(app: App, token: str, now: float) -> bool:
 def _session_mac(app: App, payload: str) -> str:
     msg = b"dashboard-session:" + payload.encode()
     return hmac.new(app.secret.encode(), msg, "sha256").hexdigest()
+
+
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
@@ -76,6 +79,18 @@ class Dashboard:
         self.js = (STATIC / "pushwire.js").read_bytes()
         self.html = (STATIC / "dashboard.html").read_bytes()
         self.apps_html = (STATIC / "apps.html").read_bytes()
+        self.rates = RateHistory(lambda: (metrics.frames_in, metrics.frames_out))
+
+    def install(self, app: web.Application) -> None:
+        """The routes, and the rate sampler for the lifetime of `app`."""
+        self.routes(app.router)
+
+        async def sampling(app: web.Application) -> Any:
+            self.rates.start()
+            yield
+            self.rates.stop()
+
+        app.cleanup_ctx.append(sampling)
 
     def routes(self, router: web.UrlDispatcher) -> None:
         router.add_get("/pushwire.js", self.script)
@@ -164,6 +179,7 @@ class Dashboard:
                 "bytes_in": self.metrics.bytes_in,
                 "bytes_out": self.metrics.bytes_out,
             },
+            "rates": self.rates.series(),
         }
         return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())
 
