@@ -28,6 +28,8 @@ Redis = RedisSingle  # the name the suites import
 __all__ = ["TIMEOUT", "Redis", "RedisSingle", "free_port", "start_redis"]  # re-exported
 
 ROOT = Path(__file__).resolve().parent.parent
+# nodes the tests start stop at once on SIGTERM (no drain: no load balancer to wait for)
+os.environ.setdefault("PUSHWIRE_DRAIN_DELAY", "0")
 
 BASE_CONFIG = """
 [server]
