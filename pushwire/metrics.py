@@ -30,6 +30,9 @@ class Metrics:
         self.rate_limited: Counter[str] = Counter()  # refusals by limit kind
         self.refused: Counter[str] = Counter()  # handshakes refused by reason (per-IP, origin)
         self.recoveries: Counter[str] = Counter()  # history recoveries: recovered / failed
+        # this node wrote its state again: "lost" (it was reaped or the store lost its data)
+        # or "store_back" (the shared store was unreachable and is back)
+        self.resyncs: Counter[str] = Counter()
         self.gauges: list[Callable[[], Iterable[tuple[str, str, dict[str, str], float]]]] = []
 
     def render(self) -> str:
@@ -143,6 +146,12 @@ class Metrics:
             "counter",
             "subscribes that asked to recover missed events, by result",
             [({"result": k}, n) for k, n in sorted(self.recoveries.items())],
+        )
+        metric(
+            "pushwire_cluster_resyncs_total",
+            "counter",
+            "times this node wrote its cluster state again, by reason (lost / store_back)",
+            [({"reason": k}, n) for k, n in sorted(self.resyncs.items())],
         )
         grouped: dict[str, tuple[str, str, list[tuple[dict[str, str], float]]]] = {}
         for gauge in self.gauges:

@@ -7,6 +7,7 @@ tests/helpers/ (their fixtures: tests/helpers/fixtures.py, loaded below).
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import subprocess
@@ -223,6 +224,12 @@ def server(
 ) -> Iterator[Server]:
     """The shared server: one node; a 3-node cluster over a real Redis; the same with the bus
     and the state on two Redis servers (afterwards the state's saw no pub/sub)."""
+    external = os.environ.get("PUSHWIRE_TEST_EXTERNAL_PORT")
+    if external:  # a server started elsewhere (tests/deploy: the container image)
+        if request.param != "single":
+            pytest.skip("PUSHWIRE_TEST_EXTERNAL_PORT names one external node")
+        yield Server([], [int(external)], [])
+        return
     tmp = tmp_path_factory.mktemp(request.param)
     state = None
     if request.param == "single":

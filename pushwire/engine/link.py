@@ -271,6 +271,7 @@ class ClusterLink:
     async def resync(self, lost: bool) -> None:
         """Write this node's local truth again: bus subscriptions first (confirmed), then the
         state, then the registration; then announce what the deployment had lost."""
+        self.metrics.resyncs["lost" if lost else "store_back"] += 1
         await self.broker.resubscribed()
         if self.deaf:
             log.warning("bus subscriptions made again: this node takes clients again")
