@@ -93,24 +93,32 @@ ENV_APP = {"PUSHWIRE_APP_ID": "app-id", "PUSHWIRE_APP_KEY": "app-key"}
 
 
 @contextlib.contextmanager
-def run_container(
-    env: dict[str, str], image: str, tmp: Path, *extra: str
-) -> Iterator[Container]:
+def run_container(env: dict[str, str], image: str, tmp: Path, *extra: str) -> Iterator[Container]:
     """`podman run` the image as an operator would: read-only root filesystem, credentials in
     the environment, the other apps in a config file mounted at /etc/pushwire/pushwire.toml."""
     cfg = tmp / "pushwire.toml"
-    cfg.write_text(BASE_CONFIG.replace('id = "app-id"', 'id = "file-app"', 1).replace(
-        'key = "app-key"', 'key = "file-key"', 1
-    ))
+    cfg.write_text(
+        BASE_CONFIG.replace('id = "app-id"', 'id = "file-app"', 1).replace(
+            'key = "app-key"', 'key = "file-key"', 1
+        )
+    )
     cfg.chmod(0o644)
     name = f"pwtest-{os.getpid()}-{time.monotonic_ns() % 10**9}"
     port = free_port()
     args = [
-        "run", "-d", "--name", name, "--read-only",
-        "-p", f"127.0.0.1:{port}:6001",
-        "-v", f"{cfg}:/etc/pushwire/pushwire.toml:ro",
-        "-e", "PUSHWIRE_PORT=6001",
-        "-e", "PUSHWIRE_APP_SECRET=app-secret",
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--read-only",
+        "-p",
+        f"127.0.0.1:{port}:6001",
+        "-v",
+        f"{cfg}:/etc/pushwire/pushwire.toml:ro",
+        "-e",
+        "PUSHWIRE_PORT=6001",
+        "-e",
+        "PUSHWIRE_APP_SECRET=app-secret",
         *(a for k, v in ENV_APP.items() for a in ("-e", f"{k}={v}")),
         *extra,
         image,

@@ -92,7 +92,10 @@ async def test_sigterm_drains_then_closes_with_4200_flushes_webhooks_and_exits_0
         late = await Client.connect(ws_url)
         await late.subscribe("drain-late")
         code, _ = await rest(
-            base, "POST", "/apps/1/events", {"name": "e", "channel": "drain-room", "data": "x"},
+            base,
+            "POST",
+            "/apps/1/events",
+            {"name": "e", "channel": "drain-room", "data": "x"},
             **HOOK,
         )
         assert code == 200
@@ -159,4 +162,3 @@ async def test_cluster_node_drain_removes_its_members_at_once(redis_server, tmp_
         assert code == 200 and users == {"users": [{"id": "staying"}]}
         for c in (a, b):
             await c.close()
-

@@ -28,8 +28,16 @@ def test_sdk_scenarios_pass_against_the_image(container: Container):
     `pusher` SDK (test_pusher_python.py), the suite's own scenarios, against the container."""
     r = subprocess.run(
         [
-            sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "single",
-            "tests/compat/test_pusher_js.py", "tests/compat/test_pusher_python.py",
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-k",
+            "single",
+            "tests/compat/test_pusher_js.py",
+            "tests/compat/test_pusher_python.py",
         ],
         cwd=ROOT,
         env={**os.environ, "PUSHWIRE_TEST_EXTERNAL_PORT": str(container.port)},
@@ -81,7 +89,9 @@ async def test_env_credentials_and_mounted_config_both_serve(container: Containe
     c = await Client.connect(f"ws://127.0.0.1:{container.port}/app/app-key?protocol=7")
     await c.subscribe("env-chan")
     status, _ = await rest(
-        container.http, "POST", "/apps/app-id/events",
+        container.http,
+        "POST",
+        "/apps/app-id/events",
         {"name": "e", "channel": "env-chan", "data": "from env app"},
     )
     assert status == 200 and (await c.recv_event("e"))["data"] == "from env app"
