@@ -53,6 +53,11 @@ async function chart(base, secret, shot, seconds) {
       };
     });
     drawn.got = await sub.evaluate(() => window.got);
+    drawn.t_ms = await dash.evaluate(async () => {  // the server's sample times
+      const token = JSON.parse(sessionStorage.getItem('pushwire-dash')).token;
+      const r = await fetch('/dashboard/api/stats?app=app-id', { headers: { Authorization: 'Bearer ' + token } });
+      return (await r.json()).rates.t_ms;
+    });
     return drawn;
   } finally {
     await browser.close();

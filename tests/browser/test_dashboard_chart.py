@@ -3,6 +3,7 @@ sparkline drew nothing there): labelled axes, in and out, the last five minutes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -37,5 +38,7 @@ def test_rate_chart_shows_low_rate_traffic_in_and_out(tmp_path):
     assert 0 < drawn["max"] <= 10, drawn  # (the burst: about 3 a second)
     assert drawn["rateIn"] > 0 and drawn["rateOut"] > 0, drawn
     assert all("/s at " in t for t in drawn["tips"])
+    gaps = [b - a for a, b in itertools.pairwise(drawn["t_ms"])]
+    assert max(gaps[:-1]) < 5000 * 1.5, gaps  # a point every 5 s (the last: in progress)
     assert shot.stat().st_size > 10_000
     keep_screenshot(shot, "dashboard-chart.png")
