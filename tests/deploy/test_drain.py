@@ -6,34 +6,21 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
-import orjson
-import pytest
-from aiohttp import web
 
 from tests.conftest import TIMEOUT, cluster_nodes, start_node, stop_node
 from tests.server.helpers import Client, data, rest
-from tests.webhooks.test_webhooks import Receiver
+from tests.webhooks.test_webhooks import (
+    Receiver,
+    receiver,  # noqa: F401 (a fixture: tests/webhooks' receiver, used below)
+)
 
 HOOK = {"key": "hook-key", "secret": "hook-secret"}
 
 
-@pytest.fixture
-async def hooks() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", r.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", r.port).start()
-    yield r
-    await runner.cleanup()
-
-
-def hook_config(receiver: Receiver) -> str:
-    url = f"http://127.0.0.1:{receiver.port}/hook"
+def hook_config(hooks: Receiver) -> str:
+    url = f"http://127.0.0.1:{hooks.port}/hook"
     return f"""
         [server]
         port = 0
@@ -54,22 +41,16 @@ async def status(url: str) -> int:
 
 
 async def closed_with(c: Client) -> tuple[int | None, float]:
-    """Read until the socket closes: (the code of a pusher:error seen before, when)."""
-    code = None
-    async with asyncio.timeout(TIMEOUT):
-        while True:
-            msg = await c.ws.receive()
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                ev = orjson.loads(msg.data)
-                if ev["event"] == "pusher:error":
-                    code = data(ev)["code"]
-            else:
-                return (code if msg.data == code else None), time.monotonic()
+    """The code the server told `c` to go with, and when."""
+    return await c.told_to_go(), time.monotonic()
 
 
 async def test_sigterm_drains_then_closes_with_4200_flushes_webhooks_and_exits_0(
-    hooks, tmp_path, monkeypatch
+    receiver: Receiver,  # noqa: F811 (the fixture imported above)
+    tmp_path,
+    monkeypatch,
 ):
+    hooks = receiver
     drain = 1.5
     monkeypatch.setenv("PUSHWIRE_DRAIN_DELAY", str(drain))  # (the suite runs with 0)
     proc, port, log = start_node(tmp_path, hook_config(hooks))

@@ -12,13 +12,12 @@ import sys
 import time
 
 import aiohttp
-import orjson
 import pytest
 
 from tests.conftest import ROOT, TIMEOUT
 from tests.deploy import podman as pm
 from tests.deploy.conftest import Container, run_container
-from tests.server.helpers import Client, data, rest
+from tests.server.helpers import Client, rest
 
 pytestmark = pytest.mark.deploy
 
@@ -113,17 +112,6 @@ async def test_podman_stop_drains_tells_clients_4200_and_exits_0(
         for cl in clients:
             await cl.subscribe("stop-chan")
 
-        async def told(cl: Client) -> int | None:
-            code = None
-            async with asyncio.timeout(3 * TIMEOUT):
-                while True:
-                    msg = await cl.ws.receive()
-                    if msg.type is not aiohttp.WSMsgType.TEXT:
-                        return code if msg.data == code else None
-                    ev = orjson.loads(msg.data)
-                    if ev["event"] == "pusher:error":
-                        code = data(ev)["code"]
-
         async def not_ready_seen() -> bool:
             async with aiohttp.ClientSession() as s:
                 for _ in range(200):
@@ -136,7 +124,7 @@ async def test_podman_stop_drains_tells_clients_4200_and_exits_0(
                     await asyncio.sleep(0.05)
             return False
 
-        waits = [asyncio.create_task(told(cl)) for cl in clients]
+        waits = [asyncio.create_task(cl.told_to_go(3 * TIMEOUT)) for cl in clients]
         started = time.monotonic()
         stop = asyncio.create_task(
             asyncio.to_thread(pm.podman, podman_env, "stop", "-t", "10", c.name)

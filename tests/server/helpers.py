@@ -71,6 +71,20 @@ class Client:
         await self.send({"event": "pusher:subscribe", "data": data})
         return await self.recv()
 
+    async def told_to_go(self, timeout: float = TIMEOUT) -> int | None:
+        """Read until the server closes the socket: the close code when a `pusher:error`
+        with that same code came first (how a server tells a client to go: 4200 on a
+        restart), else None."""
+        code = None
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await self.ws.receive()
+                if msg.type is not aiohttp.WSMsgType.TEXT:
+                    return code if msg.data == code else None
+                ev = orjson.loads(msg.data)
+                if ev["event"] == "pusher:error":
+                    code = data(ev)["code"]
+
     async def close(self) -> None:
         await self.ws.close()
         await self.session.close()

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from tests.conftest import TIMEOUT, start_server
-from tests.server.helpers import Client, data, rest
+from tests.server.helpers import Client, rest
 
 
 async def test_metrics_and_health(server):
@@ -71,20 +71,7 @@ async def test_graceful_stop_under_load_tells_every_client(tmp_path):
         await asyncio.sleep(0.5)
         srv.procs[0].send_signal(signal.SIGTERM)
 
-        async def told(c: Client) -> int | None:
-            """Read until the close; return the close code seen after a 4200 error."""
-            got_error = False
-            async with asyncio.timeout(TIMEOUT):
-                while True:
-                    msg = await c.ws.receive()
-                    if msg.type is aiohttp.WSMsgType.TEXT:
-                        ev = orjson.loads(msg.data)
-                        if ev["event"] == "pusher:error":
-                            got_error = data(ev)["code"] == 4200
-                    else:
-                        return msg.data if got_error else None
-
-        codes = await asyncio.gather(*(told(c) for c in clients))
+        codes = await asyncio.gather(*(c.told_to_go() for c in clients))
         stop.set()
         await producer
         assert codes == [4200] * len(clients)  # every client was told to reconnect
