@@ -8,7 +8,9 @@ import signal
 import time
 
 import aiohttp
+import pytest
 
+from pushwire.config import ConfigError, load
 from tests.conftest import TIMEOUT, cluster_nodes, start_node, stop_node
 from tests.server.helpers import Client, data, rest
 from tests.webhooks.test_webhooks import (
@@ -143,3 +145,14 @@ async def test_cluster_node_drain_removes_its_members_at_once(redis_server, tmp_
         assert code == 200 and users == {"users": [{"id": "staying"}]}
         for c in (a, b):
             await c.close()
+
+
+def test_drain_delay_from_the_file_or_the_environment_and_checked(tmp_path):
+    cfg = tmp_path / "p.toml"
+    cfg.write_text("[server]\ndrain_delay = 0.5\n")
+    assert load(str(cfg), env={}).server.drain_delay == 0.5
+    assert load(str(cfg), env={"PUSHWIRE_DRAIN_DELAY": "7"}).server.drain_delay == 7.0
+    assert load(None, env={}).server.drain_delay == 3.0
+    for bad in ("-1", "nan", "abc", "99999"):
+        with pytest.raises(ConfigError, match=r"(?i)drain_delay"):
+            load(None, env={"PUSHWIRE_DRAIN_DELAY": bad})
