@@ -10,6 +10,7 @@ until the engine hands them the new one.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
 import re
 from collections.abc import Mapping
@@ -108,6 +109,14 @@ class App:
         ):
             return None
         return policy
+
+    def allows_origin(self, origin: str) -> bool:
+        """Whether a browser's Origin matches one of `allowed_origins` (case insensitive;
+        `*` matches any run of characters, as in https://*.example.com)."""
+        origin = origin.lower()
+        return any(
+            fnmatch.fnmatchcase(origin, pattern.lower()) for pattern in self.allowed_origins
+        )
 
     def secrets(self, now: float) -> tuple[str, ...]:
         """The secrets a signature may use now: the secret, and the previous one in grace."""

@@ -14,13 +14,16 @@ import orjson
 import pytest
 
 from bench.__main__ import main as bench_main
+from bench.lib import ROOT
 from bench.lib.servers import free_port
 from bench.lib.wire import EVENT, EVENT_PREFIX, event_body, parse_event
 from bench.scenarios import names
+from bench.scenarios.engine_path import PATHS
 
 SCENARIOS = {
     "apps_store",
     "conn_memory",
+    "engine_path",
     "fanout",
     "history",
     "redis_wait",
@@ -79,6 +82,17 @@ def test_fanout_quick_delivers_every_event_to_every_subscriber(
     assert row["delivered"] == row["expected"] == 100 * 20
     assert isinstance(row["server_us_per_msg"], float) and row["server_us_per_msg"] > 0
     assert isinstance(row["p99_ms"], float) and row["p99_ms"] > 0
+
+
+def test_engine_path_quick_times_each_path_of_both_trees(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bench_main(["engine_path", "--quick", "--baseline-tree", str(ROOT)])  # against itself
+    *runs, ratios = rows(capsys.readouterr().out)
+    assert sorted(r["server"] for r in runs) == ["base", "pushwire"]
+    for r in runs:
+        assert all(isinstance(r[k], float) and r[k] > 0 for k in PATHS), r
+    assert ratios["ratio"] == "pushwire/base" and all(ratios[k] > 0 for k in PATHS)
 
 
 @pytest.mark.skipif(not shutil.which("gcc"), reason="the compiled generator needs gcc")
