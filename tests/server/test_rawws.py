@@ -10,6 +10,7 @@ import base64
 import contextlib
 import os
 import struct
+import time
 
 import aiohttp
 import orjson
@@ -17,6 +18,7 @@ import pytest
 
 from pushwire.config import ConfigError, load
 from tests.conftest import TIMEOUT, running_server, start_server
+from tests.helpers.wsraw import Raw, frame, opened
 from tests.server.helpers import Client
 
 CONFIG = """
@@ -38,84 +40,6 @@ secret = "app-secret"
 def srv(tmp_path_factory):
     with running_server(tmp_path_factory.mktemp("rawws"), CONFIG) as s:
         yield s
-
-
-def frame(op: int, payload: bytes, fin: bool = True, mask: bool = True) -> bytes:
-    n = len(payload)
-    b0 = (0x80 if fin else 0) | op
-    if n < 126:
-        head = bytes((b0, (0x80 if mask else 0) | n))
-    elif n < 65536:
-        head = struct.pack("!BBH", b0, (0x80 if mask else 0) | 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, (0x80 if mask else 0) | 127, n)
-    if not mask:
-        return head + payload
-    key = os.urandom(4)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-
-
-class Raw:
-    """A WebSocket client written by hand, to send what libraries refuse to."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def connect(cls, port: int, path: str = "/app/app-key?protocol=7") -> Raw:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
-        assert head.startswith(b"HTTP/1.1 101 "), head
-        return cls(reader, writer)
-
-    async def recv(self) -> tuple[int, bytes]:
-        async with asyncio.timeout(TIMEOUT):
-            b0, b1 = await self.reader.readexactly(2)
-            n = b1 & 0x7F
-            if n == 126:
-                (n,) = struct.unpack("!H", await self.reader.readexactly(2))
-            elif n == 127:
-                (n,) = struct.unpack("!Q", await self.reader.readexactly(8))
-            assert not b1 & 0x80, "server frames are not masked"
-            return b0 & 0x0F, await self.reader.readexactly(n)
-
-    async def event(self) -> dict:
-        op, payload = await self.recv()
-        assert op == 1, (op, payload)
-        return orjson.loads(payload)
-
-    async def close_code(self) -> int:
-        """Read until the server's close frame; its code."""
-        while True:
-            op, payload = await self.recv()
-            if op == 8:
-                return struct.unpack("!H", payload[:2])[0]
-
-    async def eof(self) -> bool:
-        try:
-            async with asyncio.timeout(TIMEOUT):
-                return await self.reader.read() == b""
-        except ConnectionResetError:
-            return True
-
-    def send(self, data: bytes) -> None:
-        self.writer.write(data)
-
-    async def aclose(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError):
-            await self.writer.wait_closed()
-
-
-async def opened(port: int) -> Raw:
-    c = await Raw.connect(port)
-    assert (await c.event())["event"] == "pusher:connection_established"
-    return c
 
 
 async def test_fragments_with_a_ping_between_them(srv):
@@ -173,6 +97,33 @@ async def test_protocol_errors_close_with_their_code(srv, data, code):
     c.send(frame(8, struct.pack("!H", 1000)))  # our side of the closing handshake
     assert await c.eof()
     await c.aclose()
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (frame(1, b'{"event":"x"}', mask=False), 1002),
+        (bytes((0xC1, 0x80)) + b"\0\0\0\0", 1002),
+        (frame(1, b"\xff\xfe not utf-8"), 1007),
+        (frame(1, b"x" * 300_000)[:70_000], 1009),  # announced, partly sent
+        # a 64-bit length with its most significant bit set (RFC 6455 5.2)
+        (bytes((0x81, 0xFF)) + (1 << 63 | 5).to_bytes(8, "big") + b"\0\0\0\0", 1002),
+    ],
+    ids=["unmasked", "rsv", "utf8", "too-big", "length-msb"],
+)
+async def test_a_failed_connection_is_closed_at_once(srv, data, code):
+    """RFC 6455 7.1.7: after the close frame, stop reading and close the TCP connection;
+    no waiting for the peer's close frame (a client that never sends one held the
+    connection for 5 s)."""
+    c = await opened(srv.port)
+    try:
+        c.send(data)
+        t0 = time.monotonic()
+        assert await c.close_code() == code
+        assert await c.eof(1.0), "the connection is still open 1 s after the close frame"
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        await c.aclose()
 
 
 async def test_oversized_frame_is_skipped_not_buffered(srv):
