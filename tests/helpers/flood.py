@@ -31,16 +31,34 @@ def rss(pid: int) -> int:
     return int(m[1]) * 1024
 
 
-def close_code_at_end(tail: bytes) -> int | None:
-    """The code of the close frame that ends `tail` (the last bytes a server sent), if any."""
-    for n in range(2, 126):
-        if len(tail) >= n + 2 and tail[-n - 2] == 0x88 and tail[-n - 1] == n:
-            return int.from_bytes(tail[-n : -n + 2], "big")
-    return None
+class FrameCounter:
+    """Walks the frames a server sends (unmasked): counts them, keeps the close code."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.frames = 0
+        self.close_code: int | None = None
+
+    def feed(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        pos, n = 0, len(buf)
+        while n - pos >= 2:
+            length, hdr = buf[pos + 1] & 0x7F, 2
+            if length == 126:
+                length, hdr = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
+            elif length == 127:
+                length, hdr = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+            if n - pos < hdr + length:
+                break
+            if buf[pos] & 0x0F == 8 and length >= 2:
+                self.close_code = int.from_bytes(buf[pos + hdr : pos + hdr + 2], "big")
+            self.frames += 1
+            pos += hdr + length
+        self.buf = buf[pos:]
 
 
-def attack(port: int, frames: int, unit: bytes = EMPTY_TEXT, chunk: int = 10_000) -> dict:
-    """Send `frames` copies of the frame `unit` as fast as the server takes them (reading
+def attack(port: int, count: int, unit: bytes = EMPTY_TEXT, chunk: int = 10_000) -> dict:
+    """Send `count` copies of the frame `unit` as fast as the server takes them (reading
     and dropping whatever it answers), then a close frame; return what happened."""
     from tests.helpers.wsraw import upgrade_request
 
@@ -53,15 +71,17 @@ def attack(port: int, frames: int, unit: bytes = EMPTY_TEXT, chunk: int = 10_000
             raise RuntimeError("no handshake answer")
         head += data
     assert head.startswith(b"HTTP/1.1 101 "), head
-    got = {"bytes": 0, "tail": head.partition(b"\r\n\r\n")[2], "reset": False}
+    frames = FrameCounter()
+    frames.feed(head.partition(b"\r\n\r\n")[2])
+    reset = False
 
     def drain() -> None:
+        nonlocal reset
         try:
             while data := sock.recv(1 << 20):
-                got["bytes"] += len(data)
-                got["tail"] = (got["tail"] + data)[-256:]
+                frames.feed(data)
         except OSError:
-            got["reset"] = True
+            reset = True
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
@@ -69,8 +89,8 @@ def attack(port: int, frames: int, unit: bytes = EMPTY_TEXT, chunk: int = 10_000
     sent = 0
     try:
         block = unit * chunk
-        while sent < frames:
-            n = min(chunk, frames - sent)
+        while sent < count:
+            n = min(chunk, count - sent)
             sock.sendall(block if n == chunk else unit * n)
             sent += n
         sock.sendall(CLOSE_1000)
@@ -83,9 +103,9 @@ def attack(port: int, frames: int, unit: bytes = EMPTY_TEXT, chunk: int = 10_000
         "frames_sent": sent,
         "sending_s": round(sending, 3),
         "total_s": round(time.monotonic() - t0, 3),
-        "bytes_received": got["bytes"],
-        "close_code": close_code_at_end(got["tail"]),
-        "reset": got["reset"],
+        "frames_received": frames.frames,
+        "close_code": frames.close_code,
+        "reset": reset,
     }
 
 
@@ -149,6 +169,13 @@ async def flood(
             stdout=subprocess.PIPE,
         )
         loop = asyncio.get_running_loop()
+
+        async def sample() -> None:
+            while True:
+                result.rss_peak = max(result.rss_peak, rss(pid))
+                await asyncio.sleep(0.05)
+
+        sampler = asyncio.create_task(sample())
         done_at: float | None = None
         deadline = loop.time() + limit
         while loop.time() < deadline:
@@ -159,15 +186,15 @@ async def flood(
             t0 = loop.time()
             observer.send(PING_EVENT)
             try:
-                ev = await observer.event(ping_timeout)
+                while (ev := await observer.event(ping_timeout))["event"] != "pusher:pong":
+                    assert ev["event"] == "pusher:ping", ev  # the server's own, if it comes
             except TimeoutError:
                 result.pings.append(loop.time() - t0)
                 result.timed_out = True
                 break
             result.pings.append(loop.time() - t0)
-            assert ev["event"] == "pusher:pong", ev
-            result.rss_peak = max(result.rss_peak, rss(pid))
             await asyncio.sleep(0.01)
+        sampler.cancel()
         if proc.returncode is None:
             proc.kill()
         out, _ = await proc.communicate()
