@@ -57,9 +57,12 @@ class FrameCounter:
         self.buf = buf[pos:]
 
 
-def attack(port: int, count: int, unit: bytes = EMPTY_TEXT, chunk: int = 10_000) -> dict:
-    """Send `count` copies of the frame `unit` as fast as the server takes them (reading
-    and dropping whatever it answers), then a close frame; return what happened."""
+def attack(
+    port: int, count: int, unit: bytes = EMPTY_TEXT, prefix: bytes = b"", chunk: int = 10_000
+) -> dict:
+    """Send `prefix`, then `count` copies of the frame `unit` as fast as the server takes
+    them (reading and dropping whatever it answers), then a close frame; return what
+    happened."""
     from tests.helpers.wsraw import upgrade_request
 
     sock = socket.create_connection(("127.0.0.1", port))
@@ -88,6 +91,7 @@ def attack(port: int, count: int, unit: bytes = EMPTY_TEXT, chunk: int = 10_000)
     t0 = time.monotonic()
     sent = 0
     try:
+        sock.sendall(prefix)
         block = unit * chunk
         while sent < count:
             n = min(chunk, count - sent)
@@ -142,13 +146,14 @@ async def flood(
     pid: int,
     frames: int = 1_000_000,
     unit: bytes = EMPTY_TEXT,
+    prefix: bytes = b"",
     settle: float = 1.0,
     ping_timeout: float = 5.0,
     limit: float = 120.0,
 ) -> FloodResult:
     """Flood the server on `port` (process `pid`) from another process with `frames` copies
-    of `unit`, pinging it over a second socket every 10 ms from before the flood until
-    `settle` seconds after the flooder is done (or a ping times out)."""
+    of `unit` (after `prefix`), pinging it over a second socket every 10 ms from before the
+    flood until `settle` seconds after the flooder is done (or a ping times out)."""
     from tests.helpers.wsraw import PING_EVENT, opened
 
     observer = await opened(port)
@@ -165,6 +170,7 @@ async def flood(
             str(port),
             str(frames),
             unit.hex(),
+            prefix.hex(),
             cwd=ROOT,
             stdout=subprocess.PIPE,
         )
@@ -206,5 +212,6 @@ async def flood(
 
 
 if __name__ == "__main__":
-    port_, frames_, unit_ = sys.argv[1:4]
-    print(json.dumps(attack(int(port_), int(frames_), bytes.fromhex(unit_))))
+    port_, frames_, unit_, prefix_ = sys.argv[1:5]
+    unit_b, prefix_b = bytes.fromhex(unit_), bytes.fromhex(prefix_)
+    print(json.dumps(attack(int(port_), int(frames_), unit_b, prefix_b)))

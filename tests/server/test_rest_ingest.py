@@ -14,6 +14,7 @@ import pytest
 
 from pushwire.protocol.signing import sign_rest
 from tests.conftest import TIMEOUT, running_server
+from tests.helpers.rest import counted
 from tests.server.helpers import Client
 
 CONFIG = """
@@ -80,16 +81,6 @@ async def exchange(port: int, *parts: bytes, pause: float = 0.0) -> tuple[int, d
         return int(raw.split()[1]), orjson.loads(body), head + raw
     finally:
         writer.close()
-
-
-async def counted(srv, route: str, status: int) -> float:
-    async with aiohttp.ClientSession() as s, s.get(srv.http + "/metrics") as r:
-        text = await r.text()
-    line = f'pushwire_rest_requests_total{{route="{route}",status="{status}"}}'
-    for row in text.splitlines():
-        if row.startswith(line):
-            return float(row.split()[-1])
-    return 0.0
 
 
 EVENT = orjson.dumps({"name": "ingest", "channel": "ingest-chan", "data": "x"})
