@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import cast
 
 from aiohttp import web
@@ -323,6 +324,8 @@ class RawSite(web.TCPSite):
             reuse_port=self._reuse_port,
         )
         sockets = self._server.sockets
+        for sock in sockets:  # inherited by every accepted socket: peers that vanish are found
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
 
     async def stop(self) -> None:

@@ -81,7 +81,7 @@ class EmptyOk(web.Response):
 def wire(response: web.Response) -> bytes:
     """`response` as aiohttp writes it on a kept-alive HTTP/1.1 connection (status line, its
     headers in order, Content-Length, Date, Server, the body), for the raw transport's REST
-    fast path (transport/rawws.py). `EmptyOk` is the prebuilt piece; other answers are
+    fast path (transport/fastpath.py). `EmptyOk` is the prebuilt piece; other answers are
     rendered by the same rules as aiohttp's `Response._start` / `_prepare_headers`."""
     if type(response) is EmptyOk:
         return (_EMPTY_HEAD + rfc822_formatted_time() + _EMPTY_TAIL).encode()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import socket
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -46,6 +45,7 @@ class AddressLimits:
         self.clock = clock
         self.proxies = [ipaddress.ip_network(p, strict=False) for p in server.trusted_proxies]
         self.open: dict[str, int] = {}
+        self.needed = bool(self.max_open or self.rate)  # else every method here is a no-op
         self.buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, at)
 
     def client_ip(self, request: web.Request) -> str:
@@ -148,12 +148,12 @@ class WsEndpoint:
         `pusher:error` and a close frame). Returns the protocol that takes the connection's
         bytes from here on: the socket's `RawWsConnection`, or `Refused`."""
         transport.write(switching_protocols(ws_key))
-        sock = transport.get_extra_info("socket")
-        if sock is not None:  # as aiohttp does: find peers that vanished
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        peername = transport.get_extra_info("peername")
-        peer = str(peername[0]) if isinstance(peername, list | tuple) else ""
-        ip = self.addresses.client_ip_of(peer, forwarded_for)
+        # (SO_KEEPALIVE, which finds peers that vanished, comes from the listening socket)
+        ip = ""  # the client's address matters to the per-address limits only
+        if self.addresses.needed:
+            peername = transport.get_extra_info("peername")
+            peer = str(peername[0]) if isinstance(peername, list | tuple) else ""
+            ip = self.addresses.client_ip_of(peer, forwarded_for)
         try:
             self.addresses.admit(ip)
             app = self.handler.check_handshake(app_key, query, origin)

@@ -9,7 +9,9 @@ import asyncio
 import base64
 import contextlib
 import os
+import shutil
 import struct
+import subprocess
 import time
 
 import aiohttp
@@ -334,3 +336,21 @@ async def test_forwarded_for_from_a_trusted_proxy_counts_per_client(tmp_path):
     finally:
         srv.stop()
     assert "Traceback" not in srv.log_text()
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+async def test_websockets_keep_tcp_keepalive_on(srv):
+    """SO_KEEPALIVE (finds peers that vanished) comes from the listening socket now, not a
+    setsockopt per socket: the server's end of a WebSocket has its keepalive timer."""
+    c = await opened(srv.port)
+    try:
+        port = c.writer.get_extra_info("sockname")[1]
+        out = subprocess.run(
+            ["ss", "-tno", "state", "established", f"( dport = :{port} )"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "keepalive" in out, out
+    finally:
+        await c.aclose()
