@@ -3,10 +3,15 @@ socket, the other sockets' pings measured throughout (tests/helpers/flood.py).""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import running_server
 from tests.helpers.flood import FloodResult, flood
+from tests.helpers.wsraw import frame
 
 CONFIG = """
 [server]
@@ -59,3 +64,73 @@ async def test_a_million_empty_frames_neither_bloat_nor_stall_the_node(srv, unit
     # closed as a flood (4100), unless its reset hid the close frame
     assert flooder["frames_sent"] < 1_000_000, result.summary()
     assert flooder["close_code"] == 4100 or flooder["reset"], result.summary()
+
+
+# Any stream of valid frames -----------------------------------------------------------------
+MAX_PENDING = 1 << 20
+MAX_FRAME = 65536
+PROPERTY_CONFIG = f"""
+[server]
+host = "127.0.0.1"
+port = 0
+max_pending_bytes = {MAX_PENDING}
+max_frame_size = {MAX_FRAME}
+
+[[apps]]
+id = "app-id"
+key = "app-key"
+secret = "app-secret"
+"""
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("flood-prop"), PROPERTY_CONFIG) as s:
+        yield s
+
+
+PING_MSG = b'{"event":"pusher:ping","data":{}}'
+sizes = st.sampled_from([0, 1, 125, 126, 1000, MAX_FRAME // 2, MAX_FRAME]) | st.integers(
+    0, MAX_FRAME
+)
+
+
+@st.composite
+def message(draw: st.DrawFn) -> bytes:
+    """One message of valid frames: text (a pusher:ping or any text) or binary, in 1-4
+    fragments with control frames between them, or one control frame."""
+    kind = draw(st.sampled_from(["ping-event", "text", "binary", "ping", "pong"]))
+    if kind in ("ping", "pong"):
+        return frame(9 if kind == "ping" else 10, b"p" * draw(st.integers(0, 125)))
+    if kind == "ping-event":
+        data = PING_MSG
+    else:
+        data = b"x" * draw(sizes) if kind == "text" else bytes(draw(sizes))
+    parts = draw(st.integers(1, 4))
+    step = -(-len(data) // parts) or 1
+    chunks = [data[i : i + step] for i in range(0, len(data), step)] or [b""]
+    out = b""
+    for i, chunk in enumerate(chunks):
+        out += frame((2 if kind == "binary" else 1) if i == 0 else 0, chunk, i == len(chunks) - 1)
+        if i < len(chunks) - 1 and draw(st.booleans()):
+            out += frame(9, b"between")
+    return out
+
+
+@settings(
+    max_examples=6,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(st.lists(message(), min_size=1, max_size=12))
+def test_any_stream_of_valid_frames_keeps_memory_bounded_and_others_served(small, messages):
+    """One socket sends a block of valid messages again and again (up to 32 MB or 100,000
+    frames): the node's memory stays under a bound proportional to max_pending_bytes, and
+    another socket's pings are answered throughout."""
+    block = b"".join(messages)
+    repeats = max(1, min(100_000 // len(messages), (32 << 20) // len(block)))
+    result = asyncio.run(
+        flood(small.port, small.procs[0].pid, repeats, block, settle=0.3, limit=60)
+    )
+    assert_served_throughout(result)
+    assert result.rss_growth < 8 * MAX_PENDING + (12 << 20), result.summary()
