@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import running_server
+from pushwire.protocol.signing import sign_rest
+from tests.conftest import TIMEOUT, running_server
 from tests.helpers.flood import FloodResult, flood
 from tests.helpers.wsraw import frame
 
@@ -134,3 +136,16 @@ def test_any_stream_of_valid_frames_keeps_memory_bounded_and_others_served(small
     )
     assert_served_throughout(result)
     assert result.rss_growth < 8 * MAX_PENDING + (12 << 20), result.summary()
+
+
+async def test_the_tap_stream_takes_no_messages(srv):
+    """/tap (and the dashboard's live log) is aiohttp's WebSocket and only sends: a message
+    from its client closes it (1003) rather than being read and dropped, so an authenticated
+    client cannot flood the loop through it either (item 4 of issue 17)."""
+    query = sign_rest("app-key", "app-secret", "GET", "/tap", {"app": "app-id"}, b"")
+    async with aiohttp.ClientSession() as s:
+        tap = await s.ws_connect(f"ws://127.0.0.1:{srv.port}/tap", params=query)
+        await tap.send_str("")
+        msg = await tap.receive(timeout=TIMEOUT)
+        assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1003, msg
+        await tap.close()
