@@ -4,7 +4,7 @@ its sending costs the measuring loop nothing; the measuring side pings the serve
 second socket (`pusher:ping`, answered through the server's message handling) and samples the
 server's RSS, from before the flood until the server is quiet again.
 
-Used by tests/server/test_rawws_flood.py and bench/flood.py."""
+Used by tests/server/test_rawws_flood.py and `python -m bench flood`."""
 
 from __future__ import annotations
 
@@ -169,11 +169,13 @@ async def flood(
             "tests.helpers.flood",
             str(port),
             str(frames),
-            unit.hex(),
-            prefix.hex(),
             cwd=ROOT,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
+        assert proc.stdin is not None  # the frames go this way: they may be megabytes
+        proc.stdin.write(json.dumps({"unit": unit.hex(), "prefix": prefix.hex()}).encode())
+        proc.stdin.close()
         loop = asyncio.get_running_loop()
 
         async def sample() -> None:
@@ -212,6 +214,6 @@ async def flood(
 
 
 if __name__ == "__main__":
-    port_, frames_, unit_, prefix_ = sys.argv[1:5]
-    unit_b, prefix_b = bytes.fromhex(unit_), bytes.fromhex(prefix_)
-    print(json.dumps(attack(int(port_), int(frames_), unit_b, prefix_b)))
+    stream = json.load(sys.stdin)
+    unit_, prefix_ = bytes.fromhex(stream["unit"]), bytes.fromhex(stream["prefix"])
+    print(json.dumps(attack(int(sys.argv[1]), int(sys.argv[2]), unit_, prefix_)))

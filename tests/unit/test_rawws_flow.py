@@ -10,7 +10,7 @@ import struct
 from types import SimpleNamespace
 from typing import Any
 
-from pushwire.config import App
+from pushwire.apps.model import App
 from pushwire.metrics import Metrics
 from pushwire.transport.rawws import FRAMES_PER_TURN, INBOX_ITEMS, RawWsConnection
 from pushwire.transport.writes import Flusher
