@@ -13,8 +13,6 @@ import ssl
 import sys
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 from . import __version__
 from .config import Config, ConfigError, load
 
@@ -100,6 +98,7 @@ async def _serve(
     ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     from .server import NODE_KEY, create_app
+    from .transport.fastpath import RawSite
     from .transport.http import GuardedRunner, QuietClientErrors
 
     app = create_app(config)
@@ -117,12 +116,7 @@ async def _serve(
         shutdown_timeout=5.0,
     )
     await runner.setup()
-    site_class = web.TCPSite
-    if config.server.ws_transport == "raw":
-        from .transport.rawws import RawSite
-
-        site_class = RawSite
-    site = site_class(
+    site = RawSite(
         runner,
         config.server.host,
         config.server.port,

@@ -61,11 +61,10 @@ class ServerConfig:
     webhook_timeout: float = 10.0
     role: str = "all"  # all | websocket | api
     workers: int = 1  # processes sharing the port (SO_REUSEPORT); > 1 needs [cluster]
-    # WebSocket transport: "raw" (an asyncio.Protocol of our own, ~2 KB per idle socket) or
-    # "aiohttp" (aiohttp's WebSocketResponse, ~15.5 KB); other HTTP is aiohttp's either way
+    # WebSocket transport: only "raw" remains (transport/rawws.py); "aiohttp" was removed
     ws_transport: str = "raw"
-    # with ws_transport = "raw": plain REST triggers are parsed and answered by the raw
-    # transport too (same checks and answers, without aiohttp's request machinery)
+    # plain REST triggers are parsed and answered by the raw listener (same checks and
+    # answers, without aiohttp's request machinery)
     rest_fast_path: bool = True
     # SIGTERM: answer /ready with 503 for this long (load balancers stop sending new clients)
     # before clients are told to reconnect (4200) elsewhere; a second signal cuts it short
@@ -162,8 +161,11 @@ def _check_server(server: ServerConfig, source: str) -> None:
         raise ConfigError(f"{source}: [server]: key 'metrics_port' must be between 0 and 65535")
     if server.role not in ("all", "websocket", "api"):
         raise ConfigError(f"{source}: [server]: key 'role' must be all, websocket or api")
-    if server.ws_transport not in ("raw", "aiohttp"):
-        raise ConfigError(f"{source}: [server]: key 'ws_transport' must be raw or aiohttp")
+    if server.ws_transport != "raw":
+        raise ConfigError(
+            f"{source}: [server]: key 'ws_transport' must be raw (the aiohttp WebSocket "
+            "transport was removed: the raw one serves every socket; drop the key)"
+        )
     if server.log_format not in ("plain", "json"):
         raise ConfigError(f"{source}: [server]: key 'log_format' must be plain or json")
     if server.workers < 1:

@@ -1,8 +1,8 @@
 """The abstract connection the protocol layer talks to: `send`, `close`, and its state.
 
 The protocol handler and the hub never see a socket. The transports subclass this
-(`transport.ws.QueuedConnection`: `send` queues a frame, flushed once per event-loop tick;
-`transport.rawws.RawWsConnection` and `transport.ws.WsConnection` add `close`);
+(`transport.writes.QueuedConnection`: `send` queues a frame, flushed once per event-loop
+tick; `transport.rawws.RawWsConnection` adds `close` and the inbound side);
 `pushwire.testing.FakeConnection` records what was sent. One of these exists per open socket:
 keep it slotted and its containers small (an idle socket's memory is mostly this object).
 """

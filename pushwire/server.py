@@ -325,7 +325,7 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
     metrics.gauges.append(lambda: _gauges(node))
 
     endpoint = WsEndpoint(handler, metrics)
-    app[WS_ENDPOINT] = endpoint  # ws_transport = "raw" serves its sockets through it too
+    app[WS_ENDPOINT] = endpoint  # the raw listener hands it the upgrades it reads
     if role in ("all", "websocket"):
         app.router.add_get("/app/{key}", endpoint.handle)
     app.router.add_get("/tap", TapEndpoint(config, node.registry.apps, monitor).handle)

@@ -7,10 +7,10 @@ of `--channels` public channels (round-robin) and then stays idle. At each step,
 socket has its `subscription_succeeded` and the server's RSS has settled, it reports
 (RSS - RSS before the first connection) / connections. One JSON line per step, then a table.
 
-    python -m bench conn_memory                                      # aiohttp and raw, 10k + 19k
-    python -m bench conn_memory --transport raw --connections 10000
+    python -m bench conn_memory                                      # 10k + 19k
+    python -m bench conn_memory --connections 10000
     python -m bench conn_memory --soketi                             # soketi 1.6.1 too
-    python -m bench conn_memory --profile 3000 --transport aiohttp   # where the bytes go
+    python -m bench conn_memory --profile 3000                       # where the bytes go
     python -m bench conn_memory --quick                              # a small run
 
 `--profile N` runs the server under tracemalloc instead (RSS is then meaningless: tracemalloc
@@ -193,8 +193,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--connections", default="10000,19000", help="steps, comma-separated")
     ap.add_argument(
         "--transport",
-        default="aiohttp,raw",
-        help="Pushwire ws_transport values to measure, comma-separated ('' = default)",
+        default="",
+        help="Pushwire ws_transport values to measure, comma-separated ('' = default; only "
+        "raw remains)",
     )
     ap.add_argument("--procs", type=int, default=0, help="client processes (0: one per 9,000)")
     ap.add_argument("--channels", type=int, default=100)

@@ -87,7 +87,7 @@ class Emitter:
 
 async def serve_raw(port: int, em: Emitter) -> None:
     from pushwire.protocol.frames import text_frame
-    from pushwire.transport.rawws import accept_key
+    from pushwire.protocol.websocket import accept_key
 
     class Proto(asyncio.Protocol):
         def connection_made(self, transport: Any) -> None:

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -168,7 +169,8 @@ class PushwireClient:
         self.close_code: int | None = None
         self._resume_task: asyncio.Task[None] | None = None
         self._refill_task: asyncio.Task[None] | None = None
-        self.errors: list[dict[str, Any]] = []
+        self.errors: deque[dict[str, Any]] = deque(maxlen=100)  # the last pusher:errors
+        self.errors_seen = 0  # all of them
 
     # Connection -----------------------------------------------------------------------------
     async def connect(self, timeout: float = 10.0) -> None:
@@ -249,6 +251,7 @@ class PushwireClient:
                     self.close_code = ws.close_code
                     return ws.close_code
                 await self._on_message(orjson.loads(msg.data))
+                await asyncio.sleep(0)  # a server that floods us does not hold the loop
         except (aiohttp.ClientError, OSError):
             return None
         finally:
@@ -276,6 +279,7 @@ class PushwireClient:
             await self._send({"event": "pusher:pong", "data": {}})
         elif event == "pusher:error":
             self.errors.append(data)
+            self.errors_seen += 1
         elif event == "pusher:signin_success":
             self.user = orjson.loads(data["user_data"])
             if self._signin is not None and not self._signin.done():

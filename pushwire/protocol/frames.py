@@ -8,21 +8,11 @@ permessage-deflate, so the shared frame is valid on all of them.
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import orjson
 
-
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked, final WebSocket text frame (RFC 6455 section 5.2) carrying `payload`."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return struct.pack("!BBH", 0x81, 126, n) + payload
-    return struct.pack("!BBQ", 0x81, 127, n) + payload
-
+from .websocket import text_frame
 
 # orjson parses JSON nested up to 1024 levels but encodes only 255: a message we accept must
 # be one we can send on. Nesting that deep needs at least two bytes per level, so only
@@ -55,21 +45,6 @@ def json_depth(value: Any, limit: int) -> int:
                 nxt.extend(v)
         level = nxt
     return depth - 1 if not level else depth
-
-
-def close_reason(reason: str, limit: int = 120) -> bytes:
-    """`reason` as UTF-8 cut to `limit` bytes on a character boundary (a close frame's reason
-    must be valid UTF-8, or the client fails the connection with 1007)."""
-    raw = reason.encode()
-    if len(raw) <= limit:
-        return raw
-    return raw[:limit].decode("utf-8", "ignore").encode()
-
-
-def close_frame(code: int, reason: str) -> bytes:
-    """An unmasked close frame (RFC 6455 section 5.5.1); the reason is cut to fit 125 bytes."""
-    payload = code.to_bytes(2, "big") + close_reason(reason)
-    return bytes((0x88, len(payload))) + payload
 
 
 class Outbound:

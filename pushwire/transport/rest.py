@@ -58,10 +58,14 @@ class EmptyOk(web.Response):
     Content-Type, Content-Length, Date, Server), without building, filling and serialising a
     header map for each request (~5 us). Only for the direct dispatch (transport/http.py),
     where no middleware or response signal could want to see or change the headers; any other
-    case (HTTP/1.0, a connection that closes, a response already started) is aiohttp's own."""
+    case (HTTP/1.0, a connection that closes, a response already started) is aiohttp's own.
+    Public API only (`request.writer`, and `prepared`, `keep_alive`, `write_eof` overridden);
+    tests/unit/test_rest_wire.py compares the bytes with aiohttp's on every run."""
+
+    _written = False  # the bytes went out through prepare(): aiohttp has nothing left to do
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        writer = request._payload_writer
+        writer = request.writer
         if (
             self.prepared
             or self.keep_alive is False
@@ -70,21 +74,36 @@ class EmptyOk(web.Response):
             or writer is None
         ):
             return await super().prepare(request)
-        await writer.write((_EMPTY_HEAD + rfc822_formatted_time() + _EMPTY_TAIL).encode())
+        await writer.write(empty_ok_bytes())
         await writer.write_eof()
         await writer.drain()  # a client that does not read its answers is not read either
-        self._eof_sent = True  # write_eof() and `prepared` see a finished response
-        self._keep_alive = True
+        self._written = True
         return None
+
+    @property
+    def prepared(self) -> bool:
+        return self._written or super().prepared
+
+    @property
+    def keep_alive(self) -> bool | None:
+        return True if self._written else super().keep_alive
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        if not self._written:
+            await super().write_eof(data)
+
+
+def empty_ok_bytes() -> bytes:
+    return (_EMPTY_HEAD + rfc822_formatted_time() + _EMPTY_TAIL).encode()
 
 
 def wire(response: web.Response) -> bytes:
     """`response` as aiohttp writes it on a kept-alive HTTP/1.1 connection (status line, its
     headers in order, Content-Length, Date, Server, the body), for the raw transport's REST
-    fast path (transport/rawws.py). `EmptyOk` is the prebuilt piece; other answers are
+    fast path (transport/fastpath.py). `EmptyOk` is the prebuilt piece; other answers are
     rendered by the same rules as aiohttp's `Response._start` / `_prepare_headers`."""
     if type(response) is EmptyOk:
-        return (_EMPTY_HEAD + rfc822_formatted_time() + _EMPTY_TAIL).encode()
+        return empty_ok_bytes()
     body = response.body
     assert isinstance(body, bytes) and not response.chunked
     headers = response.headers.copy()

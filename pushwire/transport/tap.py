@@ -3,7 +3,7 @@
 The request is signed like a REST call (`GET /tap` with auth_key, auth_timestamp, auth_version,
 auth_signature, and `app`, optional `channel` prefix): only the app's secret holder sees its
 traffic. Events of other apps are never sent. A slow reader loses events (bounded queue), it
-never slows the server.
+never slows the server; a client that sends a message is closed (1003): nothing is read.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from ..apps.index import AppIndex
 from ..config import Config
@@ -70,7 +70,7 @@ async def stream_traffic(
     goes; a reader that falls `maxsize` events behind loses events instead of slowing us.
     The stream closes (1008) once `still_allowed` says no: the credentials it was opened with
     changed (a rotated secret, an app disabled or deleted) or expired."""
-    ws = web.WebSocketResponse(compress=False, heartbeat=30)
+    ws = web.WebSocketResponse(compress=False, heartbeat=30, max_msg_size=1024)
     await ws.prepare(request)
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=maxsize)
 
@@ -103,8 +103,9 @@ async def stream_traffic(
     monitor.add(listener, cluster=True)
     sender = asyncio.create_task(pump())
     try:
-        async for _ in ws:  # the client sends nothing; wait for it to go
-            pass
+        async for msg in ws:  # the client sends nothing; wait for it to go
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):  # no reading of floods either
+                await ws.close(code=1003, message=b"this stream takes no messages")
     finally:
         monitor.remove(listener)
         sender.cancel()

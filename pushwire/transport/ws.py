@@ -1,192 +1,37 @@
-"""WebSocket transport on aiohttp: the `/app/{key}` endpoint and coalesced writes.
+"""The WebSocket endpoint `/app/{key}`: the handshake's checks (app, origin, protocol,
+per-address limits), the 101, and the socket's `RawWsConnection` (transport/rawws.py).
 
-`ws_transport = "aiohttp"` serves sockets here; the default, `"raw"` (`rawws.py`), serves them
-on its own protocol but shares this module's `Flusher`, `QueuedConnection` (the send path),
-`AddressLimits` and the `WsEndpoint`'s counters.
-
-Why writes look like this: on these machines broadcast fan-out is bound by the kernel's cost
-per write, so a socket's frames that become pending within one event-loop tick are joined and
-written with one `transport.write` (5-7x the messages/s of one write per message). Frames are
-encoded once per message (`Outbound.wire`) and shared by every recipient; permessage-deflate
-is declined (`compress=False`) so a shared frame is valid on every connection.
+An upgrade comes in two ways, and both end in the same code: the raw listener
+(transport/fastpath.py) reads most upgrades itself and calls `WsEndpoint.accept`; an upgrade
+that reaches aiohttp (on a kept-alive connection aiohttp already served, or with a head the
+raw listener leaves to aiohttp) is answered by `WsEndpoint.handle`, which hands the connection's
+bytes to the same `RawWsConnection` through aiohttp's `RequestHandler.set_parser` (the hook
+aiohttp's own WebSocketResponse uses; tests/server/test_rawws.py fails if an aiohttp upgrade
+breaks it). aiohttp's WebSocket reader is not used for `/app/`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
-from ..connection import Connection
 from ..handler import PusherHandler, new_socket_id
 from ..metrics import Metrics
 from ..protocol import messages
 from ..protocol.errors import ConnectionUnauthorized, OverCapacity, PusherError
-from ..protocol.frames import Outbound, close_frame, close_reason
+from ..protocol.websocket import close_frame, switching_protocols
+from .rawws import RawWsConnection, Refused
+from .writes import Flusher
 
 if TYPE_CHECKING:
-    from ..apps.model import App
     from ..config import ServerConfig
 
-log = logging.getLogger("pushwire.ws")
-
-
-class Flusher:
-    """Writes every connection's pending frames with one write per connection per round.
-
-    A round starts on the next loop tick after a frame is queued. A large round (a fan-out
-    to thousands of sockets costs ~10 us of kernel time per write here) is cut into slices
-    of `slice_s` seconds with the event loop free in between, so requests keep being served
-    during a round: a frame for a socket the round has not reached yet rides in the same
-    write; a socket already written waits for the next round. Under load many events thus
-    share each write, with no timer and no added delay when the server is idle.
-    """
-
-    def __init__(self, metrics: Metrics, slice_s: float = 0.0005) -> None:
-        self.metrics = metrics
-        self.dirty: list[QueuedConnection] = []
-        self.current: list[QueuedConnection] = []
-        self.index = 0
-        self.scheduled = False
-        self.slice_s = slice_s
-
-    def mark(self, conn: QueuedConnection) -> None:
-        self.dirty.append(conn)
-        if not self.scheduled:
-            self.scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
-
-    def flush(self) -> None:
-        cur, i = self.current, self.index
-        if i >= len(cur):
-            cur, i = self.dirty, 0
-            self.dirty = []
-        n = len(cur)
-        deadline = time.monotonic() + self.slice_s
-        while i < n:
-            cur[i].flush()
-            i += 1
-            if not i & 63 and time.monotonic() > deadline:
-                break
-        if i < n:
-            self.current, self.index = cur, i
-            asyncio.get_running_loop().call_soon(self.flush)
-            return
-        self.current, self.index = [], 0
-        if self.dirty:
-            asyncio.get_running_loop().call_soon(self.flush)
-        else:
-            self.scheduled = False
-
-
-class QueuedConnection(Connection):
-    """A connection whose frames are queued by `send` and written by the `Flusher`: nothing
-    is allocated per socket while nothing is pending. Subclasses implement `close`."""
-
-    __slots__ = ("_flusher", "_max_pending", "_pending", "_transport")
-
-    def __init__(
-        self,
-        app: App,
-        socket_id: str,
-        now: float,
-        transport: asyncio.Transport,
-        flusher: Flusher,
-        max_pending: int,
-    ) -> None:
-        super().__init__(app, socket_id, now)
-        self._transport = transport
-        self._flusher = flusher
-        self._max_pending = max_pending
-        self._pending: bytes | list[bytes] | None = None
-
-    def send(self, msg: Outbound) -> None:
-        if self.closed:
-            return
-        self._flusher.metrics.frames_out += 1
-        # One pending frame is kept as bytes, more as a list: most rounds carry one frame per
-        # socket, and not allocating a list per recipient keeps the garbage collector quiet.
-        pending = self._pending
-        if pending is None:
-            self._pending = msg.wire
-            self._flusher.mark(self)
-        elif isinstance(pending, bytes):
-            self._pending = [pending, msg.wire]
-        else:
-            pending.append(msg.wire)
-
-    def flush(self) -> None:
-        pending = self._pending
-        self._pending = None
-        if pending is None:
-            return
-        transport = self._transport
-        if transport.is_closing():
-            return
-        data = pending if isinstance(pending, bytes) else b"".join(pending)
-        transport.write(data)
-        metrics = self._flusher.metrics
-        metrics.writes += 1
-        metrics.bytes_out += len(data)
-        if transport.get_write_buffer_size() > self._max_pending:
-            self._overflow()
-
-    def _overflow(self) -> None:
-        """The client stopped reading: drop it rather than buffer without limit."""
-        log.warning(
-            "closing %s/%s: more than %d bytes unsent (client not reading)",
-            self.app.id,
-            self.socket_id,
-            self._max_pending,
-        )
-        self.closed = True
-        self._flusher.metrics.slow_consumers_closed += 1
-        transport = self._transport
-        err = OverCapacity("Over capacity: the client is not reading its messages fast enough")
-        transport.write(messages.error(err).wire + close_frame(err.code or 4100, err.message))
-        transport.close()  # flushes what it can; abort if the peer never reads it
-        asyncio.get_running_loop().call_later(2.0, transport.abort)
-
-
-class WsConnection(QueuedConnection):
-    """A socket served by aiohttp's `WebSocketResponse` (`ws_transport = "aiohttp"`)."""
-
-    __slots__ = ("_closing_tasks", "_ws")
-
-    def __init__(
-        self,
-        app: App,
-        socket_id: str,
-        now: float,
-        ws: web.WebSocketResponse,
-        transport: asyncio.Transport,
-        flusher: Flusher,
-        max_pending: int,
-        closing_tasks: set[asyncio.Task[None]],
-    ) -> None:
-        super().__init__(app, socket_id, now, transport, flusher, max_pending)
-        self._ws = ws
-        self._closing_tasks = closing_tasks
-
-    def close(self, code: int, reason: str) -> None:
-        if self.closed:
-            return
-        self.flush()  # queued frames (e.g. the pusher:error) go out before the close frame
-        self.closed = True
-        task = asyncio.ensure_future(self._close(code, reason))
-        self._closing_tasks.add(task)
-        task.add_done_callback(self._closing_tasks.discard)
-
-    async def _close(self, code: int, reason: str) -> None:
-        try:
-            await self._ws.close(code=code, message=close_reason(reason))
-        except Exception:  # the peer may already be gone
-            self._transport.abort()
+FLOOD_RATE = 1000.0  # frames per second one socket may send on average (see rawws.py)
+FLOOD_BURST = 10_000  # and at once
 
 
 class AddressLimits:
@@ -200,6 +45,7 @@ class AddressLimits:
         self.clock = clock
         self.proxies = [ipaddress.ip_network(p, strict=False) for p in server.trusted_proxies]
         self.open: dict[str, int] = {}
+        self.needed = bool(self.max_open or self.rate)  # else every method here is a no-op
         self.buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, at)
 
     def client_ip(self, request: web.Request) -> str:
@@ -261,94 +107,109 @@ class AddressLimits:
                 self.open.pop(ip, None)
 
 
+
 class WsEndpoint:
-    def __init__(self, handler: PusherHandler, metrics: Metrics) -> None:
+    """What every socket shares: the handler, the write path, the limits, the counters, and
+    the tasks handling messages."""
+
+    def __init__(
+        self,
+        handler: PusherHandler,
+        metrics: Metrics,
+        flood_rate: float = FLOOD_RATE,
+        flood_burst: int = FLOOD_BURST,
+    ) -> None:
+        server = handler.config.server
         self.handler = handler
         self.metrics = metrics
-        self.addresses = AddressLimits(handler.config.server, metrics, handler.clock)
-        server = handler.config.server
+        self.addresses = AddressLimits(server, metrics, handler.clock)
         self.flusher = Flusher(metrics, server.flush_slice)
-        self.closing_tasks: set[asyncio.Task[None]] = set()
-        self.active = 0  # connections whose handler is running
-        server = handler.config.server
         self.max_frame = server.max_frame_size
         self.max_pending = server.max_pending_bytes
+        self.flood_rate = flood_rate
+        self.flood_burst = flood_burst
+        self.active = 0  # connections whose handler is running
+        self.tasks: set[asyncio.Task[None]] = set()  # handling messages
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(
-            autoping=True, compress=False, max_msg_size=self.max_frame + 1, heartbeat=None
-        )
-        if not ws.can_prepare(request).ok:
-            return web.json_response(
-                {"error": "This endpoint only speaks WebSocket (Pusher protocol 7)"}, status=400
-            )
-        await ws.prepare(request)
-        handler = self.handler
-        ip = self.addresses.client_ip(request)
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    def accept(
+        self,
+        transport: asyncio.Transport,
+        ws_key: str,
+        app_key: str,
+        query: Mapping[str, str],
+        origin: str | None,
+        forwarded_for: list[str],
+    ) -> asyncio.Protocol:
+        """Answer a valid upgrade request (101) and admit the socket, or refuse it (a
+        `pusher:error` and a close frame). Returns the protocol that takes the connection's
+        bytes from here on: the socket's `RawWsConnection`, or `Refused`."""
+        transport.write(switching_protocols(ws_key))
+        # (SO_KEEPALIVE, which finds peers that vanished, comes from the listening socket)
+        ip = ""  # the client's address matters to the per-address limits only
+        if self.addresses.needed:
+            peername = transport.get_extra_info("peername")
+            peer = str(peername[0]) if isinstance(peername, list | tuple) else ""
+            ip = self.addresses.client_ip_of(peer, forwarded_for)
         try:
             self.addresses.admit(ip)
-            app = handler.check_handshake(
-                request.match_info["key"], request.query, request.headers.get("Origin")
-            )
+            app = self.handler.check_handshake(app_key, query, origin)
         except PusherError as exc:
             self.metrics.connections_refused += 1
             if isinstance(exc, ConnectionUnauthorized) and "Origin" in exc.message:
                 self.metrics.refused["origin"] += 1
-            await ws.send_str(messages.error(exc).payload.decode())
-            await ws.close(code=exc.code or 4000, message=close_reason(exc.message))
-            return ws
+            transport.write(messages.error(exc).wire + close_frame(exc.code or 4000, exc.message))
+            return Refused(transport, self.loop)
         self.addresses.opened(ip)
-        try:
-            return await self._serve(request, ws, app)
-        finally:
-            self.addresses.closed(ip)
-
-    async def _serve(
-        self, request: web.Request, ws: web.WebSocketResponse, app: App
-    ) -> web.WebSocketResponse:
-        handler = self.handler
-        transport = request.transport
-        assert transport is not None
-        conn = WsConnection(
-            app,
-            new_socket_id(),
-            handler.clock(),
-            ws,
-            transport,
-            self.flusher,
-            self.max_pending,
-            self.closing_tasks,
-        )
         self.active += 1
-        try:
-            return await self._run(ws, conn)
-        finally:
-            self.active -= 1
+        conn = RawWsConnection(app, new_socket_id(), self.handler.clock(), transport, self, ip)
+        conn.start()
+        return conn
 
-    async def _run(self, ws: web.WebSocketResponse, conn: WsConnection) -> web.WebSocketResponse:
-        handler = self.handler
-        try:
-            await handler.open(conn)
-        except PusherError:
-            self.metrics.connections_refused += 1
-            await asyncio.gather(*self.closing_tasks, return_exceptions=True)
-            return ws
-        self.metrics.connections_opened += 1
-        try:
-            async for msg in ws:
-                if msg.type is WSMsgType.TEXT:
-                    self.metrics.frames_in += 1
-                    self.metrics.bytes_in += len(msg.data)
-                    await handler.on_text(conn, msg.data)
-                elif msg.type is WSMsgType.BINARY:
-                    handler.on_binary(conn)
-                elif msg.type is WSMsgType.ERROR:
-                    break
-        except Exception:  # never let one socket's failure escape into aiohttp's logs
-            log.exception("error on connection %s", conn)
-        finally:
-            await handler.on_close(conn)
-        return ws
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """`GET /app/{key}` through aiohttp (see the module docstring)."""
+        transport = request.transport
+        if transport is None or not web.WebSocketResponse().can_prepare(request).ok:
+            return web.json_response(
+                {"error": "This endpoint only speaks WebSocket (Pusher protocol 7)"}, status=400
+            )
+        feed = Feed(
+            self.accept(
+                transport,
+                request.headers["Sec-WebSocket-Key"],
+                request.match_info["key"],
+                request.query,
+                request.headers.get("Origin"),
+                request.headers.getall("X-Forwarded-For", []),
+            ),
+            self.loop.create_future(),
+        )
+        request.protocol.set_parser(feed)  # type: ignore[arg-type]
+        await feed.gone
+        return web.Response()  # never written: the connection is closed
 
 
-WS_ENDPOINT = web.AppKey("pushwire_ws_endpoint", WsEndpoint)  # for the raw transport's site
+class Feed:
+    """The parser aiohttp's RequestHandler takes after an upgrade (`set_parser`): the bytes it
+    reads go to `protocol`, and its end resolves `gone`."""
+
+    __slots__ = ("gone", "protocol")
+
+    def __init__(self, protocol: asyncio.Protocol, gone: asyncio.Future[None]) -> None:
+        self.protocol = protocol
+        self.gone = gone
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self.protocol.data_received(data)
+        return False, b""
+
+    def feed_eof(self) -> None:
+        self.protocol.connection_lost(None)
+        if not self.gone.done():
+            self.gone.set_result(None)
+
+
+WS_ENDPOINT = web.AppKey("pushwire_ws_endpoint", WsEndpoint)  # for the raw listener's site

@@ -25,6 +25,7 @@ SCENARIOS = {
     "conn_memory",
     "engine_path",
     "fanout",
+    "flood",
     "history",
     "redis_wait",
     "rest_clients",

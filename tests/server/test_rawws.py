@@ -1,7 +1,7 @@
-"""The raw WebSocket transport (`ws_transport = "raw"`) at the frame level, over real
-sockets against a real server: fragmentation, control frames, close codes, limits, and
-every other request handed to aiohttp on the same connection. (The rest of the suite runs
-against either transport: `PUSHWIRE_WS_TRANSPORT=raw pytest`.)"""
+"""The WebSocket transport (transport/rawws.py) at the frame level, over real sockets against
+a real server: fragmentation, control frames, close codes, failing at once, limits, upgrades
+that come through aiohttp, and every other request handed to aiohttp on the same
+connection."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import asyncio
 import base64
 import contextlib
 import os
+import shutil
 import struct
+import subprocess
+import time
 
 import aiohttp
 import orjson
@@ -17,6 +20,8 @@ import pytest
 
 from pushwire.config import ConfigError, load
 from tests.conftest import TIMEOUT, running_server, start_server
+from tests.helpers.rest import EVENT, signed
+from tests.helpers.wsraw import Raw, frame, opened, upgrade_request
 from tests.server.helpers import Client
 
 CONFIG = """
@@ -25,7 +30,6 @@ host = "127.0.0.1"
 port = 0
 handshake_timeout = 1.0
 max_frame_size = 1000
-ws_transport = "raw"
 
 [[apps]]
 id = "app-id"
@@ -38,84 +42,6 @@ secret = "app-secret"
 def srv(tmp_path_factory):
     with running_server(tmp_path_factory.mktemp("rawws"), CONFIG) as s:
         yield s
-
-
-def frame(op: int, payload: bytes, fin: bool = True, mask: bool = True) -> bytes:
-    n = len(payload)
-    b0 = (0x80 if fin else 0) | op
-    if n < 126:
-        head = bytes((b0, (0x80 if mask else 0) | n))
-    elif n < 65536:
-        head = struct.pack("!BBH", b0, (0x80 if mask else 0) | 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, (0x80 if mask else 0) | 127, n)
-    if not mask:
-        return head + payload
-    key = os.urandom(4)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-
-
-class Raw:
-    """A WebSocket client written by hand, to send what libraries refuse to."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def connect(cls, port: int, path: str = "/app/app-key?protocol=7") -> Raw:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
-        assert head.startswith(b"HTTP/1.1 101 "), head
-        return cls(reader, writer)
-
-    async def recv(self) -> tuple[int, bytes]:
-        async with asyncio.timeout(TIMEOUT):
-            b0, b1 = await self.reader.readexactly(2)
-            n = b1 & 0x7F
-            if n == 126:
-                (n,) = struct.unpack("!H", await self.reader.readexactly(2))
-            elif n == 127:
-                (n,) = struct.unpack("!Q", await self.reader.readexactly(8))
-            assert not b1 & 0x80, "server frames are not masked"
-            return b0 & 0x0F, await self.reader.readexactly(n)
-
-    async def event(self) -> dict:
-        op, payload = await self.recv()
-        assert op == 1, (op, payload)
-        return orjson.loads(payload)
-
-    async def close_code(self) -> int:
-        """Read until the server's close frame; its code."""
-        while True:
-            op, payload = await self.recv()
-            if op == 8:
-                return struct.unpack("!H", payload[:2])[0]
-
-    async def eof(self) -> bool:
-        try:
-            async with asyncio.timeout(TIMEOUT):
-                return await self.reader.read() == b""
-        except ConnectionResetError:
-            return True
-
-    def send(self, data: bytes) -> None:
-        self.writer.write(data)
-
-    async def aclose(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError):
-            await self.writer.wait_closed()
-
-
-async def opened(port: int) -> Raw:
-    c = await Raw.connect(port)
-    assert (await c.event())["event"] == "pusher:connection_established"
-    return c
 
 
 async def test_fragments_with_a_ping_between_them(srv):
@@ -175,7 +101,34 @@ async def test_protocol_errors_close_with_their_code(srv, data, code):
     await c.aclose()
 
 
-async def test_oversized_frame_is_skipped_not_buffered(srv):
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (frame(1, b'{"event":"x"}', mask=False), 1002),
+        (bytes((0xC1, 0x80)) + b"\0\0\0\0", 1002),
+        (frame(1, b"\xff\xfe not utf-8"), 1007),
+        (frame(1, b"x" * 300_000)[:70_000], 1009),  # announced, partly sent
+        # a 64-bit length with its most significant bit set (RFC 6455 5.2)
+        (bytes((0x81, 0xFF)) + (1 << 63 | 5).to_bytes(8, "big") + b"\0\0\0\0", 1002),
+    ],
+    ids=["unmasked", "rsv", "utf8", "too-big", "length-msb"],
+)
+async def test_a_failed_connection_is_closed_at_once(srv, data, code):
+    """RFC 6455 7.1.7: after the close frame, stop reading and close the TCP connection;
+    no waiting for the peer's close frame (a client that never sends one held the
+    connection for 5 s)."""
+    c = await opened(srv.port)
+    try:
+        c.send(data)
+        t0 = time.monotonic()
+        assert await c.close_code() == code
+        assert await c.eof(1.0), "the connection is still open 1 s after the close frame"
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        await c.aclose()
+
+
+async def test_oversized_frame_is_refused_before_its_payload(srv):
     c = await opened(srv.port)
     c.send(frame(1, b"x" * 300_000))  # the server answers 1009 and reads on past it
     assert await c.close_code() == 1009
@@ -287,49 +240,76 @@ async def test_library_client_round_trip(srv):
     await c.close()
 
 
-def test_ws_transport_is_checked(tmp_path):
+def test_ws_transport_aiohttp_is_refused_with_a_clear_error(tmp_path):
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[server]\nws_transport = "fast"\n')
-    with pytest.raises(ConfigError, match="ws_transport"):
+    cfg.write_text('[server]\nws_transport = "aiohttp"\n')
+    with pytest.raises(ConfigError, match=r"ws_transport' must be raw .*removed"):
         load(str(cfg), env={})
+    with pytest.raises(ConfigError, match="ws_transport"):
+        load(None, env={"PUSHWIRE_WS_TRANSPORT": "aiohttp"})
     cfg.write_text('[server]\nws_transport = "raw"\n')
     assert load(str(cfg), env={}).server.ws_transport == "raw"
-    assert load(None, env={"PUSHWIRE_WS_TRANSPORT": "raw"}).server.ws_transport == "raw"
 
 
-@pytest.fixture(scope="module")
-def aio(tmp_path_factory):
-    """The other transport, so both stay covered whichever one is the default."""
-    config = CONFIG.replace('ws_transport = "raw"', 'ws_transport = "aiohttp"')
-    with running_server(tmp_path_factory.mktemp("aiows"), config) as s:
-        yield s
+async def keep_alive_then_upgrade(port: int, first: bytes) -> Raw:
+    """A connection that first serves `first` (one request, answered) and then upgrades."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(first)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    assert head.startswith(b"HTTP/1.1 "), head
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    await reader.readexactly(length)
+    c = Raw(reader, writer)
+    c.send(upgrade_request() + frame(1, b'{"event":"pusher:ping","data":{}}'))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    assert (await c.event())["event"] == "pusher:connection_established"
+    assert (await c.event())["event"] == "pusher:pong"  # sent with the upgrade head
+    return c
 
 
-async def test_aiohttp_transport_round_trip_and_limits(aio):
-    c = await Client.connect(aio.ws_url())
-    ev = await c.subscribe("plain")
-    assert ev["event"] == "pusher_internal:subscription_succeeded"
-    await c.send("x" * 1001)
-    msg = await c.ws.receive(timeout=TIMEOUT)
-    assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1009
-    await c.close()
-    c = await opened(aio.port)  # the hand-written client works against aiohttp too
-    c.send(frame(1, b'{"event":"pusher:ping","data":{}}'))
-    assert (await c.event())["event"] == "pusher:pong"
-    await c.aclose()
+@pytest.mark.parametrize(
+    "first",
+    [
+        b"GET /up HTTP/1.1\r\nHost: x\r\n\r\n",  # aiohttp serves it, then the upgrade
+        signed("/apps/app-id/events", EVENT),  # the REST fast path serves it
+    ],
+    ids=["through-aiohttp", "after-fast-path"],
+)
+async def test_an_upgrade_on_a_kept_alive_connection_is_the_same_websocket(srv, first):
+    """The upgrade that aiohttp receives is handed to the same RawWsConnection (through
+    aiohttp's RequestHandler.set_parser): the same frame checks, the same close at once. This
+    fails if an aiohttp upgrade breaks that hook."""
+    c = await keep_alive_then_upgrade(srv.port, first)
+    try:
+        c.send(frame(9, b"hi"))
+        assert await c.recv() == (10, b"hi")
+        c.send(frame(1, b'{"event":"pusher:ping","data":{}}', mask=False))  # unmasked
+        assert await c.close_code() == 1002
+        assert await c.eof(1.0)
+    finally:
+        await c.aclose()
+    c = await keep_alive_then_upgrade(srv.port, first)
+    try:
+        c.send(frame(8, struct.pack("!H", 1006)))  # a code no peer may send
+        assert await c.close_code() == 1002
+        assert await c.eof(1.0)
+    finally:
+        await c.aclose()
 
 
 def test_per_socket_objects_have_no_instance_dict():
     """An idle socket's memory is mostly its RawWsConnection: keep every class slotted."""
-    from pushwire.transport.rawws import HeadReader, RawWsConnection, Refused
+    from pushwire.protocol.websocket import Decoder
+    from pushwire.transport.fastpath import HeadReader
+    from pushwire.transport.rawws import RawWsConnection, Refused
 
-    for cls in (RawWsConnection, HeadReader, Refused):
+    for cls in (RawWsConnection, HeadReader, Refused, Decoder):
         assert cls.__dictoffset__ == 0, cls
 
 
-@pytest.mark.parametrize("transport", ["raw", "aiohttp"])
-async def test_forwarded_for_from_a_trusted_proxy_counts_per_client(tmp_path, transport):
-    config = CONFIG.replace('ws_transport = "raw"', f'ws_transport = "{transport}"').replace(
+async def test_forwarded_for_from_a_trusted_proxy_counts_per_client(tmp_path):
+    config = CONFIG.replace(
         "max_frame_size = 1000",
         'max_frame_size = 1000\nmax_connections_per_ip = 1\ntrusted_proxies = ["127.0.0.0/8"]',
     )
@@ -356,3 +336,21 @@ async def test_forwarded_for_from_a_trusted_proxy_counts_per_client(tmp_path, tr
     finally:
         srv.stop()
     assert "Traceback" not in srv.log_text()
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+async def test_websockets_keep_tcp_keepalive_on(srv):
+    """SO_KEEPALIVE (finds peers that vanished) comes from the listening socket now, not a
+    setsockopt per socket: the server's end of a WebSocket has its keepalive timer."""
+    c = await opened(srv.port)
+    try:
+        port = c.writer.get_extra_info("sockname")[1]
+        out = subprocess.run(
+            ["ss", "-tno", "state", "established", f"( dport = :{port} )"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "keepalive" in out, out
+    finally:
+        await c.aclose()

@@ -1,8 +1,8 @@
-"""The raw transport's REST fast path (transport/rawws.py): POST /apps/{id}/events and
+"""The raw listener's REST fast path (transport/fastpath.py): POST /apps/{id}/events and
 /batch_events served by the raw protocol itself. Every answer is compared byte for byte
-(Date aside) with a server that serves the same requests through aiohttp
-(`ws_transport = "aiohttp"`): successes, each error, smuggling attempts, slow and oversize
-bodies, keep-alive, pipelining and the hand-over to aiohttp in the middle of a connection."""
+(Date aside) with the same app on aiohttp alone (tests/helpers/aiohttp_only.py):
+successes, each error, smuggling attempts, slow and oversize bodies, keep-alive, pipelining
+and the hand-over to aiohttp in the middle of a connection."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import re
 import orjson
 import pytest
 
-from pushwire.protocol.signing import sign_rest
-from pushwire.transport.rawws import parse_rest
+from pushwire.transport.httphead import parse_rest
 from tests.conftest import running_server
+from tests.helpers.aiohttp_only import aiohttp_only
+from tests.helpers.rest import EVENT, counted, signed, talk
 from tests.server.helpers import Client
-from tests.server.test_rest_ingest import counted
 
 CONFIG = """
 [server]
@@ -24,7 +24,6 @@ host = "127.0.0.1"
 port = 0
 body_timeout = 1.0
 max_request_body = 100000
-ws_transport = "%s"
 
 [[apps]]
 id = "app-id"
@@ -41,7 +40,6 @@ enabled = false
 EVENTS = "/apps/{app_id}/events"
 P = b"POST /apps/app-id/events HTTP/1.1\r\n"
 H = b"Host: x\r\n"
-EVENT = orjson.dumps({"name": "fast", "channel": "fast-chan", "data": "x"})
 BATCH = orjson.dumps(
     {"batch": [{"name": f"e{i}", "channel": "fast-b", "data": "x"} for i in range(3)]}
 )
@@ -51,57 +49,10 @@ BATCH = orjson.dumps(
 def servers(tmp_path_factory):
     """(fast, reference): the raw transport with the fast path, and plain aiohttp."""
     with (
-        running_server(tmp_path_factory.mktemp("fast"), CONFIG % "raw") as fast,
-        running_server(tmp_path_factory.mktemp("ref"), CONFIG % "aiohttp") as ref,
+        running_server(tmp_path_factory.mktemp("fast"), CONFIG) as fast,
+        aiohttp_only(tmp_path_factory.mktemp("ref"), CONFIG) as ref,
     ):
         yield fast, ref
-
-
-def signed(
-    path: str,
-    body: bytes,
-    *,
-    sign_path: str | None = None,
-    key: str = "app-key",
-    secret: str = "app-secret",
-    headers: str = "",
-    length: int | None = None,
-    sign_body: bytes | None = None,
-) -> bytes:
-    signed_body = body if sign_body is None else sign_body
-    q = sign_rest(key, secret, "POST", sign_path or path, {}, signed_body)
-    query = "&".join(f"{k}={v}" for k, v in q.items())
-    n = len(body) if length is None else length
-    return (
-        f"POST {path}?{query} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {n}\r\n{headers}\r\n"
-    ).encode() + body
-
-
-async def talk(port: int, *parts: bytes, pause: float = 0.0, idle: float = 0.4) -> bytes:
-    """Send `parts` (pausing between them), read until the server closes or stays silent for
-    `idle` seconds; Date headers blanked (they may differ by a second between servers)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    got = b""
-    try:
-        for i, part in enumerate(parts):
-            if i and pause:
-                await asyncio.sleep(pause)
-            writer.write(part)
-            await writer.drain()
-        while True:
-            try:
-                chunk = await asyncio.wait_for(reader.read(65536), idle)
-            except TimeoutError:
-                break
-            except ConnectionError:
-                break
-            if not chunk:
-                break
-            got += chunk
-    finally:
-        writer.close()
-    return re.sub(rb"\r\nDate: [^\r]*\r\n", b"\r\nDate: -\r\n", got)
 
 
 async def same(servers, *parts: bytes, **kw: float) -> bytes:

@@ -12,8 +12,8 @@ import aiohttp
 import orjson
 import pytest
 
-from pushwire.protocol.signing import sign_rest
 from tests.conftest import TIMEOUT, running_server
+from tests.helpers.rest import counted, signed
 from tests.server.helpers import Client
 
 CONFIG = """
@@ -43,23 +43,10 @@ def srv(tmp_path_factory):
         yield s
 
 
-def request_bytes(
-    path: str,
-    body: bytes,
-    *,
-    sign_path: str | None = None,
-    key: str = "app-key",
-    secret: str = "app-secret",
-    headers: str = "",
-) -> tuple[bytes, bytes]:
+def request_bytes(path: str, body: bytes, **kwargs: str) -> tuple[bytes, bytes]:
     """The head (request line and headers) and body of one signed POST."""
-    q = sign_rest(key, secret, "POST", sign_path or path, {}, body)
-    query = "&".join(f"{k}={v}" for k, v in q.items())
-    head = (
-        f"POST {path}?{query} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n{headers}\r\n"
-    ).encode()
-    return head, body
+    data = signed(path, body, **kwargs)  # type: ignore[arg-type]
+    return data[: len(data) - len(body)], body
 
 
 async def exchange(port: int, *parts: bytes, pause: float = 0.0) -> tuple[int, dict, bytes]:
@@ -80,16 +67,6 @@ async def exchange(port: int, *parts: bytes, pause: float = 0.0) -> tuple[int, d
         return int(raw.split()[1]), orjson.loads(body), head + raw
     finally:
         writer.close()
-
-
-async def counted(srv, route: str, status: int) -> float:
-    async with aiohttp.ClientSession() as s, s.get(srv.http + "/metrics") as r:
-        text = await r.text()
-    line = f'pushwire_rest_requests_total{{route="{route}",status="{status}"}}'
-    for row in text.splitlines():
-        if row.startswith(line):
-            return float(row.split()[-1])
-    return 0.0
 
 
 EVENT = orjson.dumps({"name": "ingest", "channel": "ingest-chan", "data": "x"})

@@ -3,7 +3,7 @@ import pytest
 from pushwire.protocol import messages
 from pushwire.protocol.channels import Kind, channel_type, validate_channel_name
 from pushwire.protocol.errors import InvalidChannel, Unauthorized
-from pushwire.protocol.frames import close_frame, text_frame
+from pushwire.protocol.websocket import close_frame, text_frame
 
 
 @pytest.mark.parametrize(
@@ -99,7 +99,7 @@ def test_system_event_subscription_count_and_signin_success():
 
 
 def test_close_reason_is_cut_on_a_character_boundary():
-    from pushwire.protocol.frames import close_frame, close_reason
+    from pushwire.protocol.websocket import close_frame, close_reason
 
     cut = close_reason("é" * 100)  # 200 bytes
     assert len(cut) == 120 and cut.decode() == "é" * 60
