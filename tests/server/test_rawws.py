@@ -13,6 +13,8 @@ import shutil
 import struct
 import subprocess
 import time
+from collections.abc import Callable
+from functools import partial
 
 import aiohttp
 import orjson
@@ -251,10 +253,10 @@ def test_ws_transport_aiohttp_is_refused_with_a_clear_error(tmp_path):
     assert load(str(cfg), env={}).server.ws_transport == "raw"
 
 
-async def keep_alive_then_upgrade(port: int, first: bytes) -> Raw:
+async def keep_alive_then_upgrade(port: int, first: bytes | Callable[[], bytes]) -> Raw:
     """A connection that first serves `first` (one request, answered) and then upgrades."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(first)
+    writer.write(first() if callable(first) else first)  # signed now
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
     assert head.startswith(b"HTTP/1.1 "), head
     length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
@@ -272,7 +274,7 @@ async def keep_alive_then_upgrade(port: int, first: bytes) -> Raw:
     "first",
     [
         b"GET /up HTTP/1.1\r\nHost: x\r\n\r\n",  # aiohttp serves it, then the upgrade
-        signed("/apps/app-id/events", EVENT),  # the REST fast path serves it
+        partial(signed, "/apps/app-id/events", EVENT),  # the REST fast path serves it
     ],
     ids=["through-aiohttp", "after-fast-path"],
 )

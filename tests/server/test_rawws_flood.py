@@ -63,9 +63,10 @@ async def test_a_million_empty_frames_neither_bloat_nor_stall_the_node(srv, unit
     assert_served_throughout(result)
     assert result.rss_growth < 20_000_000, result.summary()
     flooder = result.attacker
-    # closed as a flood (4100), unless its reset hid the close frame
+    # closed as a flood: 4100, or no close frame at all when the reset that closing a socket
+    # with unread bytes sends overtook it (RFC 6455 7.1.7: stop reading, close at once)
     assert flooder["frames_sent"] < 1_000_000, result.summary()
-    assert flooder["close_code"] == 4100 or flooder["reset"], result.summary()
+    assert flooder["close_code"] in (4100, None), result.summary()
 
 
 # Any stream of valid frames -----------------------------------------------------------------
