@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,6 +78,16 @@ def redis_state_server() -> Iterator[Redis]:
     r = start_redis()
     yield r
     r.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[Any]:
+    """A Redis Cluster: 3 primaries + 3 replicas (tests/cluster/cluster_set.py)."""
+    from tests.cluster.cluster_set import RedisClusterSet
+
+    cluster = RedisClusterSet()
+    yield cluster
+    cluster.stop()
 
 
 @dataclass

@@ -34,6 +34,7 @@ from pushwire.cluster.base import (
 from pushwire.cluster.memory import Backplane, MemoryBroker, MemoryLiveness, MemoryState
 from pushwire.cluster.redis import RedisBackend
 from pushwire.cluster.redis.urls import parse_redis_url
+from pushwire.cluster.rediscluster import RedisClusterBackend
 from pushwire.protocol.errors import PresenceLimit
 from pushwire.protocol.history import HistoryPolicy
 from pushwire.webhooks import MemoryWebhookStore, WebhookStore
@@ -178,11 +179,35 @@ class RedisCluster(Cluster):
             await b.aclose()
 
 
-@pytest.fixture(params=["memory", "redis", "redis-split"])
+class ShardedCluster(RedisCluster):
+    """Nodes over a Redis Cluster (`redis+cluster://`): sharded pub/sub, hash-tagged keys."""
+
+    kind = "redis-cluster"
+
+    def __init__(self, servers: Any) -> None:
+        super().__init__(servers.url())
+        self.servers = servers
+
+    def backend(self, name: str) -> Any:
+        backend = RedisClusterBackend(parse_redis_url(self.url), self.prefix, name, REDIS_NODE_TIMEOUT)
+        self.backends.append(backend)
+        return backend
+
+    async def raw_publish(self, name: str, data: bytes) -> None:
+        await self.backends[0].bus_client.execute_command("SPUBLISH", name, data)
+
+    def bus_port(self, topic: str) -> int:
+        """The primary that carries `topic`'s bus channel."""
+        return int(self.servers.owner_of(self.backends[0].keys.bus(topic)))
+
+
+@pytest.fixture(params=["memory", "redis", "redis-split", "redis-cluster"])
 async def backend_factory(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
     cluster: Cluster
     if request.param == "memory":
         cluster = MemoryCluster()
+    elif request.param == "redis-cluster":
+        cluster = ShardedCluster(request.getfixturevalue("redis_cluster"))
     else:
         state = ""
         if request.param == "redis-split":  # bus and state on two servers

@@ -18,11 +18,11 @@ import orjson
 
 from ...protocol.errors import PresenceLimit
 from ..base import AppSnapshot, Changes, ChannelStats, Joined, Left
-from .scripts import Scripts, as_str, to_ms
+from .scripts import Runner, as_str, to_ms
 
 
 class _Part:
-    def __init__(self, scripts: Scripts) -> None:
+    def __init__(self, scripts: Runner) -> None:
         self.node = scripts.node
         self.keys = scripts.keys
         self.scripts = scripts

@@ -65,7 +65,7 @@ class ShardWatch:
         if changed:
             self.changes += 1
             self.changed_at = time.monotonic()
-            self.membership.stale = True
+            self.membership.primaries_changed += 1
             log.warning(
                 "redis cluster: a new primary at %s (a failover, or a restart without data): "
                 "this node resyncs its records",

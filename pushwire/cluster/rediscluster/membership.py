@@ -18,8 +18,8 @@ the registry is one slot among many, and a script touches one slot, so the check
 - *Leases of the others*: a publish refuses (EXPIRED) to count on a node that was dead at
   this node's last heartbeat (one slot cannot read the registry's leases).
 - *A new primary* (a shard failed over, or a primary came back without its data): found by
-  `ShardWatch` (`client.py`); the node is then `stale`: it answers as not registered, and
-  its heartbeat resyncs all its records and registers again.
+  `ShardWatch` (`client.py`); the node is then `stale` until its next resync begins: it
+  answers as not registered, so its heartbeat resyncs all its records and registers again.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ class Membership:
         self.node = node
         self.incarnation = ""
         self.registered = False  # as of the last register / beat / deregister / reap
-        self.stale = False  # a shard's primary changed since the last register: resync
+        self.primaries_changed = 0  # shards found with a new primary (ShardWatch)
+        self.synced = 0  # ... of them, those found before the last resync began
         self.dead: tuple[str, ...] = ()  # dead at the last heartbeat
         self._last = 0
         self.renew()
@@ -44,6 +45,11 @@ class Membership:
         self._last = max(self._last + 1, time.time_ns())
         self.incarnation = f"{self._last:016x}{secrets.token_hex(2)}"
         return self.incarnation
+
+    @property
+    def stale(self) -> bool:
+        """A shard's primary changed since the last resync began: resync."""
+        return self.primaries_changed != self.synced
 
     @property
     def valid(self) -> bool:

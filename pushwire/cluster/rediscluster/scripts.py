@@ -121,9 +121,10 @@ ROUTES: dict[str, Route] = {
     "reap_end": lambda k, n, a: _registry(a[0])(k),
 }
 
-# run whatever this node's registration (resync, reaping, liveness, webhook jobs)
+# run whatever this node's registration (resync, reaping, liveness, webhook jobs, history
+# reads: as on one server)
 UNCHECKED = frozenset(
-    {"beat", "register", "deregister", "reap_begin", "reap_end", "index", "chs"}
+    {"beat", "register", "deregister", "reap_begin", "reap_end", "index", "chs", "history"}
     | {"set_channel", "set_user", "set_app", "wh_add", "wh_cancel", "wh_size", "wh_take"}
 )
 
@@ -153,7 +154,9 @@ class ClusterScripts:
         self._source, self._sha = _load_scripts()
         self._turns = asyncio.Semaphore(POOL_SIZE)
 
-    def _check(self, name: str) -> None:
+    def check(self, name: str = "") -> None:
+        """Raise NotRegistered unless this node is registered (or script `name` runs
+        whatever its registration)."""
         if name not in UNCHECKED and not self.membership.valid:
             raise NotRegistered(f"node {self.node} is not registered")
 
@@ -166,7 +169,7 @@ class ClusterScripts:
 
     async def raw(self, name: str, *args: Any) -> Any:
         """Run script `name`; Redis errors are raised as is."""
-        self._check(name)
+        self.check(name)
         async with self._turns:
             try:
                 return await self.client.evalsha(*self._evalsha(name, args))
@@ -185,8 +188,11 @@ class ClusterScripts:
     async def pipeline(self, name: str, calls: Sequence[Args]) -> list[Any]:
         """Run script `name` once per argument tuple, in one round trip per shard; results
         in call order, a failed call's entry its exception (Redis errors as is). Calls to
-        one slot run in call order. Raises a RedisError when the cluster cannot be asked."""
-        self._check(name)
+        one slot run in call order; a call refused locally (this node not registered) is
+        a NOTREG error like the scripts'. Raises a RedisError when the cluster cannot be
+        asked."""
+        if name not in UNCHECKED and not self.membership.valid:
+            return [ResponseError("NOTREG (checked locally)")] * len(calls)
         results: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         try:
@@ -207,6 +213,19 @@ class ClusterScripts:
                     await self._load(name)  # a shard that forgot them: run those again
         except RedisClusterException as exc:
             raise ClusterError(str(exc)) from exc
+        return results
+
+    async def many(self, name: str, calls: Sequence[Args]) -> list[Any]:
+        """`pipeline`, every failure raised as `Unavailable` (the first one)."""
+        try:
+            results = await self.pipeline(name, calls)
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"Redis Cluster unreachable ({name}): {exc}") from None
+        for r in results:
+            if isinstance(r, ResponseError):
+                raise self.error(name, r)
+            if isinstance(r, Exception):
+                raise Unavailable(f"Redis Cluster unreachable ({name}): {r}")
         return results
 
     def error(self, name: str, exc: ResponseError) -> Unavailable:

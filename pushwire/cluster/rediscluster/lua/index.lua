@@ -5,7 +5,8 @@
 -- 'del' field, token, ...: drops each entry still at that token (the node holds nothing
 --   there any more; an entry added again meanwhile has another token).
 -- 'open' field, token, ...: resync / register: this incarnation may add from now on (NOTREG
---   when a reaped or newer one owns the index); adds the fields; returns every field.
+--   when a reaped or newer one owns the index); adds the fields; returns every entry
+--   (field, token, ...).
 -- 'reset' field, token, ...: after a resync: exactly these entries. Returns 1.
 -- 'freeze' (a reaper of that incarnation): no adds by it or an older one any more; returns
 --   every field.
@@ -16,6 +17,17 @@ local function fields()
   local out = {}
   for _, f in ipairs(redis.call('HKEYS', idx)) do
     if f ~= '!inc' then out[#out + 1] = f end
+  end
+  return out
+end
+local function entries()
+  local out = {}
+  local flat = redis.call('HGETALL', idx)
+  for i = 1, #flat, 2 do
+    if flat[i] ~= '!inc' then
+      out[#out + 1] = flat[i]
+      out[#out + 1] = flat[i + 1]
+    end
   end
   return out
 end
@@ -36,7 +48,7 @@ elseif op == 'open' then
   if s == 'reaped' or s == 'newer' then return redis.error_reply('NOTREG') end
   redis.call('HSET', idx, '!inc', inc)
   put()
-  return fields()
+  return entries()
 elseif op == 'reset' then
   if cur ~= inc then return redis.error_reply('NOTREG') end
   redis.call('DEL', idx)
