@@ -92,8 +92,21 @@ def make_backends(config: Config, node: str, clock: Callable[[], float]) -> Back
     c = config.cluster
     if c.bus_url:
         from .cluster.redis import RedisBackend
-        from .cluster.redis.urls import parse_redis_url
+        from .cluster.redis.urls import RedisKind, parse_redis_url
 
+        target = parse_redis_url(c.bus_url)
+        if target.kind is RedisKind.CLUSTER:  # bus and state alike (checked by config)
+            from .cluster.rediscluster import RedisClusterBackend
+
+            rc = RedisClusterBackend(target, c.key_prefix, node, c.node_timeout)
+            return Backends(
+                rc.broker,
+                rc.state,
+                rc.liveness,
+                rc.webhook_store(config.server.webhook_queue_size),
+                rc.aclose,
+                rc.primaries,
+            )
         rb = RedisBackend(
             parse_redis_url(c.bus_url),
             parse_redis_url(c.state_url),

@@ -57,19 +57,20 @@ class RedisClusterSet:
     def _spawn(self, port: int) -> None:
         home = self.dir / str(port)
         home.mkdir(exist_ok=True)
+        args = [
+            self._exe,
+            "--port", str(port),
+            "--bind", HOST,
+            "--cluster-enabled", "yes",
+            "--cluster-port", str(self.bus_ports.setdefault(port, free_port())),
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(self.node_timeout_ms),
+            "--save", "",
+            "--appendonly", "no",
+            "--logfile", "redis.log",
+        ]  # fmt: skip
         self.procs[port] = subprocess.Popen(
-            [
-                self._exe,
-                "--port", str(port),
-                "--bind", HOST,
-                "--cluster-enabled", "yes",
-                "--cluster-port", str(self.bus_ports.setdefault(port, free_port())),
-                "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", str(self.node_timeout_ms),
-                "--save", "",
-                "--appendonly", "no",
-                "--logfile", "redis.log",
-            ],  # fmt: skip
+            args,
             cwd=home,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -241,7 +241,7 @@ async def backend_factory(request: pytest.FixtureRequest) -> AsyncIterator[Clust
     if request.param == "memory":
         cluster = MemoryCluster()
     elif request.param == "redis-cluster":
-        cluster = ShardedCluster(request.getfixturevalue("redis_cluster"))
+        cluster = ShardedCluster(request.getfixturevalue("shared_redis_cluster"))
     else:
         state = ""
         if request.param == "redis-split":  # bus and state on two servers
