@@ -163,16 +163,24 @@ class RedisClusterSet:
         self.killed = []
         self.wait_ok()
 
-    def migrate_slot(self, slot: int, to_port: int, batch: int = 100) -> int:
+    def migrate_slot(self, slot: int, to_port: int, batch: int = 100, hold: float = 0.0) -> int:
         """Move `slot` and its keys to the primary on `to_port` (SETSLOT IMPORTING /
-        MIGRATING, MIGRATE in batches, SETSLOT NODE on every primary, the target first);
-        returns the previous owner's port."""
+        MIGRATING, MIGRATE in batches, for `hold` seconds at least: clients get ASK
+        meanwhile, then SETSLOT NODE on every primary, the target first); returns the
+        previous owner's port."""
         source = self.owner_of_slot(slot)
         src_id, dst_id = self.node_id(source), self.node_id(to_port)
         command(to_port, "CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
         command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
-        while keys := command(source, "CLUSTER", "GETKEYSINSLOT", slot, batch):
-            command(source, "MIGRATE", HOST, to_port, "", 0, 5000, "KEYS", *keys)
+        deadline = time.monotonic() + hold
+        while True:
+            keys = command(source, "CLUSTER", "GETKEYSINSLOT", slot, batch)
+            if keys:
+                command(source, "MIGRATE", HOST, to_port, "", 0, 5000, "KEYS", *keys)
+            elif time.monotonic() >= deadline:
+                break
+            else:
+                time.sleep(0.05)
         others = [p for p in self.primary_ports() if p not in (to_port, source)]
         for port in (to_port, source, *others):
             command(port, "CLUSTER", "SETSLOT", slot, "NODE", dst_id)

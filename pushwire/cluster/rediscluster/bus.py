@@ -59,7 +59,9 @@ class ClusterBroker:
     ping_timeout = 3.0
     silence_limit = 4.0
     backoff_min = 0.1
-    backoff_max = 2.0
+    # a lost listener retries (and reloads the slot map) at least twice a second: its
+    # primary may have been replaced, and the new one is found at the next attempt
+    backoff_max = 0.5
     chunk = 500
 
     def __init__(self, scripts: ClusterScripts) -> None:

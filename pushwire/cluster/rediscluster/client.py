@@ -115,6 +115,11 @@ def make_cluster_client(target: RedisTarget, watch: ShardWatch, retries: int) ->
         max_connections=POOL_SIZE * 2,
     )
     client.shard_watch = watch
+    # redis-py calls `on_connect` only when reading from replicas: set it for every node
+    # made from now on (the shared kwargs) and for the seeds (made already)
+    client.connection_kwargs["redis_connect_func"] = client.on_connect
+    for node in client.startup_nodes:
+        node.connection_kwargs["redis_connect_func"] = client.on_connect
     return client
 
 

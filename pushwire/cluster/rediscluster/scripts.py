@@ -16,6 +16,7 @@ history (an app or nodes topic) is a plain SPUBLISH: nothing to check, nothing t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 from collections.abc import Callable, Sequence
@@ -24,12 +25,16 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import (
+    ClusterDownError,
     ClusterError,
     NoScriptError,
     RedisClusterException,
     RedisError,
     ResponseError,
+    SlotNotCoveredError,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..base import NotRegistered, Unavailable
 from ..redis.scripts import LUA_DIR as SHARED_DIR
@@ -38,6 +43,8 @@ from .keys import ClusterKeys, lua_prelude
 from .membership import Membership
 
 LUA_DIR = Path(__file__).parent / "lua"
+# errors after which the slot map may be stale (a primary died, a failover)
+_MOVED_ON = (RedisConnectionError, RedisTimeoutError, ClusterDownError, SlotNotCoveredError)
 SHARED = (
     "cache_get",
     "cache_set",
@@ -205,8 +212,15 @@ class ClusterScripts:
                             pipe.execute_command("SPUBLISH", args[0], args[3])
                         else:
                             pipe.execute_command("EVALSHA", *self._evalsha(name, args))
-                    for i, r in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
+                    try:
+                        done = await pipe.execute(raise_on_error=False)
+                    except _MOVED_ON:
+                        await self._reload_map()
+                        raise
+                    for i, r in zip(todo, done, strict=True):
                         results[i] = r
+                    if any(isinstance(r, _MOVED_ON) for r in done):
+                        await self._reload_map()
                     todo = [i for i in todo if isinstance(results[i], NoScriptError)]
                     if not todo or attempt:
                         break
@@ -214,6 +228,12 @@ class ClusterScripts:
         except RedisClusterException as exc:
             raise ClusterError(str(exc)) from exc
         return results
+
+    async def _reload_map(self) -> None:
+        """Reload the slot map now: redis-py does it after a failed command, not after a
+        pipeline that failed without retries (the next one would go to the dead node)."""
+        with contextlib.suppress(RedisError, RedisClusterException, OSError):
+            await self.client.nodes_manager.initialize()
 
     async def many(self, name: str, calls: Sequence[Args]) -> list[Any]:
         """`pipeline`, every failure raised as `Unavailable` (the first one)."""
