@@ -204,7 +204,8 @@ class ShardedCluster(RedisCluster):
         self.servers = servers
 
     def backend(self, name: str) -> Any:
-        backend = RedisClusterBackend(parse_redis_url(self.url), self.prefix, name, REDIS_NODE_TIMEOUT)
+        target = parse_redis_url(self.url)
+        backend = RedisClusterBackend(target, self.prefix, name, REDIS_NODE_TIMEOUT)
         self.backends.append(backend)
         return backend
 

@@ -22,10 +22,10 @@ from pushwire.cluster.base import (
     Unavailable,
     channel_topic,
 )
-from pushwire.cluster.redis.urls import parse_url
+from pushwire.cluster.redis.urls import parse_redis_url
 from pushwire.cluster.rediscluster import RedisClusterBackend
 from pushwire.cluster.rediscluster.keys import ClusterKeys
-from tests.cluster.cluster_set import RedisClusterSet
+from tests.helpers.redis_cluster import RedisClusterSet
 
 APP = "app-1"
 NODE_TIMEOUT = 0.5
@@ -48,7 +48,8 @@ class Nodes:
         self.all: list[Node] = []
 
     async def add(self, name: str, timeout: float = NODE_TIMEOUT) -> Node:
-        backend = RedisClusterBackend(parse_url(self.servers.url()), self.prefix, name, timeout)
+        target = parse_redis_url(self.servers.url())
+        backend = RedisClusterBackend(target, self.prefix, name, timeout)
         node = Node(backend)
         self.all.append(node)
         await node.liveness.register()
@@ -69,19 +70,18 @@ async def on(port: int, *args: Any) -> Any:
 
 
 @pytest.fixture
-async def nodes(redis_cluster: RedisClusterSet) -> AsyncIterator[Nodes]:
-    made = Nodes(redis_cluster)
+async def nodes(shared_redis_cluster: RedisClusterSet) -> AsyncIterator[Nodes]:
+    made = Nodes(shared_redis_cluster)
     yield made
     for n in made.all:
         await n.backend.aclose()
 
 
 @pytest.fixture(scope="module")
-def own_cluster() -> Iterator[RedisClusterSet]:
+def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterSet]:
     """A cluster of this module's own, for the tests that migrate slots and kill primaries."""
-    cluster = RedisClusterSet()
-    yield cluster
-    cluster.stop()
+    with RedisClusterSet(tmp_path_factory.mktemp("own-cluster")) as cluster:
+        yield cluster
 
 
 @pytest.fixture

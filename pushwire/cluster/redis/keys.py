@@ -138,6 +138,9 @@ class Keys:
     def wh_due(self) -> str:
         return self._k("wh_due")
 
+    def wh_taken(self, job_id: str) -> str:
+        return self._k("wh_taken", id=job_id)
+
     def bus(self, topic: str) -> str:
         return self._k("bus", topic=topic)
 

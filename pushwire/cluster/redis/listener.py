@@ -89,6 +89,15 @@ class Timing(Protocol):
     chunk: int
 
 
+def follow_node_timeout(timing: Timing, node_timeout: float) -> None:
+    """A silent bus connection is given up (and its sockets told) before this node's lease
+    runs out, i.e. before other nodes stop counting on its subscriptions: from the cut,
+    within ping_interval + silence_limit + ping_interval (5 s at node_timeout 6)."""
+    timing.ping_interval = min(1.0, node_timeout / 6)
+    timing.ping_timeout = node_timeout / 4
+    timing.silence_limit = node_timeout / 2
+
+
 class Wakeups:
     """Futures woken when a channel's state changes (key None: woken by any change)."""
 

@@ -32,6 +32,13 @@ def to_ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
+class Generations(Protocol):
+    """How often the primary (or a shard's) was found replaced since start."""
+
+    @property
+    def changes(self) -> int: ...
+
+
 class Runner(Protocol):
     """What runs the scripts: `Scripts` on one server, or the Redis Cluster backend's
     (the publisher, the webhook store and the state parts work with either)."""
@@ -41,6 +48,9 @@ class Runner(Protocol):
 
     @property
     def keys(self) -> Keys: ...
+
+    @property
+    def watch(self) -> Generations: ...
 
     async def run(self, name: str, *args: Any) -> Any: ...
 

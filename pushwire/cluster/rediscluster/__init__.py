@@ -25,6 +25,7 @@ Bus and state are one cluster (a second cluster for the state is not supported).
 from __future__ import annotations
 
 from ..base import AppSnapshot, Changes
+from ..redis.listener import follow_node_timeout
 from ..redis.state import RedisCacheState
 from ..redis.urls import RedisTarget
 from ..redis.webhooks import RedisWebhookStore
@@ -73,17 +74,21 @@ class RedisClusterBackend:
         # is appended once)
         self.client = make_cluster_client(target, self.watch, retries=0)
         self.bus_client = make_cluster_client(target, self.watch, retries=2)
-        self.scripts = scripts = ClusterScripts(self.client, keys, membership)
+        self.scripts = scripts = ClusterScripts(self.client, keys, membership, self.watch)
         index = NodeIndex(scripts)
         channels = ChannelIndex(scripts)
-        self.broker = ClusterBroker(ClusterScripts(self.bus_client, keys, membership))
-        self.broker.silence_limit = max(self.broker.ping_timeout + 1.0, node_timeout * 2 / 3)
+        self.broker = ClusterBroker(ClusterScripts(self.bus_client, keys, membership, self.watch))
+        follow_node_timeout(self.broker, node_timeout)
         records = Records(scripts, index, channels, claim_ttl=max(node_timeout, 2.0))
         self.state = ClusterState(scripts, index, channels, records)
         self.liveness = ClusterLiveness(scripts, index, channels, self.watch, node_timeout)
 
     def webhook_store(self, max_size: int) -> RedisWebhookStore:
         return RedisWebhookStore(self.scripts, max_size)
+
+    def primaries(self) -> list[tuple[str, str, int]]:
+        """For the metrics: ("cluster", the shard primaries reached, new primaries found)."""
+        return [("cluster", ",".join(sorted(self.watch.primaries)), self.watch.changes)]
 
     async def aclose(self) -> None:
         """Stop the broker (its listeners) and close the clients."""

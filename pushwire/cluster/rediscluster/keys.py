@@ -36,7 +36,7 @@ An app A, `{a:A}`: `:conn` (hash N -> connections on N: the quota), `:chs` (hash
 occupancy version that last marked C occupied: the app's channel index), `:own:N`, `:bus`.
 Other topics T (`n`: every node): `p:{T}:bus`.
 - `p:{o:K}:once`, `p:{r:K}:rate`: a claim, a rate counter (each its own slot)
-- `p:{wh}:jobs`, `p:{wh}:due`: webhook jobs (one slot)
+- `p:{wh}:jobs`, `p:{wh}:due`, `p:{wh}:taken:I`: webhook jobs (one slot)
 
 Assumptions: those of `redis/keys.py`, and a prefix without `{` or `}`. A `}` in an app id or
 a user id shortens the tag, but alike in every name of its group: the group keeps one slot.
@@ -86,6 +86,7 @@ TEMPLATES: dict[str, str] = {
     "rate": "{{r:{key}}}:rate",
     "wh_jobs": "{{wh}}:jobs",
     "wh_due": "{{wh}}:due",
+    "wh_taken": "{{wh}}:taken:{id}",
 }
 
 # How long a reaped incarnation's mark stays in a group it was removed from (its writes, if

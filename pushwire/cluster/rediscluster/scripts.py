@@ -6,7 +6,9 @@ every one prefixed with `keys.lua_prelude()`. `ROUTES` names, per script and fro
 arguments, the keys it touches: they are declared to Redis (KEYS), which routes the call to
 their slot's shard and, while that slot migrates, answers ASK or TRYAGAIN (followed by
 redis-py) instead of letting a script see half of a group. Every key a script touches is
-declared, except the registry's leases in `beat` (a slot of its own, rarely migrated).
+declared, except the registry's leases in `beat` and the taken jobs' marks in `wh_take` (each
+in a slot of its own, rarely migrated: a script meeting that slot's migration fails, and is
+tried again at the next heartbeat or poll).
 
 Same interface as `redis/scripts.Scripts` (`run`, `pipeline`, `error`), so the one-server
 publisher and webhook store run on it unchanged. A publish with no receiver record and no
@@ -38,7 +40,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..base import NotRegistered, Unavailable
 from ..redis.scripts import LUA_DIR as SHARED_DIR
-from .client import POOL_SIZE
+from .client import POOL_SIZE, ShardWatch
 from .keys import ClusterKeys, lua_prelude
 from .membership import Membership
 
@@ -90,6 +92,7 @@ def _registry(node: str) -> Callable[[ClusterKeys], list[str]]:
 
 
 def _webhooks(k: ClusterKeys, node: str, a: Args) -> list[str]:
+    """(wh_take also marks the jobs it takes, `p:{wh}:taken:I`: names it cannot declare)"""
     return [k.wh_jobs(), k.wh_due()]
 
 
@@ -103,7 +106,7 @@ ROUTES: dict[str, Route] = {
     "history": lambda k, n, a: [k.hist(a[0]), k.histm(a[0])],
     "members": lambda k, n, a: [k.pm(a[0], a[1])],
     "online_users": lambda k, n, a: [k.usr(a[0], a[1])],  # one user per call
-    "wh_add": _webhooks,
+    "wh_add": lambda k, n, a: [*_webhooks(k, n, a), k.wh_taken(a[0])],
     "wh_cancel": _webhooks,
     "wh_size": _webhooks,
     "wh_take": _webhooks,
@@ -152,11 +155,12 @@ class ClusterScripts:
     (NotRegistered) a script that needs this node registered while it is not."""
 
     def __init__(
-        self, client: RedisCluster, keys: ClusterKeys, membership: Membership
+        self, client: RedisCluster, keys: ClusterKeys, membership: Membership, watch: ShardWatch
     ) -> None:
         self.client = client
         self.keys = keys
         self.membership = membership
+        self.watch = watch
         self.node = membership.node
         self._source, self._sha = _load_scripts()
         self._turns = asyncio.Semaphore(POOL_SIZE)
