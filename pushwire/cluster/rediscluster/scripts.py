@@ -176,7 +176,16 @@ class ClusterScripts:
         return (self._sha[name], len(keys), *keys, self.keys.prefix, self.membership.me(), *args)
 
     async def _load(self, name: str) -> None:
-        await self.client.script_load(self._source[name])  # on every primary
+        """Load script `name` on every primary that answers (one that does not, a dead one
+        still in the slot map, fails only the calls routed to it)."""
+        source = self._source[name]
+        await asyncio.gather(
+            *(
+                self.client.execute_command("SCRIPT LOAD", source, target_nodes=node)
+                for node in self.client.get_primaries()
+            ),
+            return_exceptions=True,
+        )
 
     async def raw(self, name: str, *args: Any) -> Any:
         """Run script `name`; Redis errors are raised as is."""
