@@ -39,44 +39,27 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
 
-from ..base import BusMessage, HistoryPage, HistoryPolicy, Position, Unavailable
-from ..redis.bus import Inbox
-from ..redis.listener import SHARDED, Listener, Wakeups, confirm
-from ..redis.publisher import Publisher
+from ..base import BusMessage
+from ..redis.listener import SHARDED, Listener
+from ..redis.pubsub import PubSubBroker
 from .client import connection_to
 from .scripts import ClusterScripts
 
 log = logging.getLogger("pushwire.cluster.rediscluster")
 
 
-def _nothing() -> None:
-    pass
-
-
-class ClusterBroker:
-    confirm_timeout = 3.0  # subscribe / resubscribed give up after this many seconds
-    ping_interval = 1.0  # see RedisBroker
-    ping_timeout = 3.0
-    silence_limit = 4.0
-    backoff_min = 0.1
+class ClusterBroker(PubSubBroker):
     # a lost listener retries (and reloads the slot map) at least twice a second: its
     # primary may have been replaced, and the new one is found at the next attempt
     backoff_max = 0.5
-    chunk = 500
 
     def __init__(self, scripts: ClusterScripts) -> None:
-        self.node = scripts.node
+        super().__init__(scripts)
         self._client = scripts.client
-        self._keys = scripts.keys
-        self._wanted: dict[bytes, str] = {}  # bus channel -> topic
-        self._wakeups = Wakeups()
-        self._inbox = Inbox(self.node)
-        self._lost: Callable[[], None] = _nothing
-        self._listeners: dict[str, Listener] = {}  # by primary address
+        self._by_address: dict[str, Listener] = {}  # by primary address
         self._refresh_task: asyncio.Task[None] | None = None
         self._bg: set[asyncio.Task[Any]] = set()
         self._stopping = False
-        self._publisher = Publisher(scripts, None, self._listening)
 
     # Lifecycle ----------------------------------------------------------------------------
     @property
@@ -88,15 +71,11 @@ class ClusterBroker:
                 return False
         return True
 
-    @property
-    def losses(self) -> int:
-        return sum(lis.losses for lis in self._listeners.values())
-
     async def start(
         self, deliver: Callable[[BusMessage], None], lost: Callable[[], None] | None = None
     ) -> None:
         self._inbox.deliver = deliver
-        self._lost = lost or _nothing
+        self._lost = lost or (lambda: None)
         self._stopping = False
         with contextlib.suppress(RedisError, RedisClusterException, OSError):
             await self._client.initialize()  # else on first use
@@ -108,7 +87,7 @@ class ClusterBroker:
         task, self._refresh_task = self._refresh_task, None
         if task is not None:
             task.cancel()
-        listeners, self._listeners = list(self._listeners.values()), {}
+        listeners, self._by_address = list(self._by_address.values()), {}
         for lis in listeners:
             await lis.stop()
         if self._bg:
@@ -121,14 +100,17 @@ class ClusterBroker:
         except (RedisClusterException, KeyError, IndexError, TypeError):
             return None  # the slot map is not loaded, or the slot has no owner right now
 
+    def _listeners(self) -> list[Listener]:
+        return list(self._by_address.values())
+
     def _route(self, name: bytes) -> Listener | None:
         """The listener of the primary that owns `name`'s slot (made and started here)."""
         address = self._owner(name)
         if address is None or self._stopping:
             return None
-        lis = self._listeners.get(address)
+        lis = self._by_address.get(address)
         if lis is None:
-            lis = self._listeners[address] = self._listener(address)
+            lis = self._by_address[address] = self._listener(address)
             lis.start()
         return lis
 
@@ -192,7 +174,7 @@ class ClusterBroker:
                 sub = owner.channels.get(name)
                 if owner.up and (sub is None or not sub.last_sub):
                     subscribe.setdefault(owner, []).append(name)
-            for lis in self._listeners.values():
+            for lis in self._by_address.values():
                 sub = lis.channels.get(name)
                 if lis is not owner and lis.up and sub is not None and sub.last_sub:
                     unsubscribe.setdefault(lis, []).append(name)
@@ -200,74 +182,8 @@ class ClusterBroker:
             await lis.send(lis.dialect.unsubscribe, names)
         for lis, names in subscribe.items():
             await lis.send(lis.dialect.subscribe, names)
-        for address, lis in list(self._listeners.items()):
+        for address, lis in list(self._by_address.items()):
             if lis not in owners and not any(s.last_sub for s in lis.channels.values()):
-                del self._listeners[address]
+                del self._by_address[address]
                 self._spawn(lis.stop())
         self._wakeups.wake()
-
-    # Subscriptions ------------------------------------------------------------------------
-    def _name(self, topic: str) -> bytes:
-        return self._keys.bus(topic).encode()
-
-    async def subscribe(self, topic: str) -> None:
-        name = self._name(topic)
-        self._wanted[name] = topic
-        try:
-            async with asyncio.timeout(self.confirm_timeout):
-                await confirm(
-                    lambda: [name] if name in self._wanted else [],
-                    self._route,
-                    self._wakeups,
-                    name,
-                )
-        except TimeoutError:
-            raise Unavailable(
-                f"bus subscription to {topic!r} not confirmed within {self.confirm_timeout} s"
-            ) from None
-
-    async def unsubscribe(self, topic: str) -> None:
-        name = self._name(topic)
-        self._wanted.pop(name, None)
-        for lis in list(self._listeners.values()):
-            sub = lis.channels.get(name)
-            if lis.up and sub is not None and sub.last_sub:
-                await lis.send(lis.dialect.unsubscribe, [name])
-
-    async def resubscribed(self) -> None:
-        try:
-            async with asyncio.timeout(self.confirm_timeout):
-                await confirm(lambda: list(self._wanted), self._route, self._wakeups, None)
-        except TimeoutError:
-            raise Unavailable(f"bus not subscribed again after {self.confirm_timeout} s") from None
-
-    def _on_message(self, name: Any, data: Any) -> None:
-        topic = self._wanted.get(name)
-        if topic is not None:
-            self._inbox.receive(topic, data)
-
-    # Publishing (redis/publisher.py) ------------------------------------------------------------
-    def _listening(self, topic: str) -> bool:
-        """Whether this node's own subscription may be counted on the topic's shard (any
-        listener: the check can only get stricter)."""
-        name = self._name(topic)
-        for lis in self._listeners.values():
-            sub = lis.channels.get(name) if lis.up else None
-            if sub is not None and sub.maybe_counted:
-                return True
-        return False
-
-    async def publish(
-        self, topic: str, msg: BusMessage, history: HistoryPolicy | None = None
-    ) -> Position | None:
-        return await self._publisher.publish(topic, msg, history)
-
-    async def history(
-        self,
-        topic: str,
-        since: int | None,
-        limit: int,
-        policy: HistoryPolicy,
-        max_bytes: int = 0,
-    ) -> HistoryPage:
-        return await self._publisher.history(topic, since, limit, policy, max_bytes)

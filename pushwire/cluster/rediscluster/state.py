@@ -13,12 +13,10 @@ import contextlib
 import logging
 from typing import Any
 
-import orjson
-
 from ...protocol.errors import PresenceLimit
 from ..base import ChannelStats, Joined, Left, Unavailable
 from ..redis.scripts import as_str
-from ..redis.state import RedisAppState, RedisChannelState
+from ..redis.state import RedisAppState, RedisChannelState, joined, joining
 from ..redis.state import _Part as _RedisPart
 from .index import NodeIndex, app_field, channel_field, user_field
 from .scripts import ClusterScripts
@@ -94,22 +92,16 @@ class ClusterChannelState(_Part, RedisChannelState):
     async def subscribe(
         self, app_id: str, channel: str, member: tuple[str, Any] | None, limit: int
     ) -> Joined:
-        if member is None:
-            args: tuple[str | bytes | int, ...] = ("0", "", b"", 0)
-        else:
-            args = ("1", member[0], orjson.dumps(member[1]), limit)
+        args = joining(member, limit)
         async with self.index.use(channel_field(app_id, channel)) as use:
             res = await self.scripts.run("subscribe", app_id, channel, *args)
             if int(res[0]) < 0:
                 use.holds = bool(res[1])
                 raise PresenceLimit(f"Presence channel {channel} is full ({limit} members)")
-        total, occupied, added, version, flat, cv, _ = res
-        if occupied:
-            await self.channel_index.mark(app_id, [(channel, int(cv), True)])
-        members = None
-        if member is not None:
-            members = {as_str(flat[i]): orjson.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
-        return Joined(int(total), bool(occupied), bool(added), int(version), members)
+        result = joined(res, member)
+        if result.occupied:
+            await self.channel_index.mark(app_id, [(channel, int(res[5]), True)])
+        return result
 
     async def unsubscribe(self, app_id: str, channel: str, user_id: str | None) -> Left:
         args = ("0", "") if user_id is None else ("1", user_id)

@@ -9,25 +9,14 @@ local own, chn = K_cown(app, ch, NODE), K_chn(app, ch)
 if not writable(own) then return redis.error_reply('NOTREG') end
 local added, version, members = 0, 0, {}
 if ARGV[5] == '1' then
-  local uid, info, limit = ARGV[6], ARGV[7], tonumber(ARGV[8])
-  local pm = K_pm(app, ch)
-  local new = redis.call('HEXISTS', pm, uid) == 0
-  if new and redis.call('HLEN', pm) >= limit then
+  local uid = ARGV[6]
+  added, version, members = member_join(app, ch, K_pmn(app, ch, NODE), uid, uid, ARGV[7],
+                                        tonumber(ARGV[8]))
+  if added == nil then
     local holds = redis.call('HEXISTS', chn, NODE)
     settle(own, holds == 1)
     return {-1, holds}
   end
-  if redis.call('HINCRBY', K_pmn(app, ch, NODE), uid, 1) == 1 then
-    redis.call('HINCRBY', K_pmu(app, ch), uid, 1)
-  end
-  if new then
-    redis.call('HSET', pm, uid, info)
-    added = 1
-    version = next_version(app, ch)
-  else
-    version = current_version(app, ch)
-  end
-  members = redis.call('HGETALL', pm)
 end
 redis.call('HINCRBY', chn, NODE, 1)
 local total = 0

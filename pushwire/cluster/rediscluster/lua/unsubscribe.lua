@@ -7,21 +7,7 @@ local own, chn = K_cown(app, ch, NODE), K_chn(app, ch)
 if not writable(own) then return redis.error_reply('NOTREG') end
 local removed, version = 0, 0
 if ARGV[5] == '1' then
-  local uid = ARGV[6]
-  local pmn = K_pmn(app, ch, NODE)
-  local n = num(redis.call('HGET', pmn, uid))
-  if n > 1 then
-    redis.call('HINCRBY', pmn, uid, -1)
-  elseif n == 1 then
-    redis.call('HDEL', pmn, uid)
-    local pmu = K_pmu(app, ch)
-    if redis.call('HINCRBY', pmu, uid, -1) <= 0 then
-      redis.call('HDEL', pmu, uid)
-      redis.call('HDEL', K_pm(app, ch), uid)
-      removed = 1
-      version = next_version(app, ch)
-    end
-  end
+  removed, version = member_leave(app, ch, K_pmn(app, ch, NODE), ARGV[6], ARGV[6])
 end
 local mine = num(redis.call('HGET', chn, NODE))
 if mine > 1 then
