@@ -93,34 +93,23 @@ def make_backends(config: Config, node: str, clock: Callable[[], float]) -> Back
     if c.bus_url:
         from .cluster.redis import RedisBackend
         from .cluster.redis.urls import RedisKind, parse_redis_url
+        from .cluster.rediscluster import RedisClusterBackend
 
         target = parse_redis_url(c.bus_url)
+        rb: RedisBackend | RedisClusterBackend
         if target.kind is RedisKind.CLUSTER:  # bus and state alike (checked by config)
-            from .cluster.rediscluster import RedisClusterBackend
-
-            rc = RedisClusterBackend(target, c.key_prefix, node, c.node_timeout)
-            return Backends(
-                rc.broker,
-                rc.state,
-                rc.liveness,
-                rc.webhook_store(config.server.webhook_queue_size),
-                rc.aclose,
-                rc.primaries,
+            rb = RedisClusterBackend(target, c.key_prefix, node, c.node_timeout)
+        else:
+            rb = RedisBackend(
+                target, parse_redis_url(c.state_url), c.key_prefix, node, c.node_timeout
             )
-        rb = RedisBackend(
-            parse_redis_url(c.bus_url),
-            parse_redis_url(c.state_url),
-            c.key_prefix,
-            node,
-            c.node_timeout,
-        )
         return Backends(
             rb.broker,
             rb.state,
             rb.liveness,
             rb.webhook_store(config.server.webhook_queue_size),
             rb.aclose,
-            lambda: [(role, w.address, w.changes) for role, w in sorted(rb.watches.items())],
+            rb.primaries,
         )
     plane = Backplane(clock, c.node_timeout)
     path = config.server.history_file

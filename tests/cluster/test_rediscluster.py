@@ -282,17 +282,6 @@ async def test_a_busy_channels_slot_migrates_under_publishes(nodes_on_own: Nodes
     print(f"accepted {len(accepted)}, refused {len(refused)}, moved at {moved:.1f}")
 
 
-FAILOVER_CONFIG = """
-[server]
-host = "127.0.0.1"
-port = 0
-
-[[apps]]
-id = "app-id"
-key = "app-key"
-secret = "app-secret"
-history_size = 5000
-"""
 
 
 async def test_a_primary_killed_under_load(own_cluster: RedisClusterSet, tmp_path: Any) -> None:
@@ -304,12 +293,13 @@ async def test_a_primary_killed_under_load(own_cluster: RedisClusterSet, tmp_pat
     import aiohttp
 
     from pushwire.client import PushwireClient
+    from tests.cluster.test_history import CONFIG
     from tests.cluster.test_races import _presence_subscribe, _trigger, members_seen, rest_users
     from tests.conftest import ClusterUrl, cluster_config, start_node, stop_node
     from tests.server.helpers import Client
 
     servers = own_cluster
-    cfg = cluster_config(ClusterUrl(servers.url()), FAILOVER_CONFIG, prefix="fo")
+    cfg = cluster_config(ClusterUrl(servers.url()), CONFIG, prefix="fo")
     nodes = [start_node(tmp_path, cfg) for _ in range(2)]
     (_, pa, _), (_, pb, _) = nodes
     subs: list[PushwireClient] = []

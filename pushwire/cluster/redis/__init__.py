@@ -73,9 +73,10 @@ class RedisBackend:
     def webhook_store(self, max_size: int) -> RedisWebhookStore:
         return RedisWebhookStore(self.scripts, max_size)
 
-    def primaries(self) -> dict[str, PrimaryWatch]:
-        """Per role ("bus", "state"): the primary it reaches and how often that changed."""
-        return dict(self.watches)
+    def primaries(self) -> list[tuple[str, str, int]]:
+        """Per role ("bus", "state": one watch when they are one server): the primary it reaches
+        and how often that changed."""
+        return [(role, w.address, w.changes) for role, w in sorted(self.watches.items())]
 
     async def aclose(self) -> None:
         """Stop the broker (its pub/sub connection) and close the pools."""
