@@ -66,7 +66,8 @@ class ClusterBroker(PubSubBroker):
     def healthy(self) -> bool:
         """Every listener this node needs is up and answers (no topic: True)."""
         for name in self._wanted:
-            lis = self._route(name)
+            address = self._owner(name)
+            lis = self._by_address.get(address) if address is not None else None
             if lis is None or not lis.healthy:
                 return False
         return True

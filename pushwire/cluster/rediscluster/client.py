@@ -73,15 +73,22 @@ class ShardWatch:
             )
 
     async def sweep(self, client: RedisCluster, timeout: float = 1.0) -> None:
-        """Read every primary's replication ids (errors ignored: the slot map reloads)."""
+        """Read every primary's replication ids; one that does not answer makes the slot map
+        reload (errors are not raised: the heartbeat goes on)."""
 
-        async def one(node: ClusterNode) -> None:
-            with contextlib.suppress(RedisError, RedisClusterException, OSError, TimeoutError):
+        async def one(node: ClusterNode) -> bool:
+            try:
                 async with asyncio.timeout(timeout):
                     info = await node.execute_command("INFO", "replication")
-                    self.seen(node.name, *replication_ids(info))
+            except (RedisError, RedisClusterException, OSError, TimeoutError):
+                return False
+            self.seen(node.name, *replication_ids(info))
+            return True
 
-        await asyncio.gather(*(one(n) for n in client.get_primaries()))
+        answered = await asyncio.gather(*(one(n) for n in client.get_primaries()))
+        if not all(answered):  # a primary gone: the next sweep asks the one that replaced it
+            with contextlib.suppress(RedisError, RedisClusterException, OSError):
+                await client.nodes_manager.initialize()
 
 
 class _WatchedCluster(RedisCluster):
