@@ -358,21 +358,20 @@ class Listener:
                 self._on_moved([name])
 
     def _on_redirect(self, exc: MovedError | AskError) -> None:
-        """A subscribe answered with MOVED / ASK: this server does not own the slot (our
-        slot map is stale). Its channels are handed back for routing."""
+        """A subscribe or unsubscribe answered with MOVED / ASK: this server does not own
+        the slot (our slot map is stale, or the slot left). Nothing of that slot is in
+        effect here; its channels are handed back for routing."""
         names = [
-            n for n, s in self.channels.items() if s.subs > 0 and key_slot(n) == exc.slot_id
+            n
+            for n, s in self.channels.items()
+            if (s.subs or s.unsubs) and key_slot(n) == exc.slot_id
         ]
+        moved = [n for n in names if self.channels[n].subs]  # a subscribe was refused
         for name in names:
-            sub = self.channels[name]
-            sub.subs -= 1
-            if sub.subs == 0 and not sub.active:
-                sub.last_sub = False
-            if sub.idle:
-                del self.channels[name]
+            del self.channels[name]
             self._wakeups.wake(name)
-        if names and self._on_moved is not None:
-            self._on_moved(names)
+        if moved and self._on_moved is not None:
+            self._on_moved(moved)
 
 
 async def confirm(
