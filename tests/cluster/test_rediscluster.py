@@ -363,3 +363,27 @@ async def test_a_primary_killed_under_load(own_cluster: RedisClusterSet, tmp_pat
         for proc, _, _ in nodes:
             stop_node(proc)
         await asyncio.to_thread(servers.restart_killed)
+
+
+async def test_a_slot_moved_away_and_back_is_followed_both_ways(nodes_on_own: Nodes) -> None:
+    """The subscriber follows its channel's slot to another primary and back again."""
+    servers = nodes_on_own.servers
+    a, b = await nodes_on_own.add("a", 2.0), await nodes_on_own.add("b", 2.0)
+    topic = channel_topic(APP, "round-trip")
+    await a.state.subscribe(APP, "round-trip", None, 0)
+    await a.broker.subscribe(topic)
+    name = a.backend.keys.bus(topic)
+    slot = servers.slot_of(name)
+    home = servers.owner_of(name)
+    away = next(p for p in servers.primary_ports() if p != home)
+    for n, port in enumerate((away, home)):
+        await asyncio.to_thread(servers.migrate_slot, slot, port)
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    await b.broker.publish(topic, chmsg("round-trip", b"%d" % n))
+                    break
+                except Unavailable:  # until a is subscribed on the new owner
+                    await asyncio.sleep(0.05)
+        assert (await a.recv()).payload == b"%d" % n
+    assert a.broker.healthy
