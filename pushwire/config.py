@@ -217,6 +217,7 @@ CLUSTER_URLS = ("redis_url", "bus_url", "state_url")  # [cluster] keys, env vars
 def _check_cluster(cluster: ClusterConfig, source: str) -> None:
     from .cluster.redis.urls import RedisKind, parse_redis_url
 
+    kinds: set[RedisKind] = set()
     for name in CLUSTER_URLS:
         url = getattr(cluster, name)
         if url:
@@ -225,15 +226,25 @@ def _check_cluster(cluster: ClusterConfig, source: str) -> None:
             except ValueError as exc:
                 raise ConfigError(f"{source}: [cluster]: key '{name}': {exc}") from None
             if target.kind is RedisKind.CLUSTER:
-                raise ConfigError(
-                    f"{source}: [cluster]: key '{name}': Redis Cluster is not supported yet "
-                    "(use one Redis, bus_url and state_url apart, or redis+sentinel://)"
-                )
+                kinds.add(RedisKind.CLUSTER)
     if not cluster.redis_url and bool(cluster.bus_url) != bool(cluster.state_url):
         raise ConfigError(
             f"{source}: [cluster]: bus_url and state_url go together (or set redis_url, "
             "which is both)"
         )
+    if RedisKind.CLUSTER in kinds:
+        bus = cluster.bus_url or cluster.redis_url
+        state = cluster.state_url or cluster.redis_url
+        if bus != state:
+            raise ConfigError(
+                f"{source}: [cluster]: with Redis Cluster, bus and state are one cluster: set "
+                "redis_url (or bus_url and state_url alike)"
+            )
+        if "{" in cluster.key_prefix or "}" in cluster.key_prefix:
+            raise ConfigError(
+                f"{source}: [cluster]: key 'key_prefix': no '{{' or '}}' with Redis Cluster "
+                "(they decide the slots)"
+            )
     if cluster.heartbeat_interval <= 0 or cluster.node_timeout <= cluster.heartbeat_interval:
         raise ConfigError(
             f"{source}: [cluster]: node_timeout must be greater than heartbeat_interval (> 0)"

@@ -92,22 +92,24 @@ def make_backends(config: Config, node: str, clock: Callable[[], float]) -> Back
     c = config.cluster
     if c.bus_url:
         from .cluster.redis import RedisBackend
-        from .cluster.redis.urls import parse_redis_url
+        from .cluster.redis.urls import RedisKind, parse_redis_url
+        from .cluster.rediscluster import RedisClusterBackend
 
-        rb = RedisBackend(
-            parse_redis_url(c.bus_url),
-            parse_redis_url(c.state_url),
-            c.key_prefix,
-            node,
-            c.node_timeout,
-        )
+        target = parse_redis_url(c.bus_url)
+        rb: RedisBackend | RedisClusterBackend
+        if target.kind is RedisKind.CLUSTER:  # bus and state alike (checked by config)
+            rb = RedisClusterBackend(target, c.key_prefix, node, c.node_timeout)
+        else:
+            rb = RedisBackend(
+                target, parse_redis_url(c.state_url), c.key_prefix, node, c.node_timeout
+            )
         return Backends(
             rb.broker,
             rb.state,
             rb.liveness,
             rb.webhook_store(config.server.webhook_queue_size),
             rb.aclose,
-            lambda: [(role, w.address, w.changes) for role, w in sorted(rb.watches.items())],
+            rb.primaries,
         )
     plane = Backplane(clock, c.node_timeout)
     path = config.server.history_file

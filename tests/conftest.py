@@ -189,7 +189,7 @@ def start_server(tmp: Path, config: str, *extra: str, nodes: int = 1) -> Server:
 
 @contextlib.contextmanager
 def cluster_nodes(
-    redis: RedisSingle, tmp: Path, config: str, prefix: str, n: int = 2
+    redis: Redis | ClusterUrl, tmp: Path, config: str, prefix: str, n: int = 2
 ) -> Iterator[list[tuple[subprocess.Popen[str], int, Path]]]:
     """`n` nodes of one cluster over `redis`; stopped afterwards, and none may have logged a
     traceback."""
@@ -205,7 +205,10 @@ def cluster_nodes(
 
 
 def cluster_config(
-    redis: Redis, config: str = BASE_CONFIG, prefix: str = "pw", state: Redis | None = None
+    redis: Redis | ClusterUrl,
+    config: str = BASE_CONFIG,
+    prefix: str = "pw",
+    state: Redis | None = None,
 ) -> str:
     """A cluster over `redis`; with `state`, the bus on `redis` and the state on `state`."""
     urls = f'redis_url = "{redis.url}"'
@@ -218,12 +221,29 @@ def cluster_config(
     """)
 
 
-@pytest.fixture(scope="session", params=["single", "cluster", "split"])
+@dataclass
+class ClusterUrl:
+    """A Redis Cluster where a `Redis` is expected (`cluster_config` needs its `url`)."""
+
+    url: str
+
+
+def redis_target(request: pytest.FixtureRequest, kind: str) -> Redis | ClusterUrl:
+    """The Redis the fixture `kind` names: "redis-cluster" the session's Redis Cluster
+    (`shared_redis_cluster`), else the session's server."""
+    if kind == "redis-cluster":
+        return ClusterUrl(request.getfixturevalue("shared_redis_cluster").url())
+    r: Redis = request.getfixturevalue("redis_server")
+    return r
+
+
+@pytest.fixture(scope="session", params=["single", "cluster", "split", "redis-cluster"])
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     """The shared server: one node; a 3-node cluster over a real Redis; the same with the bus
-    and the state on two Redis servers (afterwards the state's saw no pub/sub)."""
+    and the state on two Redis servers (afterwards the state's saw no pub/sub); a 3-node
+    cluster over a Redis Cluster."""
     external = os.environ.get("PUSHWIRE_TEST_EXTERNAL_PORT")
     if external:  # a server started elsewhere (tests/deploy: the container image)
         if request.param != "single":
@@ -235,7 +255,7 @@ def server(
     if request.param == "single":
         srv = start_server(tmp, BASE_CONFIG)
     else:
-        redis = request.getfixturevalue("redis_server")
+        redis = redis_target(request, request.param)
         if request.param == "split":
             state = request.getfixturevalue("redis_state_server")
         config = cluster_config(redis, prefix=request.param, state=state)

@@ -4,7 +4,10 @@ The engine (`pushwire.engine`) is the one decision path, for one node and for a 
 alike: the hub does this node's bookkeeping and says what changed locally; the engine asks
 these interfaces what that means for the deployment, and announces it. The memory backend
 (`cluster/memory.py`) implements all three for one process (one node, or an in-process
-cluster for tests); the Redis backend (`cluster/redis/`) for many processes.
+cluster for tests); the Redis backend (`cluster/redis/`) for many processes over one Redis
+(or a bus and a state Redis, each maybe Sentinel-managed); the Redis Cluster backend
+(`cluster/rediscluster/`) over a Redis Cluster, where one step touches one slot: where its
+guarantees are weaker, each interface below says so ("sharded store").
 
 - `Broker`: publish/subscribe per topic (a channel, a user, an app, every node).
 - `ClusterState`: `ChannelState` (per channel: atomic presence join/leave, counts),
@@ -172,6 +175,11 @@ class Broker(Protocol):
       topic (as recorded in the cluster state) received the message: the caller must not
       report success. It never raises for a topic nobody else listens to (unless the
       store is unreachable or this node is not registered: then it always raises).
+    - It raises too when a node subscribed to the topic has lost its lease (cut off or
+      paused, it cannot vouch for its subscribers, though Redis may count its connection).
+      Sharded store: the leases as this node saw them at its last heartbeat (a lease that
+      ran out since is noticed up to one heartbeat interval later); registration likewise
+      as of that heartbeat.
     - `deliver`, given to `start`, is called for every received message, in order, from the
       event loop; it must not block.
     - History: `publish(..., history=policy)` appends the message to the topic's history in
@@ -325,11 +333,17 @@ class AppState(Protocol):
     async def sign_out(self, app_id: str, user_id: str) -> bool:
         """True when that was the user's last socket."""
 
-    async def online_users(self, app_id: str, user_ids: tuple[str, ...]) -> list[str]: ...
+    async def online_users(self, app_id: str, user_ids: tuple[str, ...]) -> list[str]:
+        """Sharded store: a user's records are in the user's shard (first / last socket stay
+        atomic); this is one read per user, not one snapshot."""
 
     async def channels(self, app_id: str, prefix: str) -> dict[str, ChannelStats]:
         """The app's occupied channels (a read over the app's index: not a snapshot taken
-        in one step with the channels' own records)."""
+        in one step with the channels' own records). Sharded store: the index is in the
+        app's shard and is told of a channel's occupied / vacated after the channel's own
+        step (newest version wins), so it may lag by one transition of a channel (the mark
+        on its way, or, the app's shard unreachable, until the next heartbeat writes it);
+        each listed channel is counted in its own shard: an empty one is never reported."""
 
     async def hit(self, key: str, n: int, ttl: float) -> int:
         """Add `n` to the deployment-wide counter `key` (created to expire after `ttl`
@@ -355,19 +369,30 @@ class ClusterState(ChannelState, AppState, CacheState, Protocol):
     node's until it is reaped). Methods raise `Unavailable` when the store cannot be
     reached, or when this node is not registered (it was reaped, or the store lost its data,
     or it is a new primary that may lack the node's last writes): the caller decides locally
-    and `resync` repairs it later."""
+    and `resync` repairs it later.
+
+    Sharded store (`cluster/rediscluster/membership.py`): registration is checked as of this
+    node's last heartbeat for every method, and per group (channel, user, app) for writes,
+    through the incarnation the node passes: a reaped node's late writes are refused in
+    every group, a stale write (from before a resync) too. A new primary of any shard makes
+    the node answer as not registered until it resynced."""
 
     node: str
 
     async def resync(self, snapshot: dict[str, AppSnapshot]) -> Changes:
         """Make this node's records equal `snapshot` (per app id; apps missing from it have
         no records of this node afterwards) and return what that changed deployment-wide.
-        Works whether or not this node is registered (it runs before `Liveness.register`)."""
+        Works whether or not this node is registered (it runs before `Liveness.register`).
+        Sharded store: group by group, each group's transitions exact; one that fails midway
+        is run again whole (every step is idempotent)."""
 
     async def reap(self, node: str) -> Changes:
         """Unregister `node` (a node whose lease ran out, or this node on a clean stop),
         remove its records and return what that changed. Once only: a node reaped already,
-        or whose lease is valid again, gives empty Changes."""
+        or whose lease is valid again, gives empty Changes. Sharded store: group by group
+        under a claim (one reaper at a time); a reaper that dies midway is succeeded after
+        the claim's ttl by one that finishes the work, and that one announces only the
+        transitions of the groups it removed itself."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ SCENARIOS = {
     "fanout",
     "flood",
     "history",
+    "redis_shards",
     "redis_wait",
     "rest_clients",
     "rest_ingest",

@@ -34,6 +34,7 @@ from pushwire.cluster.base import (
 from pushwire.cluster.memory import Backplane, MemoryBroker, MemoryLiveness, MemoryState
 from pushwire.cluster.redis import RedisBackend
 from pushwire.cluster.redis.urls import parse_redis_url
+from pushwire.cluster.rediscluster import RedisClusterBackend
 from pushwire.protocol.errors import PresenceLimit
 from pushwire.protocol.history import HistoryPolicy
 from pushwire.webhooks import MemoryWebhookStore, WebhookStore
@@ -177,12 +178,71 @@ class RedisCluster(Cluster):
         for b in self.backends:
             await b.aclose()
 
+    async def raw_publish(self, name: str, data: bytes) -> None:
+        """Publish `data` on bus channel `name` as a stranger would."""
+        await self.backends[0].bus_client.publish(name, data)
 
-@pytest.fixture(params=["memory", "redis", "redis-split"])
+    async def pause_bus(self, topic: str, ms: int) -> None:
+        """The server carrying `topic` answers nobody for `ms` (or until unpaused)."""
+        await self.backends[0].bus_client.execute_command("CLIENT", "PAUSE", str(ms), "ALL")
+
+    async def unpause_bus(self, topic: str) -> None:
+        await self.backends[0].bus_client.execute_command("CLIENT", "UNPAUSE")
+
+    async def kill_pubsub(self) -> int:
+        """Kill every pub/sub connection of the bus; returns how many."""
+        return int(await self.backends[0].bus_client.client_kill_filter(_type="pubsub"))
+
+
+class ShardedCluster(RedisCluster):
+    """Nodes over a Redis Cluster (`redis+cluster://`): sharded pub/sub, hash-tagged keys."""
+
+    kind = "redis-cluster"
+
+    def __init__(self, servers: Any) -> None:
+        super().__init__(servers.url())
+        self.servers = servers
+
+    def backend(self, name: str) -> Any:
+        target = parse_redis_url(self.url)
+        backend = RedisClusterBackend(target, self.prefix, name, REDIS_NODE_TIMEOUT)
+        self.backends.append(backend)
+        return backend
+
+    async def raw_publish(self, name: str, data: bytes) -> None:
+        await self.backends[0].bus_client.execute_command("SPUBLISH", name, data)
+
+    def bus_port(self, topic: str) -> int:
+        """The primary that carries `topic`'s bus channel."""
+        return int(self.servers.owner_of(self.backends[0].keys.bus(topic)))
+
+    async def _on(self, port: int, *args: Any) -> Any:
+        client = redis_client(f"redis://127.0.0.1:{port}")
+        try:
+            return await client.execute_command(*args)
+        finally:
+            await client.aclose()
+
+    async def pause_bus(self, topic: str, ms: int) -> None:
+        await self._on(self.bus_port(topic), "CLIENT", "PAUSE", str(ms), "ALL")
+
+    async def unpause_bus(self, topic: str) -> None:
+        await self._on(self.bus_port(topic), "CLIENT", "UNPAUSE")
+
+    async def kill_pubsub(self) -> int:
+        killed = 0
+        for port in self.servers.primary_ports():
+            killed += int(await self._on(port, "CLIENT", "KILL", "TYPE", "pubsub"))
+        return killed
+
+
+@pytest.fixture(params=["memory", "redis", "redis-split", "redis-cluster"])
 async def backend_factory(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
     cluster: Cluster
     if request.param == "memory":
         cluster = MemoryCluster()
+    elif request.param == "redis-cluster":
+        cluster = ShardedCluster(request.getfixturevalue("shared_redis_cluster"))
     else:
         state = ""
         if request.param == "redis-split":  # bus and state on two servers
@@ -736,9 +796,9 @@ async def test_webhook_store(backend_factory: Cluster) -> None:
 
 
 # Redis only ---------------------------------------------------------------------------------
-def redis_only(cluster: Cluster) -> None:
-    if cluster.kind != "redis":
-        pytest.skip("Redis backend only")
+def redis_only(cluster: Cluster, single: bool = False) -> None:
+    if cluster.kind != "redis" and (single or cluster.kind != "redis-cluster"):
+        pytest.skip("Redis backend only" + (", one server" if single else ""))
 
 
 @bounded()
@@ -869,14 +929,13 @@ async def test_bus_drops_malformed_and_foreign_messages(backend_factory: Cluster
     redis_only(backend_factory)
     assert isinstance(backend_factory, RedisCluster)
     a = await backend_factory.add("a")
-    client = backend_factory.backends[0].bus_client
     topic = channel_topic(APP, "junk")
     await a.broker.subscribe(topic)
     name = backend_factory.backends[0].keys.bus(topic)
     other_version = b'{"v":1,"n":"x","k":"pub"}\n{}'
     for junk in (b"", b"no header", b"[1]\n", b'{"v":2,"k":"bogus"}\n', other_version):
-        await client.publish(name, junk)
-    await client.publish(name, encode(chmsg("junk", b"fine"), "x"))
+        await backend_factory.raw_publish(name, junk)
+    await backend_factory.raw_publish(name, encode(chmsg("junk", b"fine"), "x"))
     got = await a.recv()
     assert (got.payload, got.origin) == (b"fine", "x")
     await a.nothing(0.1)
@@ -889,14 +948,13 @@ async def test_subscribe_waits_for_the_confirmation(backend_factory: Cluster) ->
     assert isinstance(backend_factory, RedisCluster)
     a, b = await backend_factory.add("a"), await backend_factory.add("b")
     topic = channel_topic(APP, "paused")
-    client = backend_factory.backends[0].bus_client
     a.broker.confirm_timeout = 0.3
-    await client.execute_command("CLIENT", "PAUSE", "800", "ALL")  # Redis answers nobody
+    await backend_factory.pause_bus(topic, 800)  # Redis answers nobody
     try:
         with pytest.raises(Unavailable, match="not confirmed"):
             await a.broker.subscribe(topic)
     finally:
-        await client.execute_command("CLIENT", "UNPAUSE")
+        await backend_factory.unpause_bus(topic)
     a.broker.confirm_timeout = 3.0
     await a.broker.resubscribed()  # the topic stayed wanted
     await b.broker.publish(topic, chmsg("paused", b"1"))
@@ -912,8 +970,7 @@ async def test_bus_reconnects_and_subscribes_again(backend_factory: Cluster) -> 
     await a.state.subscribe(APP, "kill", None, 0)
     await a.broker.subscribe(topic)
     await a.broker.subscribe(NODES_TOPIC)
-    client = backend_factory.backends[0].bus_client
-    assert await client.client_kill_filter(_type="pubsub") >= 1  # a is the only subscriber
+    assert await backend_factory.kill_pubsub() >= 1  # a is the only subscriber
     async with asyncio.timeout(2):
         while a.broker.healthy:
             await asyncio.sleep(0.01)
@@ -926,7 +983,7 @@ async def test_bus_reconnects_and_subscribes_again(backend_factory: Cluster) -> 
 
 @bounded()
 async def test_redis_restart(backend_factory: Cluster) -> None:
-    redis_only(backend_factory)
+    redis_only(backend_factory, single=True)
     server = start_redis()
     prefix = f"t-{uuid.uuid4().hex[:12]}"
     target = parse_redis_url(server.url)

@@ -15,6 +15,7 @@ from tests.conftest import (
     TIMEOUT,
     cluster_config,
     cluster_nodes,
+    redis_target,
     start_node,
     start_redis,
     stop_node,
@@ -48,9 +49,10 @@ def http(port: int) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-@pytest.fixture
-def two_nodes(redis_server, tmp_path, request):
-    with cluster_nodes(redis_server, tmp_path, QUOTA_CONFIG, f"race-{request.node.name}") as nodes:
+@pytest.fixture(params=["redis", "redis-cluster"])
+def two_nodes(tmp_path, request):
+    redis = redis_target(request, request.param)
+    with cluster_nodes(redis, tmp_path, QUOTA_CONFIG, f"race-{request.node.name}") as nodes:
         yield nodes
 
 

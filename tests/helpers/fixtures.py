@@ -4,7 +4,8 @@
 - `sentinel_set` (function): a fresh `SentinelSet` (about 2.5 s to start): a primary, a replica
   and three sentinels watching master `pw`; its logs under the test's tmp_path.
 - `redis_cluster` (function): a fresh `RedisClusterSet` (about 2.5 s): 3 primaries + 3
-  replicas.
+  replicas; `shared_redis_cluster` (session): one for the suites that do not change its
+  topology.
 - `blackhole` (function): `blackhole(port, host="127.0.0.1") -> BlackholeProxy`, as many as
   the test needs, all closed afterwards.
 
@@ -50,6 +51,14 @@ def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
 @pytest.fixture
 def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterSet]:
     with RedisClusterSet(tmp_path / "redis-cluster") as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def shared_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterSet]:
+    """One Redis Cluster for the suites that leave its topology alone (the contract tests,
+    the shared server): one start for the session."""
+    with RedisClusterSet(tmp_path_factory.mktemp("shared-redis-cluster")) as c:
         yield c
 
 

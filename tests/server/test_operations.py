@@ -38,7 +38,11 @@ async def test_metrics_and_health(server):
     assert 'pushwire_rest_requests_total{route="/apps/{app_id}/events",status="200"}' in text
     assert "pushwire_cluster_bus_up 1" in text
     assert "pushwire_webhook_queue_depth 0" in text
-    if len(server.ports) > 1:  # a cluster: the primary of each role, no failover yet
+    if 'role="cluster"' in text:  # over a Redis Cluster: its 3 shards' primaries
+        shards = ",".join([r"127.0.0.1:\d+"] * 3)
+        assert re.search(rf'pushwire_redis_primary{{address="{shards}",role="cluster"}} 1', text)
+        assert 'pushwire_redis_failovers_total{role="cluster"} 0' in text
+    elif len(server.ports) > 1:  # a cluster: the primary of each role, no failover yet
         for role in ("bus", "state"):
             primary = rf'pushwire_redis_primary{{address="127.0.0.1:\d+",role="{role}"}} 1'
             assert re.search(primary, text)

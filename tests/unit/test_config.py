@@ -140,12 +140,24 @@ def test_every_server_check_applies_to_every_source(tmp_path):
         ({"PUSHWIRE_BUS_URL": "redis://127.0.0.1:1/0"}, "bus_url and state_url go together"),
         ({"PUSHWIRE_REDIS_URL": "http://x"}, "key 'redis_url'"),
         ({"PUSHWIRE_REDIS_URL": "redis+sentinel://127.0.0.1:26379"}, "key 'redis_url'"),
-        ({"PUSHWIRE_REDIS_URL": "redis+cluster://127.0.0.1:7000"}, "not supported yet"),
+        (
+            {"PUSHWIRE_BUS_URL": "redis+cluster://n1:7000", "PUSHWIRE_STATE_URL": "redis://s"},
+            "bus and state are one cluster",
+        ),
     ],
 )
 def test_backplane_urls_are_checked(env, message):
     with pytest.raises(ConfigError, match=message):
         load(None, env=env)
+
+
+def test_a_redis_cluster_is_both_roles(tmp_path):
+    url = "redis+cluster://n1:7000,n2:7001"
+    both = load(None, env={"PUSHWIRE_REDIS_URL": url}).cluster
+    assert (both.bus_url, both.state_url) == (url, url)
+    braces = f'[cluster]\nredis_url = "{url}"\nkey_prefix = "p{{x}}"\n'
+    with pytest.raises(ConfigError, match=r"no '\{' or '\}' with Redis Cluster"):
+        load(write(tmp_path, braces), env={})
 
 
 def test_redis_url_is_both_roles_unless_one_is_set_apart():

@@ -28,6 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from .bus import RedisBroker
 from .clients import PrimaryWatch, make_client
 from .keys import Keys
+from .listener import follow_node_timeout
 from .liveness import RedisLiveness
 from .scripts import Scripts
 from .state import RedisState
@@ -65,22 +66,17 @@ class RedisBackend:
         self.scripts = Scripts(self.client, keys, node, self.watches["state"])
         bus_scripts = Scripts(self.bus_client, keys, node, self.watches["bus"])
         self.broker = RedisBroker(bus_scripts, self.scripts if self.apart else None)
-        # a silent bus connection is given up (and its sockets told) before this node's lease
-        # runs out, i.e. before other nodes stop counting on its subscriptions: from the cut,
-        # within ping_interval + silence_limit + ping_interval (5 s at node_timeout 6)
-        b = self.broker
-        b.ping_interval = min(1.0, node_timeout / 6)
-        b.ping_timeout = node_timeout / 4
-        b.silence_limit = node_timeout / 2
+        follow_node_timeout(self.broker, node_timeout)
         self.state = RedisState(self.scripts)
         self.liveness = RedisLiveness(self.scripts, node_timeout)
 
     def webhook_store(self, max_size: int) -> RedisWebhookStore:
         return RedisWebhookStore(self.scripts, max_size)
 
-    def primaries(self) -> dict[str, PrimaryWatch]:
-        """Per role ("bus", "state"): the primary it reaches and how often that changed."""
-        return dict(self.watches)
+    def primaries(self) -> list[tuple[str, str, int]]:
+        """Per role ("bus", "state": one watch when they are one server): the primary it reaches
+        and how often that changed."""
+        return [(role, w.address, w.changes) for role, w in sorted(self.watches.items())]
 
     async def aclose(self) -> None:
         """Stop the broker (its pub/sub connection) and close the pools."""

@@ -66,12 +66,16 @@ class PrimaryWatch:
         self.generation, self.address = replid, address
 
 
-def _replid(info: Any) -> str:
+def replication_ids(info: Any) -> tuple[str, str]:
+    """(master_replid, master_replid2) from an INFO replication reply ('' when absent). A
+    promoted replica's replid2 is the replication id of the primary it replaced."""
+    found = {"master_replid": "", "master_replid2": ""}
     text = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
     for line in text.splitlines():
-        if line.startswith("master_replid:"):
-            return line.split(":", 1)[1].strip()
-    return ""
+        name, sep, value = line.partition(":")
+        if sep and name in found:
+            found[name] = value.strip()
+    return found["master_replid"], found["master_replid2"]
 
 
 def _watched(cls: type[AbstractConnection], watch: PrimaryWatch) -> type[AbstractConnection]:
@@ -81,7 +85,8 @@ def _watched(cls: type[AbstractConnection], watch: PrimaryWatch) -> type[Abstrac
         await super(new, self).on_connect_check_health(check_health=check_health)
         await self.send_command("INFO", "replication", check_health=False)
         info = await self.read_response()
-        watch.seen(_replid(info), f"{getattr(self, 'host', '')}:{getattr(self, 'port', '')}")
+        address = f"{getattr(self, 'host', '')}:{getattr(self, 'port', '')}"
+        watch.seen(replication_ids(info)[0], address)
 
     new: type[AbstractConnection] = type(
         f"Watched{cls.__name__}", (cls,), {"on_connect_check_health": on_connect_check_health}

@@ -73,11 +73,13 @@ VERSION_TTL_MS = 86_400_000
 
 
 class Keys:
+    templates = TEMPLATES
+
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
 
     def _k(self, name: str, **parts: str) -> str:
-        return f"{self.prefix}:{TEMPLATES[name].format(**parts)}"
+        return f"{self.prefix}:{self.templates[name].format(**parts)}"
 
     def nodes(self) -> str:
         return self._k("nodes")
@@ -136,6 +138,9 @@ class Keys:
     def wh_due(self) -> str:
         return self._k("wh_due")
 
+    def wh_taken(self, job_id: str) -> str:
+        return self._k("wh_taken", id=job_id)
+
     def bus(self, topic: str) -> str:
         return self._k("bus", topic=topic)
 
@@ -157,7 +162,8 @@ class Keys:
         return None
 
 
-def _lua_function(name: str, template: str) -> str:
+def lua_function(name: str, template: str) -> str:
+    """`K_name(...)`: the Lua function that renders `template` after the prefix."""
     pieces = ["P"]
     params: list[str] = []
     text = ":"
@@ -175,6 +181,75 @@ def _lua_function(name: str, template: str) -> str:
     return f"local function K_{name}({', '.join(params)}) return {' .. '.join(pieces)} end"
 
 
+# Lua helpers that do not depend on where records live (after the K_ functions: they use K_pv)
+LUA_HELPERS = (
+    f"local VERSION_TTL_MS = {VERSION_TTL_MS}",
+    # numbers are formatted by hand: Lua's tostring would print 1.7e+15
+    "local function int(v) return string.format('%d', v) end",
+    "local function num(v) if v then return tonumber(v) end return 0 end",
+    # a new version of `key`: max(previous + 1, TIME in microseconds)
+    "local function bump(key)",
+    "  local t = redis.call('TIME')",
+    "  local v = tonumber(t[1]) * 1000000 + tonumber(t[2])",
+    "  local prev = num(redis.call('GET', key))",
+    "  if prev + 1 > v then v = prev + 1 end",
+    "  redis.call('SET', key, int(v), 'PX', VERSION_TTL_MS)",
+    "  return v",
+    "end",
+    # a presence channel's new membership version
+    "local function next_version(app, channel) return bump(K_pv(app, channel)) end",
+    "local function current_version(app, channel)",
+    "  local v = redis.call('GET', K_pv(app, channel))",
+    "  if v then return tonumber(v) end",
+    "  return next_version(app, channel)",
+    "end",
+    # Presence: one socket of user `uid` joins channel `ch` on this node, its sockets there
+    # counted in hash `pmn` under `field`. Returns nil when a new member would pass `limit`
+    # (nothing changed), else member_added 0/1, the membership version, {uid, info, ...}.
+    "local function member_join(app, ch, pmn, field, uid, info, limit)",
+    "  local pm = K_pm(app, ch)",
+    "  local new = redis.call('HEXISTS', pm, uid) == 0",
+    "  if new and redis.call('HLEN', pm) >= limit then return nil end",
+    "  if redis.call('HINCRBY', pmn, field, 1) == 1 then",
+    "    redis.call('HINCRBY', K_pmu(app, ch), uid, 1)",
+    "  end",
+    "  if not new then return 0, current_version(app, ch), redis.call('HGETALL', pm) end",
+    "  redis.call('HSET', pm, uid, info)",
+    "  return 1, next_version(app, ch), redis.call('HGETALL', pm)",
+    "end",
+    # ... and one leaves. Returns member_removed 0/1, the version (0: none)
+    "local function member_leave(app, ch, pmn, field, uid)",
+    "  local n = num(redis.call('HGET', pmn, field))",
+    "  if n > 1 then",
+    "    redis.call('HINCRBY', pmn, field, -1)",
+    "  elseif n == 1 then",
+    "    redis.call('HDEL', pmn, field)",
+    "    local pmu = K_pmu(app, ch)",
+    "    if redis.call('HINCRBY', pmu, uid, -1) <= 0 then",
+    "      redis.call('HDEL', pmu, uid)",
+    "      redis.call('HDEL', K_pm(app, ch), uid)",
+    "      return 1, next_version(app, ch)",
+    "    end",
+    "  end",
+    "  return 0, 0",
+    "end",
+    # a history's epoch: the store's clock in hex (a lost history never gets it back)
+    "local function new_epoch()",
+    "  local t = redis.call('TIME')",
+    "  return string.format('%x%05x', tonumber(t[1]), tonumber(t[2]))",
+    "end",
+    "local function now_ms()",
+    "  local t = redis.call('TIME')",
+    "  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)",
+    "end",
+    # split 'channel\nuser' on the first newline
+    "local function split_field(f)",
+    "  local i = string.find(f, '\\n', 1, true)",
+    "  return string.sub(f, 1, i - 1), string.sub(f, i + 1)",
+    "end",
+)
+
+
 def lua_prelude() -> str:
     """The Lua every script starts with. ARGV[1] is the prefix, ARGV[2] this node's id and,
     after a newline, the generation it believes the server has ('' before the first contact:
@@ -182,46 +257,14 @@ def lua_prelude() -> str:
     lines = [
         "local P = ARGV[1]",
         "local NODE, GEN = string.match(ARGV[2], '^([^\\n]*)\\n?(.*)$')",
-        *(_lua_function(name, t) for name, t in TEMPLATES.items()),
-        f"local VERSION_TTL_MS = {VERSION_TTL_MS}",
-        # numbers are formatted by hand: Lua's tostring would print 1.7e+15
-        "local function int(v) return string.format('%d', v) end",
+        *(lua_function(name, t) for name, t in TEMPLATES.items()),
+        *LUA_HELPERS,
         # this node counts as registered only under the generation it believes in: on a new
         # primary a replicated registration is stale, so the node resyncs its records there
         "local function registered(node)",
         "  if redis.call('SISMEMBER', K_nodes(), node) == 0 then return false end",
         "  if node ~= NODE or GEN == '' then return true end",
         "  return redis.call('HGET', K_gen(), node) == GEN",
-        "end",
-        "local function num(v) if v then return tonumber(v) end return 0 end",
-        # a new membership version: max(previous + 1, TIME in microseconds)
-        "local function next_version(app, channel)",
-        "  local key = K_pv(app, channel)",
-        "  local t = redis.call('TIME')",
-        "  local v = tonumber(t[1]) * 1000000 + tonumber(t[2])",
-        "  local prev = num(redis.call('GET', key))",
-        "  if prev + 1 > v then v = prev + 1 end",
-        "  redis.call('SET', key, int(v), 'PX', VERSION_TTL_MS)",
-        "  return v",
-        "end",
-        "local function current_version(app, channel)",
-        "  local v = redis.call('GET', K_pv(app, channel))",
-        "  if v then return tonumber(v) end",
-        "  return next_version(app, channel)",
-        "end",
-        # split 'channel\nuser' on the first newline
-        # a history's epoch: the store's clock in hex (a lost history never gets it back)
-        "local function new_epoch()",
-        "  local t = redis.call('TIME')",
-        "  return string.format('%x%05x', tonumber(t[1]), tonumber(t[2]))",
-        "end",
-        "local function now_ms()",
-        "  local t = redis.call('TIME')",
-        "  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)",
-        "end",
-        "local function split_field(f)",
-        "  local i = string.find(f, '\\n', 1, true)",
-        "  return string.sub(f, 1, i - 1), string.sub(f, i + 1)",
         "end",
         # How many nodes listed in `record` (node -> count) must receive a publish: this node
         # aside unless it receives its own (`echo`). Returns nil and the node when a listed
@@ -239,6 +282,14 @@ def lua_prelude() -> str:
         "  end",
         "  return need",
         "end",
+        # a history publish already appended (its id), and remembering one for 10 s
+        "local function recall(topic, id) return redis.call('GET', K_hid(id)) end",
+        "local function remember(topic, id, value)",
+        "  redis.call('SET', K_hid(id), value, 'PX', 10000)",
+        "end",
+        # who receives a PUBLISH to `channel` (pattern subscribers aside), and sending it
+        "local function subscribers(channel) return redis.call('PUBSUB', 'NUMSUB', channel)[2] end",
+        "local function send(channel, data) redis.call('PUBLISH', channel, data) end",
         # a history's epoch and top, started anew when it has none or was written under another
         # generation (a new primary may lack its last appends: never reuse their offsets)
         "local function history_meta(topic, ttl_ms)",

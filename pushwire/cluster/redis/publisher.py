@@ -32,7 +32,7 @@ from ..base import (
     Unavailable,
     encode,
 )
-from .scripts import Scripts, as_str, to_ms
+from .scripts import Runner, as_str, to_ms
 
 
 @dataclass(slots=True)
@@ -52,7 +52,7 @@ def _padded(history: tuple[str | bytes | int, ...]) -> tuple[str | bytes | int, 
 
 class Publisher:
     def __init__(
-        self, scripts: Scripts, state: Scripts | None, listening: Callable[[str], bool]
+        self, scripts: Runner, state: Runner | None, listening: Callable[[str], bool]
     ) -> None:
         """`scripts` run on the bus; `state`: the state's scripts when the state is another
         server; `listening(topic)`: whether Redis may count this node's own subscription."""
@@ -183,7 +183,7 @@ class Publisher:
                 calls.append((o.name, "", o.listening, o.data, *_padded(o.history), int(need)))
         return keep, calls
 
-    def _refusal(self, exc: ResponseError, scripts: Scripts | None = None) -> Unavailable:
+    def _refusal(self, exc: ResponseError, scripts: Runner | None = None) -> Unavailable:
         text = str(exc)
         if text.startswith("SHORT"):
             got, need = text.split()[1:3]

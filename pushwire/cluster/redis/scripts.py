@@ -11,7 +11,7 @@ import functools
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -30,6 +30,33 @@ def as_str(value: Any) -> str:
 
 def to_ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
+
+
+class Generations(Protocol):
+    """How often the primary (or a shard's) was found replaced since start."""
+
+    @property
+    def changes(self) -> int: ...
+
+
+class Runner(Protocol):
+    """What runs the scripts: `Scripts` on one server, or the Redis Cluster backend's
+    (the publisher, the webhook store and the state parts work with either)."""
+
+    @property
+    def node(self) -> str: ...
+
+    @property
+    def keys(self) -> Keys: ...
+
+    @property
+    def watch(self) -> Generations: ...
+
+    async def run(self, name: str, *args: Any) -> Any: ...
+
+    async def pipeline(self, name: str, calls: Sequence[tuple[Any, ...]]) -> list[Any]: ...
+
+    def error(self, name: str, exc: ResponseError) -> Unavailable: ...
 
 
 @functools.cache

@@ -18,11 +18,11 @@ import orjson
 
 from ...protocol.errors import PresenceLimit
 from ..base import AppSnapshot, Changes, ChannelStats, Joined, Left
-from .scripts import Scripts, as_str, to_ms
+from .scripts import Runner, as_str, to_ms
 
 
 class _Part:
-    def __init__(self, scripts: Scripts) -> None:
+    def __init__(self, scripts: Runner) -> None:
         self.node = scripts.node
         self.keys = scripts.keys
         self.scripts = scripts
@@ -34,18 +34,10 @@ class RedisChannelState(_Part):
     async def subscribe(
         self, app_id: str, channel: str, member: tuple[str, Any] | None, limit: int
     ) -> Joined:
-        if member is None:
-            args: tuple[str | bytes | int, ...] = ("0", "", b"", 0)
-        else:
-            args = ("1", member[0], orjson.dumps(member[1]), limit)
-        res = await self.scripts.run("subscribe", app_id, channel, *args)
+        res = await self.scripts.run("subscribe", app_id, channel, *joining(member, limit))
         if int(res[0]) < 0:
             raise PresenceLimit(f"Presence channel {channel} is full ({limit} members)")
-        total, occupied, added, version, flat = res
-        members = None
-        if member is not None:
-            members = {as_str(flat[i]): orjson.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
-        return Joined(int(total), bool(occupied), bool(added), int(version), members)
+        return joined(res, member)
 
 
     async def unsubscribe(self, app_id: str, channel: str, user_id: str | None) -> Left:
@@ -184,3 +176,19 @@ def _removed(flat: list[Any]) -> list[tuple[str, str, str, int]]:
         (as_str(flat[i]), as_str(flat[i + 1]), as_str(flat[i + 2]), int(flat[i + 3]))
         for i in range(0, len(flat), 4)
     ]
+
+
+def joining(member: tuple[str, Any] | None, limit: int) -> tuple[str | bytes | int, ...]:
+    """subscribe.lua's arguments after app and channel."""
+    if member is None:
+        return ("0", "", b"", 0)
+    return ("1", member[0], orjson.dumps(member[1]), limit)
+
+
+def joined(res: list[Any], member: tuple[str, Any] | None) -> Joined:
+    """subscribe.lua's answer (subscribers, occupied, added, version, members, ...)."""
+    total, occupied, added, version, flat = res[:5]
+    members = None
+    if member is not None:
+        members = {as_str(flat[i]): orjson.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
+    return Joined(int(total), bool(occupied), bool(added), int(version), members)

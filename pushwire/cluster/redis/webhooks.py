@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from .scripts import Scripts
+from .scripts import Runner
 
 REPLAY_WINDOW = 30.0  # seconds: well over any replication lag a failover leaves behind
 
@@ -23,7 +23,7 @@ REPLAY_WINDOW = 30.0  # seconds: well over any replication lag a failover leaves
 class RedisWebhookStore:
     """Satisfies `pushwire.webhooks.WebhookStore`; failures raise `base.Unavailable`."""
 
-    def __init__(self, scripts: Scripts, max_size: int) -> None:
+    def __init__(self, scripts: Runner, max_size: int) -> None:
         self.max_size = max_size
         self.scripts = scripts  # (the node id is not used by the webhook scripts)
         # (time, job id, job or None for a cancel, due)

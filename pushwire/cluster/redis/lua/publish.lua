@@ -1,3 +1,6 @@
+-- The Redis Cluster backend runs this script too, with its prelude's versions of `registered`,
+-- `receivers`, `recall` / `remember` (a publish id seen), `subscribers` and `send` (sharded
+-- pub/sub there) and `history_meta`.
 -- ARGV[3] pub/sub channel, ARGV[4] the hash listing the nodes that must receive it ('' for
 -- none), ARGV[5] '1' when this node's own pub/sub connection may be subscribed to the channel,
 -- ARGV[6] the message. Publishes it if this node is registered; then checks that every node
@@ -27,7 +30,7 @@ if not need then
 end
 local offset, epoch
 if topic ~= '' then
-  local seen = redis.call('GET', K_hid(ARGV[12]))
+  local seen = recall(topic, ARGV[12])
   if seen then
     local i = string.find(seen, ' ', 1, true)
     return {0, tonumber(string.sub(seen, 1, i - 1)), string.sub(seen, i + 1)}
@@ -39,11 +42,11 @@ if topic ~= '' then
              't', int(now_ms()))
   redis.call('PEXPIRE', stream, ARGV[9])
   redis.call('PEXPIRE', meta, ARGV[10])
-  redis.call('SET', K_hid(ARGV[12]), int(offset) .. ' ' .. epoch, 'PX', 10000)
+  remember(topic, ARGV[12], int(offset) .. ' ' .. epoch)
   data = '@' .. int(offset) .. ' ' .. epoch .. '\n' .. data
 end
-local subscribed = redis.call('PUBSUB', 'NUMSUB', channel)[2]
-redis.call('PUBLISH', channel, data)
+local subscribed = subscribers(channel)
+send(channel, data)
 local function result()
   if topic == '' then return subscribed end
   return {subscribed, offset, epoch}

@@ -6,21 +6,10 @@ if not registered(NODE) then return redis.error_reply('NOTREG') end
 local app, ch = ARGV[3], ARGV[4]
 local added, version, members = 0, 0, {}
 if ARGV[5] == '1' then
-  local uid, info, limit = ARGV[6], ARGV[7], tonumber(ARGV[8])
-  local pm = K_pm(app, ch)
-  local new = redis.call('HEXISTS', pm, uid) == 0
-  if new and redis.call('HLEN', pm) >= limit then return {-1} end
-  if redis.call('HINCRBY', K_pmn(app, NODE), ch .. '\n' .. uid, 1) == 1 then
-    redis.call('HINCRBY', K_pmu(app, ch), uid, 1)
-  end
-  if new then
-    redis.call('HSET', pm, uid, info)
-    added = 1
-    version = next_version(app, ch)
-  else
-    version = current_version(app, ch)
-  end
-  members = redis.call('HGETALL', pm)
+  local uid = ARGV[6]
+  added, version, members = member_join(app, ch, K_pmn(app, NODE), ch .. '\n' .. uid, uid,
+                                        ARGV[7], tonumber(ARGV[8]))
+  if added == nil then return {-1} end
 end
 redis.call('HINCRBY', K_chn(app, ch), NODE, 1)
 redis.call('HINCRBY', K_cnn(app, NODE), ch, 1)

@@ -5,20 +5,7 @@ local app, ch = ARGV[3], ARGV[4]
 local removed, version = 0, 0
 if ARGV[5] == '1' then
   local uid = ARGV[6]
-  local pmn, field = K_pmn(app, NODE), ch .. '\n' .. uid
-  local n = num(redis.call('HGET', pmn, field))
-  if n > 1 then
-    redis.call('HINCRBY', pmn, field, -1)
-  elseif n == 1 then
-    redis.call('HDEL', pmn, field)
-    local pmu = K_pmu(app, ch)
-    if redis.call('HINCRBY', pmu, uid, -1) <= 0 then
-      redis.call('HDEL', pmu, uid)
-      redis.call('HDEL', K_pm(app, ch), uid)
-      removed = 1
-      version = next_version(app, ch)
-    end
-  end
+  removed, version = member_leave(app, ch, K_pmn(app, NODE), ch .. '\n' .. uid, uid)
 end
 local chs = K_chs(app)
 local total = num(redis.call('HGET', chs, ch))

@@ -1,0 +1,170 @@
+"""`PubSubBroker`: what the one-server broker (`bus.py`) and the Redis Cluster broker
+(`rediscluster/bus.py`) share: the wanted topics, subscriptions confirmed on the listener a
+topic is routed to (`listener.confirm`), receiving (`Inbox`) and publishing (`Publisher`).
+A subclass says where a topic is subscribed (`_route`) and which listeners it has."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ...protocol.history import HistoryPolicy
+from ..base import BusMessage, HistoryPage, Position, Unavailable, decode
+from .listener import Listener, Wakeups, confirm
+from .publisher import Publisher
+from .scripts import Runner
+
+log = logging.getLogger("pushwire.cluster.redis")
+
+
+def _ignore(msg: BusMessage) -> None:
+    pass
+
+
+def _nothing() -> None:
+    pass
+
+
+class PubSubBroker:
+    confirm_timeout = 3.0  # subscribe / resubscribed give up after this many seconds
+    ping_interval = 1.0  # an idle pub/sub connection is pinged after this many seconds
+    ping_timeout = 3.0  # ... and is not healthy while the PING is unanswered for longer
+    # ... and is given up after this long without an answer: what Redis sent it meanwhile
+    # may never arrive, so `lost` is called (set from node_timeout: follow_node_timeout)
+    silence_limit = 4.0
+    backoff_min = 0.1
+    backoff_max = 2.0
+    chunk = 500  # channels per subscribe command when subscribing everything again
+
+    def __init__(self, scripts: Runner, state: Runner | None = None) -> None:
+        """`scripts` run on the bus; `state`: the state's scripts when the state is another
+        server (then each publish first asks it who must receive it)."""
+        self.node = scripts.node
+        self._keys = scripts.keys
+        self._wanted: dict[bytes, str] = {}  # bus channel -> topic
+        self._wakeups = Wakeups()
+        self._inbox = Inbox(self.node)
+        self._lost: Callable[[], None] = _nothing
+        self._publisher = Publisher(scripts, state, self._listening)
+
+    def _route(self, name: bytes) -> Listener | None:
+        """The listener that must hold bus channel `name` (None: none can right now)."""
+        raise NotImplementedError
+
+    def _listeners(self) -> list[Listener]:
+        raise NotImplementedError
+
+    @property
+    def losses(self) -> int:
+        """Connections given up while silent (see silence_limit)."""
+        return sum(lis.losses for lis in self._listeners())
+
+    def _name(self, topic: str) -> bytes:
+        return self._keys.bus(topic).encode()
+
+    async def subscribe(self, topic: str) -> None:
+        name = self._name(topic)
+        self._wanted[name] = topic
+        try:
+            async with asyncio.timeout(self.confirm_timeout):
+                await confirm(
+                    lambda: [name] if name in self._wanted else [],
+                    self._route,
+                    self._wakeups,
+                    name,
+                )
+        except TimeoutError:
+            raise Unavailable(
+                f"bus subscription to {topic!r} not confirmed within {self.confirm_timeout} s"
+            ) from None
+
+    async def unsubscribe(self, topic: str) -> None:
+        name = self._name(topic)
+        self._wanted.pop(name, None)
+        for lis in self._listeners():
+            sub = lis.channels.get(name)
+            if lis.up and sub is not None and sub.last_sub:
+                await lis.send(lis.dialect.unsubscribe, [name])
+
+    async def resubscribed(self) -> None:
+        try:
+            async with asyncio.timeout(self.confirm_timeout):
+                await confirm(lambda: list(self._wanted), self._route, self._wakeups, None)
+        except TimeoutError:
+            up = any(lis.up for lis in self._listeners())
+            state = "not subscribed again" if up else "unreachable"
+            raise Unavailable(f"bus {state} after {self.confirm_timeout} s") from None
+
+    def _on_message(self, name: Any, data: Any) -> None:
+        topic = self._wanted.get(name)
+        if topic is not None:
+            self._inbox.receive(topic, data)
+
+    # Publishing (publisher.py) --------------------------------------------------------------
+    def _listening(self, topic: str) -> bool:
+        """Whether Redis may count this node's own subscription among `topic`'s subscribers
+        right now (any listener: a doubt can only make the receiver check stricter)."""
+        name = self._name(topic)
+        for lis in self._listeners():
+            sub = lis.channels.get(name) if lis.up else None
+            if sub is not None and sub.maybe_counted:
+                return True
+        return False
+
+    async def publish(
+        self, topic: str, msg: BusMessage, history: HistoryPolicy | None = None
+    ) -> Position | None:
+        return await self._publisher.publish(topic, msg, history)
+
+    async def history(
+        self,
+        topic: str,
+        since: int | None,
+        limit: int,
+        policy: HistoryPolicy,
+        max_bytes: int = 0,
+    ) -> HistoryPage:
+        return await self._publisher.history(topic, since, limit, policy, max_bytes)
+
+
+class Inbox:
+    """Decodes what a broker receives and hands it to `deliver`, in order; drops this node's
+    own echo (history publishes echo on purpose), other wire versions, and malformed
+    messages (counted, logged at most every 10 s)."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.deliver: Callable[[BusMessage], None] = _ignore
+        self._malformed = 0
+        self._malformed_logged = float("-inf")
+
+    def receive(self, topic: str, data: Any) -> None:
+        try:
+            msg = decode(bytes(data))
+        except Exception as exc:  # BadBusMessage, or anything else a stranger could send
+            self._on_malformed(topic, exc)
+            return
+        if msg is None:  # another wire version
+            return
+        if msg.origin == self.node and msg.position is None:  # our own echo
+            return
+        try:
+            self.deliver(msg)
+        except Exception:
+            log.exception("bus: delivering a message of %r failed", topic)
+
+    def _on_malformed(self, topic: str, exc: Exception) -> None:
+        self._malformed += 1
+        now = time.monotonic()
+        if now - self._malformed_logged >= 10.0:
+            log.debug(
+                "bus: dropped %d malformed message(s); the last on %r: %s",
+                self._malformed,
+                topic,
+                exc,
+            )
+            self._malformed = 0
+            self._malformed_logged = now

@@ -1,0 +1,47 @@
+"""The pub/sub listener's bookkeeping without a server (tests/cluster runs it on real ones)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.crc import key_slot
+from redis.exceptions import MovedError
+
+from pushwire.cluster.redis.listener import SHARDED, Listener, Sub, Wakeups
+
+
+class Timing:
+    ping_interval = 1.0
+    ping_timeout = 3.0
+    silence_limit = 4.0
+    backoff_min = 0.1
+    backoff_max = 2.0
+    chunk = 500
+
+
+def test_a_moved_slot_leaves_nothing_pending() -> None:
+    """MOVED answers a subscribe or an unsubscribe of a slot this server does not own: no
+    confirmation will come for either, so neither may stay pending (a channel left with an
+    unconfirmed unsubscribe could never be confirmed subscribed again); the refused
+    subscribes are handed back for routing, the others' channels are untouched."""
+    moved: list[list[bytes]] = []
+
+    def never() -> Any:
+        raise AssertionError("no connection in this test")
+
+    lis = Listener(
+        "t", never, list, lambda n, d: None, Timing(), Wakeups(), SHARDED, on_moved=moved.append
+    )
+    here, there = b"p:{c:a:x}:bus", b"p:{c:a:y}:bus"
+    slot = key_slot(here)
+    assert key_slot(there) != slot
+    leaving = b"q:{c:a:x}:bus"  # another channel of the same slot
+    lis.channels = {
+        here: Sub(last_sub=True, subs=1),
+        leaving: Sub(last_sub=False, unsubs=1, active=True),
+        there: Sub(last_sub=True, subs=1),
+    }
+    lis._on_redirect(MovedError(f"{slot} 127.0.0.1:7000"))
+    assert moved == [[here]]
+    assert set(lis.channels) == {there}
+    assert lis.channels[there] == Sub(last_sub=True, subs=1)
