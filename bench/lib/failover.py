@@ -37,21 +37,31 @@ def failover_run(
     before: float,
     window: float,
     subs: Subscribers | None = None,
+    switched: Callable[[], bool] | None = None,
     conns: int = 64,
 ) -> dict[str, Any]:
     """Triggers on `node` at `rate` per second for `before` + `window` seconds, `kill()`
     called `before` seconds in (in a thread; the kill's moment is when it returns, i.e. once
     the killed process is reaped). `subs` (exact accounting, subscribed to the channel the
-    publisher triggers on) are asked for what they got. `conns` connections, so that
-    triggers hanging on a dead primary do not hold up the schedule."""
+    publisher triggers on) are asked for what they got. `switched()`, polled every 10 ms
+    after the kill, says when the backplane has a new primary (`switch_s`: the backplane's
+    share of the recovery; the rest is the nodes'). `conns` connections, so that triggers
+    hanging on a dead primary do not hold up the schedule."""
     events = max(1, int(rate * (before + window)))
     if subs is not None:
         subs.count(events)
     killed: list[int] = []
+    switch: list[int] = []
 
     def killer() -> None:
         kill()
         killed.append(time.monotonic_ns())
+        deadline = time.monotonic() + before + window
+        while switched is not None and time.monotonic() < deadline:
+            if switched():
+                switch.append(time.monotonic_ns())
+                return
+            time.sleep(0.01)
 
     # the publisher signs its triggers first (0.3 s + 40 µs each), then starts its schedule
     timer = threading.Timer(0.3 + events * 40e-6 + before, killer)
@@ -76,6 +86,7 @@ def failover_run(
         "kill_at_s": round((kill_ns - res.start_ns) / 1e9, 2),
         # the figure: from the kill to the first 2xx answer of a trigger sent after it
         "recovery_s": round((first_ok - kill_ns) / 1e9, 3) if first_ok else None,
+        "switch_s": round((switch[0] - kill_ns) / 1e9, 3) if switch else None,
         "refused": len(refused),
         "last_refusal_s": round((last_refused - kill_ns) / 1e9, 3) if last_refused else None,
         "statuses": {str(k): v for k, v in sorted(res.statuses.items())},

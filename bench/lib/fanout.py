@@ -36,12 +36,15 @@ def fanout_run(
     `concurrency` connections or paced at `rate` per second (latency then counts from each
     event's scheduled send time). CPU per delivered message: `servers`' (their process trees),
     `aux`'s (CPU seconds so far by name, e.g. the Redis processes: `aux_cpu_s` per name and
-    `redis_us_per_msg` in all), the subscribers' and the publisher's; `saturated` names the
+    `redis_us_per_msg` in all; `aux_open_cpu_s` while the sockets subscribed), the
+    subscribers' and the publisher's; `saturated` names the
     side closest to its limit. A trigger not answered 200 is an error."""
     urls = tuple(ws_url(f"{s.host}:{s.port}") for s in sub_servers or [target])
     spec = Spec(urls, Accounting.RECEIPTS, timeout=timeout)
     with Subscribers(spec, procs) as subs:
+        opening = dict(aux()) if aux else {}
         info = subs.open(subscribers, timeout + 60)
+        opened = {k: v - opening[k] for k, v in aux().items()} if aux else {}
         if info["subscribed"] < subscribers:
             raise RuntimeError(f"only {info['subscribed']} subscribed: {info['errors']}")
         subs.count(events)
@@ -89,6 +92,7 @@ def fanout_run(
         "pub_us_per_event": round(res.cpu_s / max(res.ok, 1) * 1e6, 1),
         "server_rss_mb": round(rss_peak / 2**20, 1) if measured else None,
         "aux_cpu_s": {k: round(v, 3) for k, v in aux_cpu.items()},
+        "aux_open_cpu_s": {k: round(v, 3) for k, v in opened.items()},  # while subscribing
         "others_util": round(others / elapsed, 2),
         "saturated": saturation(
             machine.cores(),

@@ -37,7 +37,8 @@ import os
 import statistics
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ from bench.lib.subscribers import Spec, Subscribers
 from bench.lib.wire import EVENT, ws_url
 from bench.lib.wrk import check_once, ensure_wrk, measured_run, run_wrk, signed_request
 from bench.scenarios import parse, parser
+from tests.helpers.redis_topology import SentinelSet
 
 BASE = Topology.ONE
 GOAL_RATIO = 1.2  # issue 19: split, Sentinel, Cluster within 1.2x of one Redis
@@ -104,6 +106,9 @@ def triggers(bp: Backplane, nodes: list[Server], wrk: str, tmp: Path, args: Any)
         url, body = signed_request(nodes[0].url, "events", TRIGGER, tmp)
         check_once(url, body)
         load = {"threads": 1, "connections": args.connections}
+        idle0, t_idle = bp.cpu_s(), time.monotonic()
+        time.sleep(args.idle)  # the Redis's own background: cron, leases, health checks
+        idle = {k: (v - idle0[k]) / (time.monotonic() - t_idle) for k, v in bp.cpu_s().items()}
         run_wrk(wrk, url, body, tmp, seconds=args.warmup, **load)
         redis0, busy0 = bp.cpu_s(), procs.machine_busy()
         each0 = [n.cpu_s() for n in nodes]
@@ -122,6 +127,9 @@ def triggers(bp: Backplane, nodes: list[Server], wrk: str, tmp: Path, args: Any)
         "node_cores": [round(c / secs, 2) for c in each],  # A (wrk's target), B
         "redis_us_per_event": per_event(redis, n),
         "redis_cores": {k: round(v / secs, 2) for k, v in redis.items()},
+        "redis_idle_cores": {k: round(v, 4) for k, v in idle.items()},
+        # without that background (its rate over the idle seconds, times the run's)
+        "redis_us_per_event_net": per_event({k: v - idle[k] * secs for k, v in redis.items()}, n),
         "others_util": round((busy - ours) / secs, 2),
         "saturated": saturation(
             procs.cores(),
@@ -141,6 +149,7 @@ def fanout(bp: Backplane, nodes: list[Server], args: Any) -> dict[str, Any]:
         sub_servers=nodes, aux=bp.cpu_s,
     )  # fmt: skip
     row["redis_us_per_event"] = per_event(row.pop("aux_cpu_s"), events)
+    row["redis_us_per_subscribe"] = per_event(row.pop("aux_open_cpu_s"), args.subscribers)
     return {"phase": "fanout", **row}
 
 
@@ -183,6 +192,12 @@ def ratios(rows: list[dict[str, Any]], topologies: list[Topology]) -> None:
             emit(out)
 
 
+def switched_from(sentinel: SentinelSet, port: int) -> Callable[[], bool]:
+    """True once a sentinel names another primary than `port` (a node asking the sentinels
+    in turn can find it from then on)."""
+    return lambda: any(v not in (None, port) for v in sentinel.sentinel_views())
+
+
 def failovers(args: Any, tmp: Path) -> None:
     """--failovers Sentinel failovers under triggers on node A, one subscriber per node."""
     if not args.failovers:
@@ -199,6 +214,7 @@ def failovers(args: Any, tmp: Path) -> None:
                 row = failover_run(
                     nodes[0], sentinel.kill_primary, rate=args.failover_rate,
                     before=args.failover_before, window=args.failover_window, subs=subs,
+                    switched=switched_from(sentinel, sentinel.primary_port()),
                 )  # fmt: skip
                 emit({"phase": "failover", "run": i, "settle_s": round(settle_s, 2), **row})
                 times.append(row["recovery_s"])
@@ -224,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=1, help="measure every topology this often")
     ap.add_argument("--seconds", type=float, default=10, help="per measured run")
     ap.add_argument("--warmup", type=float, default=2, help="seconds of wrk before its run")
+    ap.add_argument("--idle", type=float, default=5, help="seconds of Redis background CPU")
     ap.add_argument("--connections", type=int, default=32, help="wrk's connections")
     ap.add_argument("--subscribers", type=int, default=1000, help="fan-out: picows sockets")
     ap.add_argument("--procs", type=int, default=2, help="fan-out: subscriber processes")
@@ -232,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--failover-rate", type=float, default=50, help="triggers per second")
     ap.add_argument("--failover-before", type=float, default=2, help="seconds before the kill")
     ap.add_argument("--failover-window", type=float, default=10, help="seconds after it")
-    quick = {"seconds": 1, "warmup": 1, "subscribers": 100, "rate": 20, "failovers": 1,
+    quick = {"seconds": 1, "warmup": 1, "idle": 1, "subscribers": 100, "rate": 20, "failovers": 1,
              "failover_window": 6}  # fmt: skip
     args = parse(ap, argv, quick)
     args.topologies = [Topology(t.strip()) for t in args.topologies.split(",") if t.strip()]
