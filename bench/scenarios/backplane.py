@@ -23,7 +23,7 @@ failovers: triggers at --failover-rate on node A of 2 nodes over a fresh Sentine
 primary SIGKILLed, the time from the kill to the first 2xx again (and whether an event
 answered 2xx went missing at a subscriber); the old primary back as a replica between runs.
 Redis CPU is utime + stime from /proc/PID/stat (psutil). Nodes run with the default
-node_timeout (6 s) and heartbeat_interval (1 s).
+node_timeout (6 s) and heartbeat_interval (1 s) unless given.
 
     flock /tmp/pushwire-bench.lock .venv/bin/python -m bench backplane
     ... -m bench backplane --topologies one,split --rounds 3 --failovers 0
@@ -68,13 +68,22 @@ GOAL = {"triggers": (("req_per_s", True), ("server_us_per_req", False)),
         "fanout": (("server_us_per_msg", False),)}  # fmt: skip
 
 
+def node_settings(args: Any) -> dict[str, float]:
+    """The nodes' [cluster] timings given on the command line (else their defaults)."""
+    given = {"heartbeat_interval": args.heartbeat_interval, "node_timeout": args.node_timeout}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 class NotStarted(Exception):
     """A node did not start over the topology (this checkout does not support it)."""
 
 
 @contextlib.contextmanager
-def cluster_of(topology: Topology, logs: Path) -> Iterator[tuple[Backplane, list[Server]]]:
-    """The topology's Redis and its Pushwire nodes (their output in `logs`), stopped after."""
+def cluster_of(
+    topology: Topology, logs: Path, settings: dict[str, float]
+) -> Iterator[tuple[Backplane, list[Server]]]:
+    """The topology's Redis and its Pushwire nodes (their output in `logs`; `settings` in
+    their [cluster]), stopped after."""
     bp = start(topology)
     nodes: list[Server] = []
     try:
@@ -82,7 +91,8 @@ def cluster_of(topology: Topology, logs: Path) -> Iterator[tuple[Backplane, list
             log = logs / f"{topology}-{i}.log"
             name = f"{topology}-{'AB'[i]}"
             try:
-                node = start_pushwire(free_port(), name=name, sections=sections(bp), log=str(log))
+                config = sections(bp, **settings)
+                node = start_pushwire(free_port(), name=name, sections=config, log=str(log))
             except RuntimeError as exc:
                 lines = log.read_text().strip().splitlines() if log.exists() else []
                 raise NotStarted(f"{exc}: {lines[-1] if lines else ''}") from None
@@ -159,7 +169,7 @@ def cost(args: Any, wrk: str, tmp: Path) -> list[dict[str, Any]]:
         for topology in args.topologies:
             head = {"topology": topology.value, "round": r}
             try:
-                with cluster_of(topology, tmp) as (bp, nodes):
+                with cluster_of(topology, tmp, node_settings(args)) as (bp, nodes):
                     rows.append({**head, **triggers(bp, nodes, wrk, tmp, args)})
                     emit(rows[-1])
                     rows.append({**head, **fanout(bp, nodes, args)})
@@ -203,7 +213,7 @@ def failovers(args: Any, tmp: Path) -> None:
     if not args.failovers:
         return
     times = []
-    with cluster_of(Topology.SENTINEL, tmp) as (bp, nodes):
+    with cluster_of(Topology.SENTINEL, tmp, node_settings(args)) as (bp, nodes):
         sentinel = bp.sentinel
         assert sentinel is not None
         urls = tuple(ws_url(f"{n.host}:{n.port}") for n in nodes)
@@ -245,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--subscribers", type=int, default=1000, help="fan-out: picows sockets")
     ap.add_argument("--procs", type=int, default=2, help="fan-out: subscriber processes")
     ap.add_argument("--rate", type=float, default=50, help="fan-out: events per second")
+    ap.add_argument("--heartbeat-interval", type=float, help="the nodes' (default theirs)")
+    ap.add_argument("--node-timeout", type=float, help="the nodes' (default theirs)")
     ap.add_argument("--failovers", type=int, default=5)
     ap.add_argument("--failover-rate", type=float, default=50, help="triggers per second")
     ap.add_argument("--failover-before", type=float, default=2, help="seconds before the kill")
