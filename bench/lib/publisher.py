@@ -41,6 +41,9 @@ class PublishResult:
     rtt_p50_ms: float | None = None  # how long a trigger took to be answered
     rtt_p99_ms: float | None = None
     rtt_max_ms: float | None = None
+    # per event, CLOCK_MONOTONIC ns: when it was sent, when its answer came (0: never)
+    sent_ns: array[int] = field(default_factory=lambda: array("q"))
+    answered_ns: array[int] = field(default_factory=lambda: array("q"))
 
 
 class _HttpConn(asyncio.Protocol):
@@ -102,6 +105,8 @@ class _Publisher:
         self.host, self.port = host, port
         self.events, self.rate, self.size, self.channels = events, rate, size, channels
         self.statuses = array("H", bytes(2 * events))
+        self.sent_ns = array("q", bytes(8 * events))
+        self.answered_ns = array("q", bytes(8 * events))
         self.counts: collections.Counter[int] = collections.Counter()
         self.samples: list[str] = []
         self.lags, self.rtts = array("q"), array("q")
@@ -137,6 +142,7 @@ class _Publisher:
                 req = self.reqs[s] if self.reqs else self.request(s, self.due[s])
             else:
                 req = self.request(s, now)
+            self.sent_ns[s] = now
             self.free.pop().send(s, req)
 
     async def connect(self) -> None:
@@ -162,6 +168,7 @@ class _Publisher:
         self.last_ns = time.monotonic_ns()
         self.rtts.append(self.last_ns - conn.sent_ns)
         self.statuses[seq] = status
+        self.answered_ns[seq] = self.last_ns
         self.counts[status] += 1
         if status != 200 and len(self.samples) < 5:
             self.samples.append(f"{status} {body[:200]!r}")
@@ -256,4 +263,6 @@ async def _publish(
         rtt_p50_ms=percentile_ms(rtts, 50),
         rtt_p99_ms=percentile_ms(rtts, 99),
         rtt_max_ms=percentile_ms(rtts, 100),
+        sent_ns=pub.sent_ns,
+        answered_ns=pub.answered_ns,
     )

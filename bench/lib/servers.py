@@ -25,6 +25,7 @@ import psutil  # type: ignore[import-untyped,unused-ignore]
 from bench.lib import ROOT, procs
 from bench.lib.native import FLOOR_BIN, FLOOR_SRC, URING_HEADER, build_c
 from bench.lib.wire import APP_ID, KEY, SECRET
+from tests.helpers.redis_procs import RedisSingle
 
 PEER_SOKETI = ROOT.parent / "shared" / "peers" / "soketi"
 
@@ -265,13 +266,9 @@ def start_floor(port: int, uring: bool = False) -> Server:
 
 # ------------------------------------------------------------------------------------- Redis
 def start_redis(*options: str) -> tuple[Server, str]:
-    """A throwaway redis-server on a free port (nothing saved, its own temporary folder),
-    with more `options` ("--replicaof", HOST, PORT ...); returns it and its URL."""
-    port = free_port()
-    exe = shutil.which("redis-server") or "redis-server"
+    """A throwaway redis-server on a free port (nothing saved, its own temporary folder with
+    its log), with more `options` ("--replicaof", HOST, PORT ...); returns it and its URL.
+    Started by the tests' launcher, as every Redis of the benchmarks (bench/lib/backplanes)."""
     folder = tempfile.mkdtemp(prefix="pushwire-bench-redis-")
-    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    cmd += ["--dir", folder, *options]
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port, proc=p)
-    return Server("redis", port, p.pid, p, [folder]), f"redis://127.0.0.1:{port}/0"
+    r = RedisSingle(free_port(), dir=Path(folder)).start(*options)
+    return Server("redis", r.port, r.pid, r.proc, [folder]), r.url

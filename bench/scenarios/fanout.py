@@ -18,14 +18,11 @@ measured, then the ratios against the first.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from bench.lib.publisher import publish
+from bench.lib.fanout import fanout_run
 from bench.lib.servers import Server, external, start_pushwire, start_redis, start_soketi
-from bench.lib.stats import emit, percentile_ms, ratio
-from bench.lib.subscribers import Accounting, Spec, Subscribers
-from bench.lib.wire import ws_url
+from bench.lib.stats import emit, ratio
 from bench.scenarios import parse, parser
 
 
@@ -39,53 +36,13 @@ def measure(
 ) -> dict[str, Any]:
     """Publish to `target`; subscriber processes connect round-robin to `sub_servers`
     (default: the target). CPU and RSS are those of `servers`, Redis's of `aux`."""
-    urls = tuple(ws_url(f"{s.host}:{s.port}") for s in sub_servers or [target])
-    spec = Spec(urls, Accounting.RECEIPTS, timeout=args.timeout)
-    with Subscribers(spec, args.procs) as subs:
-        info = subs.open(args.subscribers, args.timeout + 60)
-        if info["subscribed"] < args.subscribers:
-            raise RuntimeError(f"only {info['subscribed']} subscribed: {info['errors']}")
-        subs.count(args.events)
-        measured = [s for s in servers if s.pid]
-        cpu0 = sum(s.cpu_s() for s in measured)
-        aux0 = sum(a.cpu_s() for a in aux or [])
-        rss_peak = sum(s.rss() for s in measured)
-        conns = max(args.concurrency, 16) if args.rate else args.concurrency
-        res = publish(
-            target.port, args.events, args.rate, size=args.size, conns=conns, host=target.host
-        )
-        if res.failed:
-            raise RuntimeError(f"triggers failed: {res.statuses} {res.error_samples}")
-        got = subs.collect(drain=args.timeout)
-        t_end = time.monotonic_ns()
-        rss_peak = max(rss_peak, sum(s.rss() for s in measured))
-        cpu = sum(s.cpu_s() for s in measured) - cpu0
-        aux_cpu = sum(a.cpu_s() for a in aux or []) - aux0
-    lat = got["latencies"]
-    n = len(lat)
-    elapsed = (t_end - res.start_ns) / 1e9
-    return {
-        "server": name,
-        "subscribers": args.subscribers,
-        "events": args.events,
-        "size": args.size,
-        "rate": args.rate or "back-to-back",
-        "delivered": n,
-        "expected": args.subscribers * args.events,
-        "msgs_per_s": round(n / elapsed),
-        "elapsed_s": round(elapsed, 3),
-        "publish_s": round(res.duration_s, 3),
-        "p50_ms": percentile_ms(lat, 50),
-        "p99_ms": percentile_ms(lat, 99),
-        "max_ms": percentile_ms(lat, 100),
-        "server_cpu_s": round(cpu, 2) if measured else None,
-        # CPU per delivered message, in microseconds: the server's, Redis's (cluster), and the
-        # subscribers' (if it is close to the server's, the subscribers are what saturates)
-        "server_us_per_msg": round(cpu / n * 1e6, 2) if measured and n else None,
-        "redis_us_per_msg": round(aux_cpu / n * 1e6, 2) if aux and n else None,
-        "client_us_per_msg": round(got["cpu_s"] / n * 1e6, 2) if n else None,
-        "server_rss_mb": round(rss_peak / 2**20, 1) if measured else None,
-    }
+    return fanout_run(
+        name, target, servers,
+        subscribers=args.subscribers, events=args.events, procs=args.procs, rate=args.rate,
+        size=args.size, concurrency=args.concurrency, timeout=args.timeout,
+        sub_servers=sub_servers,
+        aux=(lambda: {a.name: a.cpu_s() for a in aux}) if aux else None,
+    )  # fmt: skip
 
 
 def measure_cluster(args: Any) -> dict[str, Any]:

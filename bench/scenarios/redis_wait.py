@@ -35,6 +35,7 @@ from bench.lib import procs
 from bench.lib.servers import Server, start_redis
 from bench.lib.stats import emit, percentile_ms, ratio
 from bench.scenarios import parse, parser
+from tests.helpers.redis_procs import wait_for
 
 PUBLISH = """
 local top = redis.call('HINCRBY', KEYS[2], 'top', 1)
@@ -45,18 +46,6 @@ redis.call('PUBLISH', ARGV[4], '@' .. top .. ' e1\\n' .. ARGV[2])
 return top
 """
 TOPICS = 64
-
-
-def _wait(what: str, check: Any, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (redis.RedisError, OSError):
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{what}: not within {timeout} s")
 
 
 # ------------------------------------------------------------------------------------ load
@@ -130,7 +119,7 @@ async def run_case(
 
 async def measure(args: Any, url: str, servers: list[Server]) -> list[dict[str, Any]]:
     sync = redis.Redis.from_url(url)
-    _wait("replica in sync", lambda: sync.info("replication")["connected_slaves"] == 1)
+    wait_for("replica in sync", lambda: sync.info("replication")["connected_slaves"] or None, 20)
     sha = sync.script_load(PUBLISH)
     sync.close()
     cases = [(n, c, w) for n in args.pipelines for c in args.clients for w in (False, True)]

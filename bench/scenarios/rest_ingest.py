@@ -27,102 +27,23 @@ Needs `wrk` (Debian: `apt-get install -y wrk`; installed here when missing and p
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from bench.lib import ROOT
 from bench.lib.servers import Server, external, start_pushwire, start_soketi
 from bench.lib.stats import emit, ratio
-from bench.lib.wire import APP_ID, signed_query
+from bench.lib.wrk import check_once, ensure_wrk, measured_run, run_wrk, signed_request
 from bench.scenarios import parse, parser
 
 EVENT = {"name": "e", "channels": ["c"], "data": "{}"}
 BATCH = {"batch": [{"name": "e", "channel": f"c{i}", "data": "{}"} for i in range(10)]}
 BASELINES = ("soketi", "pushwire-before", "pushwire-aiohttp")
-
-# wrk: replay one pre-signed POST; at the end print one JSON line (latency in microseconds)
-LUA = """
-wrk.method = "POST"
-wrk.body = io.open("%(body)s", "rb"):read("*a")
-wrk.headers["Content-Type"] = "application/json"
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'WRK_JSON {"requests":%%d,"duration_us":%%d,"p50_us":%%d,"p90_us":%%d,"p99_us":%%d,' ..
-    '"max_us":%%d,"mean_us":%%.1f,"connect":%%d,"read":%%d,"write":%%d,"status":%%d,' ..
-    '"timeout":%%d}\\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), latency.max, latency.mean, e.connect, e.read, e.write, e.status,
-    e.timeout))
-end
-"""
-
-
-def ensure_wrk() -> str:
-    found = shutil.which("wrk")
-    if found:
-        return found
-    if shutil.which("apt-get") and os.geteuid() == 0:
-        subprocess.run(
-            ["apt-get", "install", "-y", "wrk"],
-            check=False,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    found = shutil.which("wrk")
-    if not found:
-        sys.exit("wrk is needed: apt-get install -y wrk")
-    return found
-
-
-def signed_request(base: str, kind: str, tmp: Path) -> tuple[str, Path]:
-    """The URL (signed query included) and the body file of one replayable request."""
-    body = orjson.dumps(EVENT if kind == "events" else BATCH)
-    path = f"/apps/{APP_ID}/{'events' if kind == 'events' else 'batch_events'}"
-    body_file = tmp / f"{kind}.json"
-    body_file.write_bytes(body)
-    return f"{base}{path}?{signed_query('POST', path, body)}", body_file
-
-
-def check_once(url: str, body_file: Path) -> None:
-    """One request by hand: the server must answer 200 (a benchmark of 401s proves nothing)."""
-    req = urllib.request.Request(
-        url, data=body_file.read_bytes(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        status, answer = resp.status, resp.read()
-    if status != 200:
-        raise RuntimeError(f"{url}: {status} {answer!r}")
-
-
-def run_wrk(
-    wrk: str, url: str, body_file: Path, tmp: Path, args: Any, duration: float
-) -> dict[str, Any]:
-    """Run wrk once; its summary."""
-    script = tmp / "post.lua"
-    script.write_text(LUA % {"body": str(body_file)})
-    cmd = [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{duration:g}s"]
-    proc = subprocess.run(
-        [*cmd, "--timeout", "5s", "-s", str(script), url], capture_output=True, check=False
-    )
-    m = re.search(rb"WRK_JSON (\{.*\})", proc.stdout)
-    if proc.returncode != 0 or not m:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stdout!r} {proc.stderr!r}")
-    result: dict[str, Any] = json.loads(m.group(1))
-    return result
 
 
 def py_spy(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes]:
@@ -134,44 +55,25 @@ def py_spy(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes]:
 
 
 def measure(srv: Server, kind: str, wrk: str, tmp: Path, args: Any) -> dict[str, Any]:
-    url, body_file = signed_request(srv.url, kind, tmp)
+    endpoint, body = ("events", EVENT) if kind == "events" else ("batch_events", BATCH)
+    url, body_file = signed_request(srv.url, endpoint, body, tmp)
     check_once(url, body_file)
-    run_wrk(wrk, url, body_file, tmp, args, args.warmup)  # JIT (soketi), caches, pools
+    load = {"threads": args.threads, "connections": args.connections}
+    run_wrk(wrk, url, body_file, tmp, seconds=args.warmup, **load)  # JIT (soketi), caches
     profiler = None
     if args.profile and srv.pid and srv.name == "pushwire":
         out = Path(args.profile)
         profiler = py_spy(srv.pid, out.with_name(f"{out.stem}-{kind}{out.suffix}"), args.duration)
         time.sleep(1.0)  # attached before the load starts
-    cpu0 = srv.cpu_s() if srv.pid else 0.0
-    kids0 = os.times()
-    t0 = time.monotonic()
-    res = run_wrk(wrk, url, body_file, tmp, args, args.duration)
-    elapsed = time.monotonic() - t0
-    kids1 = os.times()
-    cpu = srv.cpu_s() - cpu0 if srv.pid else 0.0
+    cpu = srv.cpu_s if srv.pid else None
+    run = measured_run(wrk, url, body_file, tmp, seconds=args.duration, server_cpu=cpu, **load)
     if profiler is not None:
         profiler.wait(60)
-    gen_cpu = (kids1.children_user - kids0.children_user) + (
-        kids1.children_system - kids0.children_system
-    )
-    n = res["requests"]
-    secs = res["duration_us"] / 1e6
-    errors = res["connect"] + res["read"] + res["write"] + res["status"] + res["timeout"]
     events = 1 if kind == "events" else len(BATCH["batch"])
-    return {
-        "server": srv.name,
-        "kind": kind,
-        "req_per_s": round(n / secs),
-        "events_per_s": round(n * events / secs),
-        "p50_ms": round(res["p50_us"] / 1000, 2),
-        "p99_ms": round(res["p99_us"] / 1000, 2),
-        "max_ms": round(res["max_us"] / 1000, 2),
-        "errors": errors,
-        "server_cpu_cores": round(cpu / elapsed, 2) if srv.pid else None,
-        "server_us_per_req": round(cpu / n * 1e6, 1) if srv.pid and n else None,
-        "wrk_cpu_cores": round(gen_cpu / elapsed, 2),
-        "wrk_us_per_req": round(gen_cpu / n * 1e6, 1) if n else None,
-    }
+    row = {"server": srv.name, "kind": kind, "req_per_s": run["req_per_s"]}
+    row["events_per_s"] = round(run["req_per_s"] * events)
+    drop = ("requests", "req_per_s", "elapsed_s")
+    return row | {k: v for k, v in run.items() if k not in drop}
 
 
 def servers(args: Any) -> list[Callable[[], Server]]:

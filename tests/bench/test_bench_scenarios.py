@@ -22,6 +22,7 @@ from bench.scenarios.engine_path import PATHS
 
 SCENARIOS = {
     "apps_store",
+    "backplane",
     "conn_memory",
     "engine_path",
     "fanout",
@@ -109,3 +110,57 @@ def test_paced_fanout_with_the_compiled_generator_loses_nothing(
     for r in runs:
         assert r["lost"] == 0 and r["delivered"] == r["expected"] == 200 * r["events"], r
         assert r["triggers_ok"] == r["events"], r
+
+
+def test_backplane_quick_measures_the_nodes_and_each_redis(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["backplane", "--quick", "--topologies", "one,split", "--failovers", "0"]
+    bench_main([*argv, "--subscribers", "20"])
+    out = rows(capsys.readouterr().out)
+    runs = {(r["topology"], r["phase"]): r for r in out if "phase" in r and "ratio" not in r}
+    assert set(runs) == {(t, p) for t in ("one", "split") for p in ("triggers", "fanout")}
+    for (topology, _), r in runs.items():
+        roles = {"one": {"redis"}, "split": {"bus", "state"}}[topology]
+        assert set(r["redis_us_per_event"]) == roles, r
+    for t in ("one", "split"):
+        trig, fan = runs[(t, "triggers")], runs[(t, "fanout")]
+        assert trig["errors"] == 0 and trig["requests"] > 0, trig
+        assert trig["redis_us_per_event"]["redis" if t == "one" else "bus"] > 0, trig
+        assert fan["delivered"] == fan["expected"] == 20 * fan["events"], fan
+    (ratio_row,) = [r for r in out if r.get("ratio") == "split/one" and r["phase"] == "fanout"]
+    assert isinstance(ratio_row["server_us_per_msg"], float)
+
+
+def test_failover_time_counts_from_the_kill_to_the_first_2xx_after_it() -> None:
+    """Redis stopped for 1.5 s under paced triggers: the recovery is at least that long, and
+    what was refused meanwhile is counted; nothing answered 2xx is lost."""
+    import threading
+    import time
+
+    from bench.lib.backplanes import Topology, sections, start
+    from bench.lib.failover import failover_run, wait_accepting
+    from bench.lib.servers import start_pushwire
+    from bench.lib.subscribers import Spec, Subscribers
+    from bench.lib.wire import ws_url
+
+    bp = start(Topology.ONE)
+    node = start_pushwire(free_port(), sections=sections(bp))
+    redis = bp.singles["redis"]
+    try:
+        with Subscribers(Spec((ws_url(node.url),)), 1) as subs:
+            subs.open(1)
+            wait_accepting(node)
+
+            def outage() -> None:
+                redis.stop()
+                threading.Timer(1.5, redis.start).start()
+
+            row = failover_run(node, outage, rate=50, before=1, window=6, subs=subs)
+            time.sleep(0.1)
+    finally:
+        node.stop()
+        bp.stop()
+    assert row["recovery_s"] is not None and 1.5 <= row["recovery_s"] < 6, row
+    assert row["refused"] > 0 and row["lost_2xx"] == 0, row
+    assert row["statuses"]["200"] + row["refused"] == row["events"], row

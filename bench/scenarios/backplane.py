@@ -1,0 +1,285 @@
+"""Backplane topologies (issue 19): a 2-node cluster over one Redis, bus and state apart, Sentinel
+and a Redis Cluster, beside a single node; Redis CPU per event; Sentinel failover time.
+
+In one invocation, for each topology in --topologies (one after the other, --rounds times):
+  single    one node, no Redis
+  one       2 nodes over one redis-server (the baseline of every ratio)
+  split     2 nodes, bus_url and state_url on two redis-servers
+  sentinel  2 nodes, both roles through redis+sentinel:// (1 primary + 1 replica + 3
+            sentinels, down-after-milliseconds 1000)
+  cluster   2 nodes over redis+cluster:// (a 3-shard Redis Cluster, no replicas); when this
+            checkout's nodes cannot run on it, a row says "not measured" and why
+two measurements:
+  triggers  wrk (the REST load generator of `rest_ingest`: --connections kept-alive
+            connections, one trigger in flight each) replays one signed trigger to node A on
+            a channel with one subscriber on each node (so every event crosses the bus):
+            triggers/s, the nodes' CPU per trigger, wrk's, and each redis-server's
+  fanout    --subscribers picows subscribers on one channel, half on each node, events paced
+            at --rate for --seconds through node A: latency from each event's scheduled send
+            time, the nodes' CPU per delivered message beside the subscribers' and the
+            publisher's, each redis-server's CPU per published event
+then ratios against `one` of the same round (median over rounds), and --failovers Sentinel
+failovers: triggers at --failover-rate on node A of 2 nodes over a fresh Sentinel set, the
+primary SIGKILLed, the time from the kill to the first 2xx again (and whether an event
+answered 2xx went missing at a subscriber); the old primary back as a replica between runs.
+Redis CPU is utime + stime from /proc/PID/stat (psutil). Nodes run with the default
+node_timeout (6 s) and heartbeat_interval (1 s) unless given.
+
+    flock /tmp/pushwire-bench.lock .venv/bin/python -m bench backplane
+    ... -m bench backplane --topologies one,split --rounds 3 --failovers 0
+    .venv/bin/python -m bench backplane --quick     # a small run to check the tools
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from bench.lib import procs
+from bench.lib.backplanes import DOWN_AFTER_MS, Backplane, Topology, sections, start
+from bench.lib.failover import failover_run, wait_accepting
+from bench.lib.fanout import fanout_run
+from bench.lib.servers import Server, free_port, start_pushwire
+from bench.lib.stats import emit, git_commit, ratio, saturation
+from bench.lib.subscribers import Spec, Subscribers
+from bench.lib.wire import EVENT, ws_url
+from bench.lib.wrk import check_once, ensure_wrk, measured_run, run_wrk, signed_request
+from bench.scenarios import parse, parser
+from tests.helpers.redis_topology import SentinelSet
+
+BASE = Topology.ONE
+GOAL_RATIO = 1.2  # issue 19: split, Sentinel, Cluster within 1.2x of one Redis
+FAILOVER_GOAL_S = DOWN_AFTER_MS / 1000 + 3
+TRIGGER = {"name": "e", "channel": EVENT, "data": "{}"}  # not a bench event: not parsed
+# what is compared with `one`, per phase
+COMPARED = {
+    "triggers": ("req_per_s", "server_us_per_req", "p99_ms"),
+    "fanout": ("server_us_per_msg", "p99_ms", "msgs_per_s"),
+}
+# the goal's figures: (key, more is better)
+GOAL = {"triggers": (("req_per_s", True), ("server_us_per_req", False)),
+        "fanout": (("server_us_per_msg", False),)}  # fmt: skip
+
+
+def node_settings(args: Any) -> dict[str, float]:
+    """The nodes' [cluster] timings given on the command line (else their defaults)."""
+    given = {"heartbeat_interval": args.heartbeat_interval, "node_timeout": args.node_timeout}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+class NotStarted(Exception):
+    """A node did not start over the topology (this checkout does not support it)."""
+
+
+@contextlib.contextmanager
+def cluster_of(
+    topology: Topology, logs: Path, settings: dict[str, float]
+) -> Iterator[tuple[Backplane, list[Server]]]:
+    """The topology's Redis and its Pushwire nodes (their output in `logs`; `settings` in
+    their [cluster]), stopped after."""
+    bp = start(topology)
+    nodes: list[Server] = []
+    try:
+        for i in range(topology.nodes):
+            log = logs / f"{topology}-{i}.log"
+            name = f"{topology}-{'AB'[i]}"
+            try:
+                config = sections(bp, **settings)
+                node = start_pushwire(free_port(), name=name, sections=config, log=str(log))
+            except RuntimeError as exc:
+                lines = log.read_text().strip().splitlines() if log.exists() else []
+                raise NotStarted(f"{exc}: {lines[-1] if lines else ''}") from None
+            nodes.append(node)
+        yield bp, nodes
+    finally:
+        for n in nodes:
+            n.stop()
+        bp.stop()
+
+
+def per_event(cpu: dict[str, float], events: int) -> dict[str, float]:
+    return {role: round(s / max(events, 1) * 1e6, 2) for role, s in cpu.items()}
+
+
+def triggers(bp: Backplane, nodes: list[Server], wrk: str, tmp: Path, args: Any) -> dict[str, Any]:
+    """wrk on node A, one subscriber on each node."""
+    urls = tuple(ws_url(f"{n.host}:{n.port}") for n in nodes)
+    with Subscribers(Spec(urls), len(nodes)) as subs:
+        subs.open(len(nodes))
+        url, body = signed_request(nodes[0].url, "events", TRIGGER, tmp)
+        check_once(url, body)
+        load = {"threads": 1, "connections": args.connections}
+        idle0, t_idle = bp.cpu_s(), time.monotonic()
+        time.sleep(args.idle)  # the Redis's own background: cron, leases, health checks
+        idle = {k: (v - idle0[k]) / (time.monotonic() - t_idle) for k, v in bp.cpu_s().items()}
+        run_wrk(wrk, url, body, tmp, seconds=args.warmup, **load)
+        redis0, busy0 = bp.cpu_s(), procs.machine_busy()
+        each0 = [n.cpu_s() for n in nodes]
+        run = measured_run(
+            wrk, url, body, tmp, seconds=args.seconds, **load,
+            server_cpu=lambda: sum(n.cpu_s() for n in nodes),
+        )  # fmt: skip
+        each = [n.cpu_s() - c for n, c in zip(nodes, each0, strict=True)]
+        busy = procs.machine_busy() - busy0
+        redis = {k: v - redis0[k] for k, v in bp.cpu_s().items()}
+    secs, n = run["elapsed_s"], run["requests"]
+    ours = (run["server_cpu_cores"] + run["wrk_cpu_cores"]) * secs + sum(redis.values())
+    return {
+        "phase": "triggers",
+        **run,
+        "node_cores": [round(c / secs, 2) for c in each],  # A (wrk's target), B
+        "redis_us_per_event": per_event(redis, n),
+        "redis_cores": {k: round(v / secs, 2) for k, v in redis.items()},
+        "redis_idle_cores": {k: round(v, 4) for k, v in idle.items()},
+        # without that background (its rate over the idle seconds, times the run's)
+        "redis_us_per_event_net": per_event({k: v - idle[k] * secs for k, v in redis.items()}, n),
+        "others_util": round((busy - ours) / secs, 2),
+        "saturated": saturation(
+            procs.cores(),
+            node=max(each) / secs,
+            wrk=run["wrk_cpu_cores"],
+            machine=busy / secs,
+        ),
+    }
+
+
+def fanout(bp: Backplane, nodes: list[Server], args: Any) -> dict[str, Any]:
+    """Paced events through node A, the subscribers spread over the nodes."""
+    events = max(1, int(args.rate * args.seconds))
+    row = fanout_run(
+        nodes[0].name, nodes[0], nodes,
+        subscribers=args.subscribers, events=events, procs=args.procs, rate=args.rate,
+        sub_servers=nodes, aux=bp.cpu_s,
+    )  # fmt: skip
+    row["redis_us_per_event"] = per_event(row.pop("aux_cpu_s"), events)
+    row["redis_us_per_subscribe"] = per_event(row.pop("aux_open_cpu_s"), args.subscribers)
+    return {"phase": "fanout", **row}
+
+
+def cost(args: Any, wrk: str, tmp: Path) -> list[dict[str, Any]]:
+    rows = []
+    for r in range(args.rounds):
+        for topology in args.topologies:
+            head = {"topology": topology.value, "round": r}
+            try:
+                with cluster_of(topology, tmp, node_settings(args)) as (bp, nodes):
+                    rows.append({**head, **triggers(bp, nodes, wrk, tmp, args)})
+                    emit(rows[-1])
+                    rows.append({**head, **fanout(bp, nodes, args)})
+                    emit(rows[-1])
+            except NotStarted as exc:
+                emit({**head, "status": "not measured: the nodes do not start", "error": str(exc)})
+    return rows
+
+
+def ratios(rows: list[dict[str, Any]], topologies: list[Topology]) -> None:
+    """Each topology against `one`, per round, the median over rounds."""
+    for phase, keys in COMPARED.items():
+        base = {r["round"]: r for r in rows if r["phase"] == phase and r["topology"] == BASE}
+        for topology in topologies:
+            mine = [r for r in rows if r["phase"] == phase and r["topology"] == topology]
+            if topology is BASE or not mine:
+                continue
+            out: dict[str, Any] = {"ratio": f"{topology}/{BASE}", "phase": phase}
+            for key in keys:
+                got = [ratio(r[key], base[r["round"]][key]) for r in mine if r["round"] in base]
+                vals = [g for g in got if g is not None]
+                out[key] = statistics.median(vals) if vals else None
+                out[f"{key}_rounds"] = got
+            if topology is not Topology.SINGLE:
+                out["within_1.2x"] = all(
+                    out[k] is not None
+                    and (out[k] >= 1 / GOAL_RATIO if more else out[k] <= GOAL_RATIO)
+                    for k, more in GOAL[phase]
+                )
+            emit(out)
+
+
+def switched_from(sentinel: SentinelSet, port: int) -> Callable[[], bool]:
+    """True once a sentinel names another primary than `port` (a node asking the sentinels
+    in turn can find it from then on)."""
+    return lambda: any(v not in (None, port) for v in sentinel.sentinel_views())
+
+
+def failovers(args: Any, tmp: Path) -> None:
+    """--failovers Sentinel failovers under triggers on node A, one subscriber per node."""
+    if not args.failovers:
+        return
+    times = []
+    with cluster_of(Topology.SENTINEL, tmp, node_settings(args)) as (bp, nodes):
+        sentinel = bp.sentinel
+        assert sentinel is not None
+        urls = tuple(ws_url(f"{n.host}:{n.port}") for n in nodes)
+        with Subscribers(Spec(urls), len(nodes)) as subs:
+            subs.open(len(nodes))
+            for i in range(args.failovers):
+                settle_s = wait_accepting(nodes[0])
+                row = failover_run(
+                    nodes[0], sentinel.kill_primary, rate=args.failover_rate,
+                    before=args.failover_before, window=args.failover_window, subs=subs,
+                    switched=switched_from(sentinel, sentinel.primary_port()),
+                )  # fmt: skip
+                emit({"phase": "failover", "run": i, "settle_s": round(settle_s, 2), **row})
+                times.append(row["recovery_s"])
+                sentinel.restart_old_as_replica()
+    done = sorted(t for t in times if t is not None)
+    emit(
+        {
+            "phase": "failover-summary",
+            "runs": len(times),
+            "recovered": len(done),
+            "min_s": done[0] if done else None,
+            "median_s": statistics.median(done) if done else None,
+            "max_s": done[-1] if done else None,
+            "goal_s": FAILOVER_GOAL_S,
+            "goal_met": len(done) == len(times) and bool(done) and done[-1] <= FAILOVER_GOAL_S,
+        }
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = parser(__name__, __doc__)
+    ap.add_argument("--topologies", default=",".join(t.value for t in Topology))
+    ap.add_argument("--rounds", type=int, default=1, help="measure every topology this often")
+    ap.add_argument("--seconds", type=float, default=10, help="per measured run")
+    ap.add_argument("--warmup", type=float, default=2, help="seconds of wrk before its run")
+    ap.add_argument("--idle", type=float, default=5, help="seconds of Redis background CPU")
+    ap.add_argument("--connections", type=int, default=32, help="wrk's connections")
+    ap.add_argument("--subscribers", type=int, default=1000, help="fan-out: picows sockets")
+    ap.add_argument("--procs", type=int, default=2, help="fan-out: subscriber processes")
+    ap.add_argument("--rate", type=float, default=50, help="fan-out: events per second")
+    ap.add_argument("--heartbeat-interval", type=float, help="the nodes' (default theirs)")
+    ap.add_argument("--node-timeout", type=float, help="the nodes' (default theirs)")
+    ap.add_argument("--failovers", type=int, default=5)
+    ap.add_argument("--failover-rate", type=float, default=50, help="triggers per second")
+    ap.add_argument("--failover-before", type=float, default=2, help="seconds before the kill")
+    ap.add_argument("--failover-window", type=float, default=10, help="seconds after it")
+    quick = {"seconds": 1, "warmup": 1, "idle": 1, "subscribers": 100, "rate": 20, "failovers": 1,
+             "failover_window": 6}  # fmt: skip
+    args = parse(ap, argv, quick)
+    args.topologies = [Topology(t.strip()) for t in args.topologies.split(",") if t.strip()]
+    version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
+    emit(
+        {
+            "scenario": "backplane",
+            "commit": git_commit(),
+            "redis": version.stdout.split()[2] if version.returncode == 0 else "?",
+            "cpus": procs.cores(),
+            "loadavg": [round(x, 2) for x in os.getloadavg()],
+            "args": {k: v if k != "topologies" else [t.value for t in v] for k, v in
+                     vars(args).items()},
+        }
+    )  # fmt: skip
+    wrk = ensure_wrk()
+    with tempfile.TemporaryDirectory(prefix="bench-backplane-") as tmpdir:
+        tmp = Path(tmpdir)
+        rows = cost(args, wrk, tmp)
+        ratios(rows, args.topologies)
+        failovers(args, tmp)
