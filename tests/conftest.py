@@ -257,3 +257,13 @@ def _collect_garbage_after_each_test() -> Iterator[None]:
     import gc
 
     gc.collect()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A request signed where tests are collected expires in a run longer than the REST
+    timestamp window (600 s): parametrize with `tests.helpers.rest.later(...)` instead."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        for value in callspec.params.values() if callspec else ():
+            if isinstance(value, bytes) and b"auth_signature=" in value:
+                raise pytest.UsageError(f"{item.nodeid}: a request signed at collection time")

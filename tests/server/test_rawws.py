@@ -20,7 +20,7 @@ import pytest
 
 from pushwire.config import ConfigError, load
 from tests.conftest import TIMEOUT, running_server, start_server
-from tests.helpers.rest import EVENT, signed
+from tests.helpers.rest import EVENT, Signed, later
 from tests.helpers.wsraw import Raw, frame, opened, upgrade_request
 from tests.server.helpers import Client
 
@@ -251,10 +251,10 @@ def test_ws_transport_aiohttp_is_refused_with_a_clear_error(tmp_path):
     assert load(str(cfg), env={}).server.ws_transport == "raw"
 
 
-async def keep_alive_then_upgrade(port: int, first: bytes) -> Raw:
+async def keep_alive_then_upgrade(port: int, first: bytes | Signed) -> Raw:
     """A connection that first serves `first` (one request, answered) and then upgrades."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(first)
+    writer.write(bytes(first))
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
     assert head.startswith(b"HTTP/1.1 "), head
     length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
@@ -272,7 +272,7 @@ async def keep_alive_then_upgrade(port: int, first: bytes) -> Raw:
     "first",
     [
         b"GET /up HTTP/1.1\r\nHost: x\r\n\r\n",  # aiohttp serves it, then the upgrade
-        signed("/apps/app-id/events", EVENT),  # the REST fast path serves it
+        later("/apps/app-id/events", EVENT),  # the REST fast path serves it
     ],
     ids=["through-aiohttp", "after-fast-path"],
 )
