@@ -13,7 +13,7 @@ import aiohttp
 import orjson
 
 from tests.conftest import ROOT, TIMEOUT, cluster_config, start_node, stop_node
-from tests.server.helpers import Client, rest
+from tests.helpers.client import Client, rest
 
 
 def config(dsn: str) -> str:

@@ -18,7 +18,7 @@ import redis
 from tests.conftest import TIMEOUT, Redis, cluster_config, free_port, start_node, start_redis
 from tests.conftest import stop_node as stop_node_sync
 from tests.helpers.chromium import BROWSER_DIR, node_modules, require_chromium
-from tests.server.helpers import KEY, SECRET, rest
+from tests.helpers.client import KEY, SECRET, rest
 
 require_chromium()
 

@@ -25,7 +25,7 @@ from tests.conftest import (
     start_server,
     stop_node,
 )
-from tests.server.helpers import Client, data, rest
+from tests.helpers.client import Client, data, rest
 
 
 def node_urls(port: int) -> tuple[str, str]:

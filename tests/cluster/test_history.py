@@ -22,8 +22,8 @@ from tests.conftest import (
     start_redis,
     stop_node,
 )
+from tests.helpers.client import Client, rest
 from tests.helpers.recorder import Recorder
-from tests.server.helpers import Client, rest
 
 CONFIG = """
 [server]

@@ -19,7 +19,7 @@ from tests.conftest import (
     start_redis,
     stop_node,
 )
-from tests.server.helpers import Client, data, rest
+from tests.helpers.client import Client, data, rest
 
 QUOTA_CONFIG = """
 [server]

@@ -8,7 +8,7 @@ import pusher
 import pytest
 from pusher.errors import PusherBadAuth, PusherBadRequest, PusherBadStatus, PusherForbidden
 
-from tests.server.helpers import Client, data
+from tests.helpers.client import Client, data
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from pusher.requests import RequestsBackend
 
 from tests.compat.conftest import APP, Driver, driver
 from tests.conftest import ROOT, TIMEOUT, Server, start_server
-from tests.server.helpers import Client
+from tests.helpers.client import Client
 
 
 @dataclass(frozen=True)

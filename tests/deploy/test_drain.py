@@ -12,8 +12,8 @@ import pytest
 
 from pushwire.config import ConfigError, load
 from tests.conftest import TIMEOUT, cluster_nodes, start_node, stop_node
+from tests.helpers.client import Client, data, rest
 from tests.helpers.webhooks import Receiver
-from tests.server.helpers import Client, data, rest
 
 HOOK = {"key": "hook-key", "secret": "hook-secret"}
 

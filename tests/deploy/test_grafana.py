@@ -12,7 +12,7 @@ import time
 import aiohttp
 
 from tests.conftest import ROOT, TIMEOUT, cluster_nodes, running_server, start_redis
-from tests.server.helpers import Client
+from tests.helpers.client import Client
 
 DASHBOARD = json.loads((ROOT / "deploy" / "grafana" / "pushwire.json").read_text())
 METRIC = re.compile(r"\bpushwire_[a-z0-9_]+")

@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import ROOT, TIMEOUT
 from tests.deploy import podman as pm
 from tests.deploy.conftest import Container, run_container
-from tests.server.helpers import Client, rest
+from tests.helpers.client import Client, rest
 
 pytestmark = pytest.mark.deploy
 

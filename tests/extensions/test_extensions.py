@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import BASE_CONFIG, ROOT, TIMEOUT, cluster_config, start_server
-from tests.server.helpers import Client, data, rest
+from tests.helpers.client import Client, data, rest
 
 EXT = '\n[extensions]\nmodules = ["examples.extensions.push_ext", "tests.extensions.sample_ext"]\n'
 

@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 
 from tests.conftest import TIMEOUT, start_node, stop_node
-from tests.server.helpers import Client, rest
+from tests.helpers.client import Client, rest
 
 APPS = """
 [server]

@@ -18,7 +18,7 @@ from tests.conftest import (
     start_node,
     stop_node,
 )
-from tests.server.helpers import Client, rest
+from tests.helpers.client import Client, rest
 
 CONFIG = """
 [server]

@@ -20,9 +20,9 @@ import pytest
 
 from pushwire.config import ConfigError, load
 from tests.conftest import TIMEOUT, running_server, start_server
+from tests.helpers.client import Client
 from tests.helpers.rest import EVENT, Signed, later
 from tests.helpers.wsraw import Raw, frame, opened, upgrade_request
-from tests.server.helpers import Client
 
 CONFIG = """
 [server]

@@ -7,7 +7,7 @@ import time
 import aiohttp
 import pytest
 
-from tests.server.helpers import Client, data, rest
+from tests.helpers.client import Client, data, rest
 
 
 async def test_trigger_reaches_subscribers_and_excludes_socket(server):

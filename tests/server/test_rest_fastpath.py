@@ -15,8 +15,8 @@ import pytest
 from pushwire.transport.httphead import parse_rest
 from tests.conftest import running_server
 from tests.helpers.aiohttp_only import aiohttp_only
+from tests.helpers.client import Client
 from tests.helpers.rest import EVENT, counted, later, signed, talk
-from tests.server.helpers import Client
 
 CONFIG = """
 [server]

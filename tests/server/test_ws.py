@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from tests.conftest import TIMEOUT, start_server
-from tests.server.helpers import Client, data, rest
+from tests.helpers.client import Client, data, rest
 
 
 async def expect_close(url: str, code: int) -> dict:

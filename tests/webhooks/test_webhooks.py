@@ -8,8 +8,8 @@ import signal
 import time
 
 from tests.conftest import cluster_config, start_node, start_server
+from tests.helpers.client import Client
 from tests.helpers.webhooks import Receiver
-from tests.server.helpers import Client
 
 
 def config(receiver: Receiver, delay: float = 0.5, batch_ms: float = 0, extra: str = "") -> str:

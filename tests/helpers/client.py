@@ -9,7 +9,7 @@ import aiohttp
 import orjson
 
 from pushwire.protocol.signing import channel_string_to_sign, sign_auth, sign_rest
-from tests.conftest import TIMEOUT
+from tests.helpers import TIMEOUT
 
 KEY, SECRET = "app-key", "app-secret"
 
