@@ -13,6 +13,14 @@ import pytest
 from tests.conftest import ROOT, TIMEOUT, free_port
 from tests.helpers.chromium import BROWSER_DIR, keep_screenshot, node_modules, require_chromium
 
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.redis,
+    pytest.mark.postgres,
+    pytest.mark.node,
+    pytest.mark.browser,
+]
+
 require_chromium()
 
 

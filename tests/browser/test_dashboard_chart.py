@@ -8,8 +8,12 @@ import json
 import os
 import subprocess
 
+import pytest
+
 from tests.conftest import TIMEOUT, running_server
 from tests.helpers.chromium import BROWSER_DIR, keep_screenshot, node_modules, require_chromium
+
+pytestmark = [pytest.mark.slow, pytest.mark.node, pytest.mark.browser]
 
 require_chromium()
 

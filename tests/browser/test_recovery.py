@@ -13,12 +13,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from tests.conftest import TIMEOUT, Redis, cluster_config, free_port, start_node, start_redis
 from tests.conftest import stop_node as stop_node_sync
 from tests.helpers.chromium import BROWSER_DIR, node_modules, require_chromium
 from tests.helpers.client import KEY, SECRET, rest
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.node, pytest.mark.browser]
 
 require_chromium()
 

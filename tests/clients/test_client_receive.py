@@ -10,11 +10,14 @@ import base64
 import hashlib
 
 import orjson
+import pytest
 
 from pushwire.client import PushwireClient
 from pushwire.protocol import messages
 from pushwire.protocol.errors import InvalidMessage
 from pushwire.protocol.websocket import GUID, text_frame
+
+pytestmark = pytest.mark.slow
 
 FLOOD = 50_000
 

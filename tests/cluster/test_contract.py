@@ -39,6 +39,8 @@ from pushwire.protocol.history import HistoryPolicy
 from pushwire.webhooks import MemoryWebhookStore, WebhookStore
 from tests.conftest import start_redis
 
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+
 
 def redis_client(url: str) -> Any:
     from redis.asyncio import Redis

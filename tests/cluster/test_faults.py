@@ -27,6 +27,8 @@ from tests.conftest import (
 )
 from tests.helpers.client import Client, data, rest
 
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+
 
 def node_urls(port: int) -> tuple[str, str]:
     return (

@@ -25,6 +25,8 @@ from tests.conftest import (
 from tests.helpers.client import Client, rest
 from tests.helpers.recorder import Recorder
 
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+
 CONFIG = """
 [server]
 host = "127.0.0.1"

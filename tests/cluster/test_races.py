@@ -21,6 +21,8 @@ from tests.conftest import (
 )
 from tests.helpers.client import Client, data, rest
 
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+
 QUOTA_CONFIG = """
 [server]
 host = "127.0.0.1"

@@ -10,6 +10,8 @@ from pusher.errors import PusherBadAuth, PusherBadRequest, PusherBadStatus, Push
 
 from tests.helpers.client import Client, data
 
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+
 
 @pytest.fixture
 def sdk(server):

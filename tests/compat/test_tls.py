@@ -26,6 +26,8 @@ from tests.compat.conftest import APP, Driver, driver
 from tests.conftest import ROOT, TIMEOUT, Server, start_server
 from tests.helpers.client import Client
 
+pytestmark = [pytest.mark.slow, pytest.mark.node]
+
 
 @dataclass(frozen=True)
 class Tls:

@@ -23,7 +23,7 @@ from tests.deploy import podman as pm
 from tests.deploy.conftest import wait_ready
 from tests.helpers.client import Client, rest
 
-pytestmark = pytest.mark.deploy
+pytestmark = [pytest.mark.deploy, pytest.mark.slow, pytest.mark.redis]
 
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 KEY, SECRET = "app-key", "compose-secret"

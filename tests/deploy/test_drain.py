@@ -15,6 +15,8 @@ from tests.conftest import TIMEOUT, cluster_nodes, start_node, stop_node
 from tests.helpers.client import Client, data, rest
 from tests.helpers.webhooks import Receiver
 
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+
 HOOK = {"key": "hook-key", "secret": "hook-secret"}
 
 

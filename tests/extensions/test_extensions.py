@@ -13,6 +13,8 @@ import pytest
 from tests.conftest import BASE_CONFIG, ROOT, TIMEOUT, cluster_config, start_server
 from tests.helpers.client import Client, data, rest
 
+pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.node]
+
 EXT = '\n[extensions]\nmodules = ["examples.extensions.push_ext", "tests.extensions.sample_ext"]\n'
 
 

@@ -16,6 +16,8 @@ from pushwire.protocol.signing import sign_rest
 from tests.conftest import TIMEOUT, running_server
 from tests.helpers.client import Client, rest
 
+pytestmark = pytest.mark.slow
+
 CONFIG = """
 [server]
 host = "127.0.0.1"

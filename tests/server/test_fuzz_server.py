@@ -55,6 +55,8 @@ from tests.helpers.fuzz_values import (
     trigger_bodies,
 )
 
+pytestmark = pytest.mark.slow
+
 APP_ID = "fz"
 MAX_FRAME = 4096
 CONFIG = f"""

@@ -20,6 +20,8 @@ from tests.conftest import (
 )
 from tests.helpers.client import Client, rest
 
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+
 CONFIG = """
 [server]
 host = "127.0.0.1"

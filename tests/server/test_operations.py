@@ -13,6 +13,8 @@ import pytest
 from tests.conftest import TIMEOUT, start_server
 from tests.helpers.client import Client, rest
 
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+
 
 async def test_metrics_and_health(server):
     c = await Client.connect(server.ws_url())

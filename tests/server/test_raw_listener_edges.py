@@ -16,6 +16,8 @@ from tests.conftest import running_server
 from tests.helpers.aiohttp_only import aiohttp_only
 from tests.helpers.rest import EVENT, later, signed, talk
 
+pytestmark = pytest.mark.slow
+
 CONFIG = """
 [server]
 host = "127.0.0.1"

@@ -24,6 +24,8 @@ from tests.helpers.client import Client
 from tests.helpers.rest import EVENT, Signed, later
 from tests.helpers.wsraw import Raw, frame, opened, upgrade_request
 
+pytestmark = pytest.mark.slow
+
 CONFIG = """
 [server]
 host = "127.0.0.1"

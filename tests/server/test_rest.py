@@ -9,6 +9,8 @@ import pytest
 
 from tests.helpers.client import Client, data, rest
 
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+
 
 async def test_trigger_reaches_subscribers_and_excludes_socket(server):
     a, b = await Client.connect(server.ws_url()), await Client.connect(server.ws_url())

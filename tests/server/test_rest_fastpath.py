@@ -18,6 +18,8 @@ from tests.helpers.aiohttp_only import aiohttp_only
 from tests.helpers.client import Client
 from tests.helpers.rest import EVENT, counted, later, signed, talk
 
+pytestmark = pytest.mark.slow
+
 CONFIG = """
 [server]
 host = "127.0.0.1"

@@ -16,6 +16,8 @@ from tests.conftest import TIMEOUT, running_server
 from tests.helpers.client import Client
 from tests.helpers.rest import counted, signed
 
+pytestmark = pytest.mark.slow
+
 CONFIG = """
 [server]
 host = "127.0.0.1"

@@ -12,6 +12,8 @@ import pytest
 from tests.conftest import TIMEOUT, start_server
 from tests.helpers.client import Client, data, rest
 
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+
 
 async def expect_close(url: str, code: int) -> dict:
     async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:

@@ -213,6 +213,7 @@ def env() -> Iterator[tuple[asyncio.Runner, PusherHandler, FakeClock]]:
 # WebSocket properties
 
 
+@pytest.mark.slow  # (a few seconds to tens of seconds)
 @settings(max_examples=1500, **FUZZ_SETTINGS)
 @given(frames=frame_lists, strict=st.integers(0, 5))
 def test_inbound_frames(env, frames: list[Frame], strict: int) -> None:
@@ -328,6 +329,7 @@ async def run_rest(calls: list[tuple[Any, ...]]) -> None:
     await assert_no_state(h, APP)
 
 
+@pytest.mark.slow  # (a few seconds to tens of seconds)
 @settings(max_examples=600, **FUZZ_SETTINGS)
 @given(calls=st.lists(rest_calls, min_size=1, max_size=4))
 def test_rest_bodies(env, calls: list[tuple[Any, ...]]) -> None:

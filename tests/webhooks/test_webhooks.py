@@ -7,9 +7,13 @@ import asyncio
 import signal
 import time
 
+import pytest
+
 from tests.conftest import cluster_config, start_node, start_server
 from tests.helpers.client import Client
 from tests.helpers.webhooks import Receiver
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.node]
 
 
 def config(receiver: Receiver, delay: float = 0.5, batch_ms: float = 0, extra: str = "") -> str:
