@@ -46,7 +46,8 @@ class Client:
                     return ev
 
     async def nothing(self, wait: float = 0.3) -> None:
-        """Assert that no frame arrives within `wait` seconds."""
+        """Assert that no frame arrives within `wait` seconds. Where the frame that must not come
+        would come on a channel, `nothing_before_marker` shows it without a wait."""
         try:
             msg = await self.ws.receive(timeout=wait)
         except TimeoutError:
@@ -120,3 +121,33 @@ async def rest(
         ) as r,
     ):
         return r.status, await r.json(content_type=None)
+
+
+MARKER = "test-marker"
+
+
+async def nothing_before_marker(
+    base: str,
+    channel: str,
+    *clients: Client,
+    app_id: str = "app-id",
+    key: str = KEY,
+    secret: str = SECRET,
+) -> None:
+    """Assert that each of `clients` gets nothing more on `channel` from what happened so far:
+    trigger a marker event there (REST on the node at `base`) and check that it is the next
+    frame each one receives. Per-channel order is a Broker guarantee, so a frame published before
+    the marker and not yet received would come first. The clients get nothing on other channels
+    meanwhile."""
+    status, body = await rest(
+        base,
+        "POST",
+        f"/apps/{app_id}/events",
+        {"name": MARKER, "channel": channel, "data": "m"},
+        key=key,
+        secret=secret,
+    )
+    assert status == 200, body
+    for c in clients:
+        ev = await c.recv()
+        assert (ev.get("event"), ev.get("channel"), ev.get("data")) == (MARKER, channel, "m"), ev
