@@ -54,6 +54,12 @@ class Client:
             return
         raise AssertionError(f"unexpected frame {msg.data!r}")
 
+    async def sync(self) -> None:
+        """Wait until the server has handled every frame sent so far: a ping, answered in order
+        (the next frame must be the pong)."""
+        await self.send({"event": "pusher:ping", "data": {}})
+        assert (await self.recv())["event"] == "pusher:pong"
+
     async def send(self, obj: Any) -> None:
         await self.ws.send_str(obj if isinstance(obj, str) else orjson.dumps(obj).decode())
 
