@@ -93,10 +93,10 @@ async def test_cut_off_on_a_recovers_all_fifty_on_b(two_nodes, attempt):
             await trigger(pa if i % 2 else pb, channel, f"m{i}")
         await rec.wait_for(51, "recovered")
         await trigger(pa, channel, "live")
-        await rec.wait_for(52)
-        await asyncio.sleep(0.2)
-        assert rec.data() == ["first", *(f"m{i}" for i in range(50)), "live"]
-        assert [o for _, o in rec.events] == list(range(1, 53))
+        await trigger(pb, channel, "end")  # a marker: nothing more before it
+        await rec.until("end")
+        assert rec.data() == ["first", *(f"m{i}" for i in range(50)), "live", "end"]
+        assert [o for _, o in rec.events] == list(range(1, 54))
         assert rec.outcomes == ["recovered"]
     finally:
         await rec.close()
@@ -136,10 +136,12 @@ async def test_events_during_the_reconnect_are_neither_lost_nor_doubled(two_node
                 f"{len(got)} of {len(sent)}; missing {missing[:20]}; outcomes {rec.outcomes}; "
                 f"offsets {[o for _, o in rec.events][-30:]}"
             ) from None
-        await asyncio.sleep(0.3)
-        assert sorted(rec.data()) == sorted(sent)  # each once
+        await trigger(pa, "room-busy", "end")  # a marker: nothing more before it
+        await rec.until("end")
+        assert rec.data()[-1] == "end"
+        assert sorted(rec.data()[:-1]) == sorted(sent)  # each once
         offsets = [o for _, o in rec.events]
-        assert offsets == list(range(1, len(sent) + 1))  # in the store's order
+        assert offsets == list(range(1, len(sent) + 2))  # in the store's order
         assert rec.outcomes == ["recovered"] * 3
     finally:
         stop.set()
@@ -194,9 +196,10 @@ async def test_flushed_store_gives_a_new_epoch_and_recovery_failed(tmp_path):
         await rec.wait_for(1, "failed")
         await trigger(pa, "room-flush", "after")
         await rec.wait_for(2)
-        await asyncio.sleep(0.3)
+        await trigger(pa, "room-flush", "end")  # a marker: nothing more before it
+        await rec.until("end")
         assert rec.outcomes == ["failed"]
-        assert rec.data() in (["old", "after"], ["old", "new", "after"])
+        assert rec.data() in (["old", "after", "end"], ["old", "new", "after", "end"])
         position = rec.client.channels["room-flush"].position
         assert position is not None and epoch is not None and position[0] != epoch[0]
     finally:
