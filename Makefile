@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
 
-.PHONY: serve test lint bench clean image
+.PHONY: serve test quick lint bench clean image
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,9 @@ tests/browser/node_modules/.package-lock.json: tests/browser/package-lock.json
 
 test: $(STAMP) tests/compat/node_modules/.package-lock.json tests/browser/node_modules/.package-lock.json lint
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+quick: $(STAMP) lint  # the loop of under a minute: no test marked slow (README, "Quick start")
+	$(BIN)/pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
 
 # `make image [BASE=debian-with-python3.11+] [TAG=...] [ENGINE=podman|docker]`: podman when it
 # is installed (it needs no daemon), else docker. A CONTAINERS_CONF in the environment is used

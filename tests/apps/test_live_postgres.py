@@ -11,9 +11,12 @@ import time
 
 import aiohttp
 import orjson
+import pytest
 
 from tests.conftest import ROOT, TIMEOUT, cluster_config, start_node, stop_node
-from tests.server.helpers import Client, rest
+from tests.helpers.client import Client, rest
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]
 
 
 def config(dsn: str) -> str:

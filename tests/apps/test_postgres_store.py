@@ -16,6 +16,8 @@ from pushwire.apps.postgres import SCHEMA_VERSION, PostgresStore, migrate
 from tests.conftest import TIMEOUT, free_port
 from tests.pg import Postgres
 
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
 APP = {
     "id": "app-1",
     "key": "key-1",

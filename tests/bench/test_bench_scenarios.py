@@ -20,6 +20,8 @@ from bench.lib.wire import EVENT, EVENT_PREFIX, event_body, parse_event
 from bench.scenarios import names
 from bench.scenarios.engine_path import PATHS
 
+pytestmark = pytest.mark.slow
+
 SCENARIOS = {
     "apps_store",
     "backplane",

@@ -5,46 +5,36 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, TIMEOUT, free_port
+from tests.helpers.chromium import BROWSER_DIR, keep_screenshot, node_modules, require_chromium
 
-HERE = Path(__file__).resolve().parent
-CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.redis,
+    pytest.mark.postgres,
+    pytest.mark.node,
+    pytest.mark.browser,
+]
 
-if not CHROMIUM.exists() or shutil.which("node") is None:
-    if os.environ.get("CI"):
-        raise RuntimeError("CI must install chromium (apt-get install chromium) and node")
-    pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
-
-
-def node_modules() -> None:
-    if not (HERE / "node_modules" / "playwright-core").exists():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=HERE, check=True)
+require_chromium()
 
 
 def scenario(*args: str) -> dict:
     node_modules()
     r = subprocess.run(
-        ["node", str(HERE / "scenarios.js"), *args],
+        ["node", str(BROWSER_DIR / "scenarios.js"), *args],
         capture_output=True,
         text=True,
         timeout=TIMEOUT * 9,
-        cwd=HERE,
+        cwd=BROWSER_DIR,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
-
-
-def keep_screenshot(shot: Path, name: str) -> None:
-    """`PUSHWIRE_SCREENSHOTS=1 make test` refreshes the screenshots in docs/."""
-    if os.environ.get("PUSHWIRE_SCREENSHOTS"):
-        shutil.copy(shot, ROOT / "docs" / name)
 
 
 def test_dashboard_shows_connection_and_triggered_event(server, tmp_path):
@@ -117,11 +107,11 @@ async def test_browser_client_reconnects_and_resubscribes(tmp_path):
     srv = start_server(tmp_path, cfg)
     proc = await asyncio.create_subprocess_exec(
         "node",
-        str(HERE / "scenarios.js"),
+        str(BROWSER_DIR / "scenarios.js"),
         "reconnect",
         f"http://127.0.0.1:{port}",
         stdout=asyncio.subprocess.PIPE,
-        cwd=HERE,
+        cwd=BROWSER_DIR,
     )
     try:
         assert proc.stdout is not None
@@ -207,14 +197,14 @@ async def test_apps_page(tmp_path):
                 shot = tmp_path / "apps.png"
                 proc = await asyncio.create_subprocess_exec(
                     "node",
-                    str(HERE / "scenarios.js"),
+                    str(BROWSER_DIR / "scenarios.js"),
                     "apps",
                     base,
                     token,
                     str(shot),
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE,
-                    cwd=HERE,
+                    cwd=BROWSER_DIR,
                 )
                 try:
                     out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT * 9)

@@ -8,8 +8,14 @@ import json
 import os
 import subprocess
 
-from tests.browser.test_browser import HERE, keep_screenshot, node_modules
+import pytest
+
 from tests.conftest import TIMEOUT, running_server
+from tests.helpers.chromium import BROWSER_DIR, keep_screenshot, node_modules, require_chromium
+
+pytestmark = [pytest.mark.slow, pytest.mark.node, pytest.mark.browser]
+
+require_chromium()
 
 
 def test_rate_chart_shows_low_rate_traffic_in_and_out(tmp_path):
@@ -19,11 +25,18 @@ def test_rate_chart_shows_low_rate_traffic_in_and_out(tmp_path):
     with running_server(tmp_path, "[server]\nport = 0\n") as srv:
         node_modules()
         r = subprocess.run(
-            ["node", str(HERE / "chart.js"), srv.http, "app-secret", str(shot), str(seconds)],
+            [
+                "node",
+                str(BROWSER_DIR / "chart.js"),
+                srv.http,
+                "app-secret",
+                str(shot),
+                str(seconds),
+            ],
             capture_output=True,
             text=True,
             timeout=TIMEOUT * 6 + seconds,
-            cwd=HERE,
+            cwd=BROWSER_DIR,
         )
     assert r.returncode == 0, r.stderr[-3000:]
     drawn = json.loads(r.stdout.strip().splitlines()[-1])

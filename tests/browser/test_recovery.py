@@ -13,12 +13,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
-from tests.browser.test_browser import HERE, node_modules
 from tests.conftest import TIMEOUT, Redis, cluster_config, free_port, start_node, start_redis
 from tests.conftest import stop_node as stop_node_sync
-from tests.server.helpers import KEY, SECRET, rest
+from tests.helpers.chromium import BROWSER_DIR, node_modules, require_chromium
+from tests.helpers.client import KEY, SECRET, rest
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.node, pytest.mark.browser]
+
+require_chromium()
 
 APPS = """
 [[apps]]
@@ -148,12 +153,12 @@ async def test_browser_client_recovers_missed_events_across_restarts(tmp_path):
 
         proc = await asyncio.create_subprocess_exec(
             "node",
-            str(HERE / "scenarios.js"),
+            str(BROWSER_DIR / "scenarios.js"),
             "drive",
             f"http://127.0.0.1:{a.port}",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            cwd=HERE,
+            cwd=BROWSER_DIR,
         )
         page = Page(proc)
         assert proc.stdout is not None

@@ -11,11 +11,14 @@ import contextlib
 import hashlib
 
 import orjson
+import pytest
 
 from pushwire.client import PushwireClient
 from pushwire.protocol import messages
 from pushwire.protocol.errors import InvalidMessage
 from pushwire.protocol.websocket import GUID, text_frame
+
+pytestmark = pytest.mark.slow
 
 FLOOD = 50_000
 

@@ -21,6 +21,8 @@ from pushwire.client import (
 from pushwire.protocol.signing import webhook_signature
 from tests.conftest import TIMEOUT, free_port, start_server
 
+pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.node]
+
 KEY, SECRET = "app-key", "app-secret"
 
 

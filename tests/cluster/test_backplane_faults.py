@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import BASE_CONFIG, TIMEOUT, start_node, stop_node
+from tests.helpers.client import Client, rest
 from tests.helpers.recorder import Recorder
-from tests.server.helpers import Client, rest
 
-pytestmark = pytest.mark.topology
+pytestmark = [pytest.mark.topology, pytest.mark.slow, pytest.mark.redis]
 
 
 def config(url: str, prefix: str, node_timeout: float = 2.0) -> str:

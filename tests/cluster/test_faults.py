@@ -25,7 +25,9 @@ from tests.conftest import (
     start_server,
     stop_node,
 )
-from tests.server.helpers import Client, data, rest
+from tests.helpers.client import Client, data, nothing_before_marker, rest
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 
 def node_urls(port: int) -> tuple[str, str]:
@@ -69,7 +71,7 @@ async def test_sigkilled_node_is_healed(redis_server, tmp_path):
             params={"info": "subscription_count,user_count"},
         )
         assert body == {"occupied": True, "subscription_count": 1, "user_count": 1}
-        await watcher.nothing(0.5)  # exactly once
+        await nothing_before_marker(node_urls(portc)[0], "presence-heal", watcher)  # once
         await watcher.close()
         await ghost.close()
     finally:

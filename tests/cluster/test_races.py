@@ -20,7 +20,16 @@ from tests.conftest import (
     start_redis,
     stop_node,
 )
-from tests.server.helpers import Client, data, rest
+from tests.helpers.client import Client, data, rest
+from tests.helpers.cluster_checks import (
+    http,
+    members_seen,
+    presence_subscribe,
+    rest_users,
+    trigger_numbered,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 QUOTA_CONFIG = """
 [server]
@@ -45,8 +54,6 @@ def ws(port: int, key: str = "app-key") -> str:
     return f"ws://127.0.0.1:{port}/app/{key}?protocol=7&client=t&version=1"
 
 
-def http(port: int) -> str:
-    return f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(params=["redis", "redis-cluster"])
@@ -56,29 +63,8 @@ def two_nodes(tmp_path, request):
         yield nodes
 
 
-async def members_seen(client: Client, channel: str, quiet: float = 0.5) -> set[str]:
-    """Replay what a client received into the member list a Pusher client would hold."""
-    members: set[str] = set()
-    while True:
-        try:
-            ev = await client.recv(timeout=quiet)
-        except TimeoutError:
-            return members
-        if ev.get("channel") != channel:
-            continue
-        d = data(ev)
-        if ev["event"] == "pusher_internal:subscription_succeeded":
-            members = set(d["presence"]["ids"])
-        elif ev["event"] == "pusher_internal:member_added":
-            members.add(d["user_id"])
-        elif ev["event"] == "pusher_internal:member_removed":
-            members.discard(d["user_id"])
 
 
-async def rest_users(port: int, channel: str) -> set[str]:
-    status, body = await rest(http(port), "GET", f"/apps/app-id/channels/{channel}/users")
-    assert status == 200, body
-    return {u["id"] for u in body["users"]}
 
 
 @pytest.mark.parametrize("attempt", range(3))
@@ -88,7 +74,7 @@ async def test_fifty_simultaneous_presence_joins_on_two_nodes(two_nodes, attempt
     clients = await asyncio.gather(*(Client.connect(ws(pa if i % 2 else pb)) for i in range(50)))
     try:
         await asyncio.gather(
-            *(c.send(_presence_subscribe(c, channel, f"u{i}")) for i, c in enumerate(clients))
+            *(c.send(presence_subscribe(c, channel, f"u{i}")) for i, c in enumerate(clients))
         )
         views = await asyncio.gather(*(members_seen(c, channel) for c in clients))
         expected = await rest_users(pa, channel)
@@ -100,15 +86,6 @@ async def test_fifty_simultaneous_presence_joins_on_two_nodes(two_nodes, attempt
         await asyncio.gather(*(c.close() for c in clients))
 
 
-def _presence_subscribe(c: Client, channel: str, user: str) -> dict:
-    from pushwire.protocol.signing import channel_string_to_sign, sign_auth
-
-    cd = orjson.dumps({"user_id": user, "user_info": {"n": user}}).decode()
-    auth = sign_auth("app-key", "app-secret", channel_string_to_sign(c.socket_id, channel, cd))
-    return {
-        "event": "pusher:subscribe",
-        "data": {"channel": channel, "auth": auth, "channel_data": cd},
-    }
 
 
 async def test_subscribe_on_b_then_trigger_on_a(two_nodes):
@@ -185,7 +162,7 @@ async def test_redis_restart_under_load_loses_no_accepted_event(tmp_path):
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
                 if i == 80:  # at 2 s
                     redis.restart()
-                status = await _trigger(session, pa, i)
+                status = await trigger_numbered(session, pa, i)
                 (accepted if status == 200 else refused).append(i)
                 i += 1
         await asyncio.sleep(1.0)
@@ -204,33 +181,15 @@ async def test_redis_restart_under_load_loses_no_accepted_event(tmp_path):
         redis.stop()
 
 
-async def _trigger(session: aiohttp.ClientSession, port: int, n: int) -> int:
-    from pushwire.protocol.signing import sign_rest
-
-    body = orjson.dumps({"name": "n", "channel": "load", "data": str(n)})
-    path = "/apps/app-id/events"
-    query = sign_rest("app-key", "app-secret", "POST", path, {}, body)
-    try:
-        async with session.post(
-            http(port) + path,
-            params=query,
-            data=body,
-            headers={"Content-Type": "application/json"},
-            timeout=aiohttp.ClientTimeout(total=10),
-        ) as r:
-            await r.read()
-            return r.status
-    except (aiohttp.ClientError, TimeoutError):
-        return 0
 
 
 async def test_paused_node_is_reaped_comes_back_and_is_reaped_again(two_nodes):
     (proc_a, pa, _), (_, pb, _) = two_nodes
     member = await Client.connect(ws(pa))
     watcher = await Client.connect(ws(pb))
-    await watcher.send(_presence_subscribe(watcher, "presence-pause", "watcher"))
+    await watcher.send(presence_subscribe(watcher, "presence-pause", "watcher"))
     await watcher.recv_event("pusher_internal:subscription_succeeded")
-    await member.send(_presence_subscribe(member, "presence-pause", "paused"))
+    await member.send(presence_subscribe(member, "presence-pause", "paused"))
     await member.recv_event("pusher_internal:subscription_succeeded")
     assert data(await watcher.recv_event("pusher_internal:member_added")) == {
         "user_id": "paused",

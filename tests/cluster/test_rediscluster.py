@@ -293,10 +293,12 @@ async def test_a_primary_killed_under_load(own_cluster: RedisClusterSet, tmp_pat
     import aiohttp
 
     from pushwire.client import PushwireClient
-    from tests.cluster.test_history import CONFIG
-    from tests.cluster.test_races import _presence_subscribe, _trigger, members_seen, rest_users
     from tests.conftest import ClusterUrl, cluster_config, start_node, stop_node
-    from tests.server.helpers import Client
+    from tests.helpers.client import Client
+    from tests.helpers.cluster_checks import HISTORY_CONFIG as CONFIG
+    from tests.helpers.cluster_checks import members_seen, rest_users
+    from tests.helpers.cluster_checks import presence_subscribe as _presence_subscribe
+    from tests.helpers.cluster_checks import trigger_numbered as _trigger
 
     servers = own_cluster
     cfg = cluster_config(ClusterUrl(servers.url()), CONFIG, prefix="fo")

@@ -21,7 +21,7 @@ from tests.helpers.redis_cluster import RedisClusterSet
 from tests.helpers.redis_procs import HOST, NodeSet, RedisSingle, command
 from tests.helpers.redis_sentinel import SentinelSet
 
-pytestmark = pytest.mark.topology
+pytestmark = [pytest.mark.topology, pytest.mark.slow, pytest.mark.redis]
 
 QUIET = 0.5  # seconds a cut connection must stay silent
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from tests.compat.conftest import APP
+
+pytestmark = [pytest.mark.slow, pytest.mark.node]
 
 
 async def test_public_channel(js):

@@ -21,9 +21,9 @@ from pushwire.client import PushwireClient, authorize_channel
 from tests.conftest import ROOT, TIMEOUT, free_port
 from tests.deploy import podman as pm
 from tests.deploy.conftest import wait_ready
-from tests.server.helpers import Client, rest
+from tests.helpers.client import Client, rest
 
-pytestmark = pytest.mark.deploy
+pytestmark = [pytest.mark.deploy, pytest.mark.slow, pytest.mark.redis]
 
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 KEY, SECRET = "app-key", "compose-secret"

@@ -12,11 +12,10 @@ import pytest
 
 from pushwire.config import ConfigError, load
 from tests.conftest import TIMEOUT, cluster_nodes, start_node, stop_node
-from tests.server.helpers import Client, data, rest
-from tests.webhooks.test_webhooks import (
-    Receiver,
-    receiver,  # noqa: F401 (a fixture: tests/webhooks' receiver, used below)
-)
+from tests.helpers.client import Client, data, rest
+from tests.helpers.webhooks import Receiver
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 HOOK = {"key": "hook-key", "secret": "hook-secret"}
 
@@ -48,7 +47,7 @@ async def closed_with(c: Client) -> tuple[int | None, float]:
 
 
 async def test_sigterm_drains_then_closes_with_4200_flushes_webhooks_and_exits_0(
-    receiver: Receiver,  # noqa: F811 (the fixture imported above)
+    receiver: Receiver,
     tmp_path,
     monkeypatch,
 ):

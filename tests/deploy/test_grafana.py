@@ -10,9 +10,12 @@ import re
 import time
 
 import aiohttp
+import pytest
 
 from tests.conftest import ROOT, TIMEOUT, cluster_nodes, running_server, start_redis
-from tests.server.helpers import Client
+from tests.helpers.client import Client
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 DASHBOARD = json.loads((ROOT / "deploy" / "grafana" / "pushwire.json").read_text())
 METRIC = re.compile(r"\bpushwire_[a-z0-9_]+")

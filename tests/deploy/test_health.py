@@ -8,9 +8,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from pushwire.config import load
 from pushwire.health import default_url
 from tests.conftest import ROOT, TIMEOUT, free_port, start_node, stop_node
+
+pytestmark = pytest.mark.slow
 
 
 def health(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

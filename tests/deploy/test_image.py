@@ -17,9 +17,9 @@ import pytest
 from tests.conftest import ROOT, TIMEOUT
 from tests.deploy import podman as pm
 from tests.deploy.conftest import Container, run_container
-from tests.server.helpers import Client, rest
+from tests.helpers.client import Client, rest
 
-pytestmark = pytest.mark.deploy
+pytestmark = [pytest.mark.deploy, pytest.mark.slow, pytest.mark.node]
 
 
 def test_sdk_scenarios_pass_against_the_image(container: Container):

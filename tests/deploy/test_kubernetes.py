@@ -107,6 +107,7 @@ def test_the_pieces_fit_together():
 
 
 @pytest.mark.deploy
+@pytest.mark.slow
 def test_probes_and_pre_stop_work_against_the_running_image(container, podman_env):
     c = server_container()
     for probe in ("readinessProbe", "livenessProbe"):

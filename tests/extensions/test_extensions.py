@@ -11,7 +11,9 @@ import aiohttp
 import pytest
 
 from tests.conftest import BASE_CONFIG, ROOT, TIMEOUT, cluster_config, start_server
-from tests.server.helpers import Client, data, rest
+from tests.helpers.client import Client, data, nothing_before_marker, rest
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.node]
 
 EXT = '\n[extensions]\nmodules = ["examples.extensions.push_ext", "tests.extensions.sample_ext"]\n'
 
@@ -44,8 +46,8 @@ async def test_message_middleware_reject_modify_short_circuit(ext_server):
     await a.send({"event": "client-shout", "channel": "private-ext", "data": {"text": "hi"}})
     assert (await b.recv())["data"] == {"text": "HI"}
     await a.send({"event": "client-drop", "channel": "private-ext", "data": {}})
-    await b.nothing(0.3)
-    await a.nothing(0.1)
+    await a.sync()  # handled (dropped, or published before the marker)
+    await nothing_before_marker(ext_server.http, "private-ext", a, b)
     await a.close(), await b.close()
 
 
@@ -54,7 +56,7 @@ async def test_custom_client_event_handler(ext_server):
     await a.send({"event": "client-whoami", "channel": "private-ext", "data": {}})
     ev = await a.recv()
     assert ev["event"] == "whoami" and ev["data"] == {"socket_id": a.socket_id}
-    await b.nothing(0.3)  # handled instead of broadcast
+    await nothing_before_marker(ext_server.http, "private-ext", b)  # handled, not broadcast
     await a.close(), await b.close()
 
 

@@ -3,7 +3,15 @@
 - `redis_topology`: real redis-server processes on free ports: one server, a Sentinel set, a
   Redis Cluster.
 - `blackhole`: a TCP proxy that can stop moving bytes without closing connections.
-- `fixtures`: pytest fixtures over both (loaded by tests/conftest.py via `pytest_plugins`).
+- `fixtures`: pytest fixtures over them (loaded by tests/conftest.py via `pytest_plugins`).
+- `client`: a minimal raw Pusher client (aiohttp) and a signed REST caller, for server tests.
+- `rest`, `wsraw`: signed REST requests and WebSocket frames written by hand.
+- `handler`: sockets on an in-process handler (FakeConnection).
+- `fuzz_values`, `fuzz_frames`: hypothesis strategies and the checks of received frames.
+- `webhooks`: a webhook receiver that checks signatures with the pusher SDK.
+- `chromium`: headless Chromium for the browser suites.
+
+No test module imports another test module: what two suites share lives here.
 
 The two basics every test helper uses live here: `TIMEOUT` and `free_port()`.
 """

@@ -222,6 +222,10 @@ class BlackholeProxy:
         lost = [side.lost for side in sides if side.transport is not None]
         if lost:
             await asyncio.wait(lost, timeout=2)  # the sockets closed before the loop stops
+        for side in sides:  # a close waits for bytes the peer never reads: reset those
+            if side.transport is not None and not side.lost.done():
+                side.transport.abort()
+        await asyncio.sleep(0)  # (abort closes the socket on the next loop turn)
 
     def _stop_loop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -6,6 +6,7 @@
 - `redis_cluster` (function): a fresh `RedisClusterSet` (about 2.5 s): 3 primaries + 3
   replicas; `shared_redis_cluster` (session): one for the suites that do not change its
   topology.
+- `receiver` (function): a webhook `Receiver` (tests/helpers/webhooks.py) on a free port.
 - `blackhole` (function): `blackhole(port, host="127.0.0.1") -> BlackholeProxy`, as many as
   the test needs, all closed afterwards.
 
@@ -18,7 +19,7 @@ The `topology` marker (registered here) marks tests that start a Sentinel set or
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from tests.helpers.blackhole import BlackholeProxy
 from tests.helpers.redis_cluster import RedisClusterSet
 from tests.helpers.redis_procs import RedisSingle, start_redis
 from tests.helpers.redis_sentinel import SentinelSet
+from tests.helpers.webhooks import Receiver, receiving
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -74,3 +76,9 @@ def blackhole() -> Iterator[Callable[..., BlackholeProxy]]:
     yield make
     for proxy in proxies:
         proxy.close()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async with receiving() as r:
+        yield r

@@ -56,5 +56,15 @@ class Recorder:
                     async with asyncio.timeout(0.1):
                         await self.got.wait()
 
+    async def until(self, data: Any) -> None:
+        """Wait for an event carrying `data`: a marker the test triggered last on the channel,
+        so that everything published before it has arrived (per-channel order)."""
+        async with asyncio.timeout(TIMEOUT):
+            while data not in self.data():
+                self.got.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.1):
+                        await self.got.wait()
+
     async def close(self) -> None:
         await self.client.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import dataclass, field
 
 import aiohttp
 import orjson
@@ -33,6 +34,26 @@ def signed(
         f"POST {path}?{query} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         f"Content-Length: {n}\r\n{headers}\r\n"
     ).encode() + body
+
+
+@dataclass(frozen=True)
+class Signed:
+    """A signed request described where tests are collected (parametrize) and signed when the
+    test runs, by `bytes(...)`: signed at collection time, it expires after the REST timestamp
+    window (600 s) in a long run. `bytes(b"...")` is the bytes themselves, so a parameter may be
+    either."""
+
+    path: str
+    body: bytes
+    options: dict[str, str | int | bytes] = field(default_factory=dict)
+
+    def __bytes__(self) -> bytes:
+        return signed(self.path, self.body, **self.options)  # type: ignore[arg-type]
+
+
+def later(path: str, body: bytes, **options: str | int | bytes) -> Signed:
+    """`signed(path, body, **options)`, done when the test runs."""
+    return Signed(path, body, options)
 
 
 async def talk(port: int, *parts: bytes, pause: float = 0.0, idle: float = 0.4) -> bytes:

@@ -14,7 +14,9 @@ import pytest
 
 from pushwire.protocol.signing import sign_rest
 from tests.conftest import TIMEOUT, running_server
-from tests.server.helpers import Client, rest
+from tests.helpers.client import Client, rest
+
+pytestmark = pytest.mark.slow
 
 CONFIG = """
 [server]

@@ -13,9 +13,12 @@ import time
 
 import aiohttp
 import orjson
+import pytest
 
 from tests.conftest import TIMEOUT, start_node, stop_node
-from tests.server.helpers import Client, rest
+from tests.helpers.client import Client, rest
+
+pytestmark = pytest.mark.slow
 
 APPS = """
 [server]

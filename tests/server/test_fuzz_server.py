@@ -8,9 +8,9 @@ subscription and `pusher:ping` in order; REST answers are < 500 with a JSON `{"e
 for refusals; a fresh client connects and gets a pong after every example; nothing the
 server logs is a traceback.
 
-Strategies (frames, bodies) come from tests/unit/test_fuzz_protocol.py. Each example is one
-`asyncio.run` of a list of cases: hypothesis drives a sync test, so no event loop or session
-outlives an example.
+Strategies (frames, bodies) come from tests/helpers/fuzz_frames.py and fuzz_values.py. Each
+example is one `asyncio.run` of a list of cases: hypothesis drives a sync test, so no event loop
+or session outlives an example.
 """
 
 from __future__ import annotations
@@ -31,27 +31,31 @@ from yarl import URL
 
 from pushwire.protocol.signing import sign_rest
 from tests.conftest import TIMEOUT, running_server
-from tests.unit.test_fuzz_protocol import (
-    FUZZ_SETTINGS,
-    KEY,
+from tests.helpers.fuzz_frames import (
     PING,
     PONG,
-    SECRET,
     TRANSPORT_CLOSE_CODES,
     Frame,
-    Huge,
-    batch_bodies,
-    channel_names,
     check_event,
     deep_frames,
     frame_lists,
+    resolve,
+)
+from tests.helpers.fuzz_values import (
+    FUZZ_SETTINGS,
+    KEY,
+    SECRET,
+    Huge,
+    batch_bodies,
+    channel_names,
     huge_strings,
     query_dicts,
-    resolve,
     small_text,
     strings,
     trigger_bodies,
 )
+
+pytestmark = pytest.mark.slow
 
 APP_ID = "fz"
 MAX_FRAME = 4096

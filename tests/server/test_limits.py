@@ -18,7 +18,9 @@ from tests.conftest import (
     start_node,
     stop_node,
 )
-from tests.server.helpers import Client, rest
+from tests.helpers.client import Client, rest
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 CONFIG = """
 [server]

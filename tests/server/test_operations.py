@@ -11,7 +11,9 @@ import orjson
 import pytest
 
 from tests.conftest import TIMEOUT, start_server
-from tests.server.helpers import Client, rest
+from tests.helpers.client import Client, rest
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 
 async def test_metrics_and_health(server):

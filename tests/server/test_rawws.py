@@ -13,8 +13,6 @@ import shutil
 import struct
 import subprocess
 import time
-from collections.abc import Callable
-from functools import partial
 
 import aiohttp
 import orjson
@@ -22,9 +20,11 @@ import pytest
 
 from pushwire.config import ConfigError, load
 from tests.conftest import TIMEOUT, running_server, start_server
-from tests.helpers.rest import EVENT, signed
+from tests.helpers.client import Client
+from tests.helpers.rest import EVENT, Signed, later
 from tests.helpers.wsraw import Raw, frame, opened, upgrade_request
-from tests.server.helpers import Client
+
+pytestmark = pytest.mark.slow
 
 CONFIG = """
 [server]
@@ -253,10 +253,10 @@ def test_ws_transport_aiohttp_is_refused_with_a_clear_error(tmp_path):
     assert load(str(cfg), env={}).server.ws_transport == "raw"
 
 
-async def keep_alive_then_upgrade(port: int, first: bytes | Callable[[], bytes]) -> Raw:
+async def keep_alive_then_upgrade(port: int, first: bytes | Signed) -> Raw:
     """A connection that first serves `first` (one request, answered) and then upgrades."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(first() if callable(first) else first)  # signed now
+    writer.write(bytes(first))
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
     assert head.startswith(b"HTTP/1.1 "), head
     length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
@@ -274,7 +274,7 @@ async def keep_alive_then_upgrade(port: int, first: bytes | Callable[[], bytes])
     "first",
     [
         b"GET /up HTTP/1.1\r\nHost: x\r\n\r\n",  # aiohttp serves it, then the upgrade
-        partial(signed, "/apps/app-id/events", EVENT),  # the REST fast path serves it
+        later("/apps/app-id/events", EVENT),  # the REST fast path serves it
     ],
     ids=["through-aiohttp", "after-fast-path"],
 )

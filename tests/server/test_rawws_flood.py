@@ -15,6 +15,8 @@ from tests.conftest import TIMEOUT, running_server
 from tests.helpers.flood import FloodResult, flood
 from tests.helpers.wsraw import frame
 
+pytestmark = pytest.mark.slow
+
 CONFIG = """
 [server]
 host = "127.0.0.1"

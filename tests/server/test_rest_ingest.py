@@ -13,8 +13,10 @@ import orjson
 import pytest
 
 from tests.conftest import TIMEOUT, running_server
+from tests.helpers.client import Client
 from tests.helpers.rest import counted, signed
-from tests.server.helpers import Client
+
+pytestmark = pytest.mark.slow
 
 CONFIG = """
 [server]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any
 
 import orjson
 import pytest
@@ -15,8 +14,8 @@ import pytest
 from pushwire import api
 from pushwire.apps.model import App
 from pushwire.config import ClusterConfig, Config, ServerConfig
-from pushwire.protocol.signing import channel_string_to_sign, sign_auth
 from pushwire.testing import FakeConnection, InProcessCluster
+from tests.helpers.handler import connect, received, subscribe, succeeded
 
 HIST = App(id="h", key="hk", secret="hs", history_size=100, history_channels=("room-", "private-"))
 SMALL = App(id="s", key="sk", secret="ss", history_size=10)
@@ -38,40 +37,8 @@ async def cluster():
     await c.stop()
 
 
-async def connect(handler, app: App = HIST) -> FakeConnection:
-    conn = FakeConnection(app, now=handler.clock())
-    await handler.open(conn)
-    conn.take()
-    return conn
-
-
-async def subscribe(handler, conn: FakeConnection, channel: str, recover: Any = None) -> None:
-    d: dict[str, Any] = {"channel": channel}
-    if channel.startswith("private-"):
-        d["auth"] = sign_auth(
-            conn.app.key, conn.app.secret, channel_string_to_sign(conn.socket_id, channel, None)
-        )
-    if recover is not None:
-        d["recover"] = recover
-    await handler.on_text(conn, orjson.dumps({"event": "pusher:subscribe", "data": d}))
-
-
 async def trigger(node, app: App, channel: str, data: str, name: str = "e") -> None:
     await api.trigger(node.engine, app, {"name": name, "channel": channel, "data": data})
-
-
-def received(conn: FakeConnection, channel: str) -> list[dict[str, Any]]:
-    return [e for e in conn.events() if e.get("channel") == channel]
-
-
-def succeeded(conn: FakeConnection, channel: str) -> dict[str, Any]:
-    found = [
-        e
-        for e in received(conn, channel)
-        if e["event"] == "pusher_internal:subscription_succeeded"
-    ]
-    assert len(found) == 1, conn.events()
-    return found[0]
 
 
 async def gone(cluster, handler, app: App, channel: str) -> str:
@@ -92,8 +59,8 @@ async def test_v1_sockets_get_byte_identical_frames(cluster):
     """A Pusher client on a channel with history gets exactly the frames it gets on an app
     without history, beside a socket that opted in to positions."""
     a, b = cluster.nodes
-    v1 = await connect(a.handler)
-    pw = await connect(b.handler)
+    v1 = await connect(a.handler, HIST)
+    pw = await connect(b.handler, HIST)
     plain = await connect(a.handler, PLAIN)
     await subscribe(a.handler, v1, "room-1")
     await subscribe(b.handler, pw, "room-1", {})
@@ -122,7 +89,7 @@ async def test_recover_after_drop_on_other_node(cluster, attempt):
     order, once each, then subscription_succeeded with recovered: true, then live ones."""
     cluster.plane.round_trip = random.Random(attempt)
     a, b = cluster.nodes
-    c1 = await connect(a.handler)
+    c1 = await connect(a.handler, HIST)
     await subscribe(a.handler, c1, "room-x", {})
     await cluster.settle()
     await trigger(b, HIST, "room-x", "before")
@@ -131,7 +98,7 @@ async def test_recover_after_drop_on_other_node(cluster, attempt):
     await a.handler.on_close(c1)  # dropped without a close frame
     for i in range(50):
         await trigger(a if i % 3 else b, HIST, "room-x", f"m{i}")
-    c2 = await connect(b.handler)
+    c2 = await connect(b.handler, HIST)
     resume = {"epoch": last["epoch"], "offset": last["offset"]}
     # events keep coming while it recovers: none lost, none twice
     live = asyncio.gather(*(trigger(a, HIST, "room-x", f"live{i}") for i in range(10)))
@@ -152,7 +119,7 @@ async def test_recover_after_drop_on_other_node(cluster, attempt):
 
 async def test_epoch_change_is_not_recovered(cluster):
     a, b = cluster.nodes
-    c1 = await connect(a.handler)
+    c1 = await connect(a.handler, HIST)
     await subscribe(a.handler, c1, "room-e", {})
     await trigger(a, HIST, "room-e", "x")
     await cluster.settle()
@@ -160,7 +127,7 @@ async def test_epoch_change_is_not_recovered(cluster):
     await a.handler.on_close(c1)
     cluster.plane.forget_history()  # the store lost its data
     await trigger(a, HIST, "room-e", "y")
-    c2 = await connect(b.handler)
+    c2 = await connect(b.handler, HIST)
     await subscribe(b.handler, c2, "room-e", {"epoch": last["epoch"], "offset": last["offset"]})
     await cluster.settle()
     ok = succeeded(c2, "room-e")
@@ -195,7 +162,7 @@ async def test_too_far_behind_is_not_recovered(cluster):
 
 async def test_expired_history_is_not_recovered(cluster):
     a, _ = cluster.nodes
-    c1 = await connect(a.handler)
+    c1 = await connect(a.handler, HIST)
     await subscribe(a.handler, c1, "room-t", {})
     await trigger(a, HIST, "room-t", "x")
     await cluster.settle()
@@ -203,11 +170,11 @@ async def test_expired_history_is_not_recovered(cluster):
     await a.handler.on_close(c1)
     await trigger(a, HIST, "room-t", "y")
     cluster.clock.advance(HIST.history_ttl + 1)
-    c2 = await connect(a.handler)
+    c2 = await connect(a.handler, HIST)
     await subscribe(a.handler, c2, "room-t", {"epoch": epoch, "offset": 1})
     assert succeeded(c2, "room-t")["recovered"] is False
     # nothing missed: recovered even though the events themselves expired
-    c3 = await connect(a.handler)
+    c3 = await connect(a.handler, HIST)
     await subscribe(a.handler, c3, "room-t", {"epoch": epoch, "offset": 2})
     ok = succeeded(c3, "room-t")
     assert ok["recovered"] is True and ok["epoch"] == epoch and ok["offset"] == 2
@@ -215,7 +182,7 @@ async def test_expired_history_is_not_recovered(cluster):
 
 async def test_channel_without_history(cluster):
     a, _ = cluster.nodes
-    c = await connect(a.handler)
+    c = await connect(a.handler, HIST)
     await subscribe(a.handler, c, "other", {"epoch": "abc", "offset": 3})
     await trigger(a, HIST, "other", "x")
     await cluster.settle()
@@ -223,15 +190,15 @@ async def test_channel_without_history(cluster):
     assert ok["recovered"] is False and "offset" not in ok
     ev = received(c, "other")[-1]
     assert ev["data"] == "x" and "offset" not in ev
-    c2 = await connect(a.handler)
+    c2 = await connect(a.handler, HIST)
     await subscribe(a.handler, c2, "other", {})
     assert set(succeeded(c2, "other")) == {"event", "channel", "data"}
 
 
 async def test_client_events_and_private_channels_keep_history(cluster):
     a, b = cluster.nodes
-    s1 = await connect(a.handler)
-    s2 = await connect(b.handler)
+    s1 = await connect(a.handler, HIST)
+    s2 = await connect(b.handler, HIST)
     await subscribe(a.handler, s1, "private-chat", {})
     await subscribe(b.handler, s2, "private-chat", {})
     await cluster.settle()
@@ -263,7 +230,7 @@ async def test_client_events_and_private_channels_keep_history(cluster):
 )
 async def test_bad_recover_is_refused(cluster, recover):
     a, _ = cluster.nodes
-    c = await connect(a.handler)
+    c = await connect(a.handler, HIST)
     await subscribe(a.handler, c, "room-b", recover)
     evs = c.events()
     assert evs[-1]["event"] == "pusher:error" and evs[-1]["data"]["code"] == 4300
@@ -300,7 +267,7 @@ async def test_store_down_delivers_locally_without_position(cluster):
     """A publish the store cannot take reaches this node's sockets (without a position) and
     the caller hears 503; a recovery meanwhile says recovered: false."""
     a, _ = cluster.nodes
-    c = await connect(a.handler)
+    c = await connect(a.handler, HIST)
     await subscribe(a.handler, c, "room-d", {})
     await cluster.settle()
     cluster.plane.cut("n0")
@@ -309,7 +276,7 @@ async def test_store_down_delivers_locally_without_position(cluster):
     assert err.value.status == 503
     ev = received(c, "room-d")[-1]
     assert ev["data"] == "x" and "offset" not in ev
-    c2 = await connect(a.handler)
+    c2 = await connect(a.handler, HIST)
     await subscribe(a.handler, c2, "room-d", {"epoch": "abc", "offset": 0})
     ok = succeeded(c2, "room-d")
     assert ok["recovered"] is False and "offset" not in ok
@@ -340,8 +307,8 @@ async def test_a_socket_left_out_gets_the_position_and_never_the_event(cluster):
     """The sender of a client event (or the socket a trigger excludes) gets the event's
     position alone, so recovering later does not hand it back its own event."""
     a, b = cluster.nodes
-    s1 = await connect(a.handler)
-    s2 = await connect(b.handler)
+    s1 = await connect(a.handler, HIST)
+    s2 = await connect(b.handler, HIST)
     await subscribe(a.handler, s1, "private-own", {})
     await subscribe(b.handler, s2, "private-own", {})
     await cluster.settle()
@@ -360,7 +327,7 @@ async def test_a_socket_left_out_gets_the_position_and_never_the_event(cluster):
     ]
     await a.handler.on_close(s1)
     await trigger(b, HIST, "private-own", "missed")
-    back = await connect(a.handler)
+    back = await connect(a.handler, HIST)
     await subscribe(a.handler, back, "private-own", {"epoch": got[-1]["epoch"], "offset": 3})
     assert data_of(back, "private-own") == ["missed"]
     assert succeeded(back, "private-own")["recovered"] is True

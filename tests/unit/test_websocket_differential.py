@@ -18,6 +18,7 @@ import itertools
 import os
 import struct
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
@@ -204,6 +205,7 @@ def streams(draw: st.DrawFn) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(cuts)] or [b""]
 
 
+@pytest.mark.slow  # (a few seconds to tens of seconds)
 @settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(streams())
 def test_same_events_as_wsproto(chunks):

@@ -1,11 +1,10 @@
-"""Review of channel history and recovery (issue 11): races and failure paths on the memory
-backend. Each test states the promise it checks; a failure is a bug."""
+"""Channel history and recovery under races and on failure paths, on the memory backend (an
+in-process cluster). Each test states the promise it checks; a failure is a bug."""
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Coroutine
 from typing import Any
 
 import pytest
@@ -15,8 +14,7 @@ from pushwire.apps.model import App
 from pushwire.cluster.base import Unavailable
 from pushwire.config import ClusterConfig, Config, ServerConfig
 from pushwire.testing import FakeConnection, InProcessCluster
-from tests.unit.test_history import connect as connect_app
-from tests.unit.test_history import subscribe
+from tests.helpers.handler import connect, subscribe, succeeded
 
 HIST = App(id="h", key="hk", secret="hs", history_size=100)
 CONFIG = Config(
@@ -42,10 +40,6 @@ async def two_nodes():
     await c.stop()
 
 
-def connect(handler: Any, app: App = HIST) -> Coroutine[Any, Any, FakeConnection]:
-    return connect_app(handler, app)
-
-
 async def trigger(node, channel: str, data: str) -> None:
     await api.trigger(node.engine, HIST, {"name": "e", "channel": channel, "data": data})
 
@@ -58,16 +52,6 @@ def positioned(conn: FakeConnection, channel: str) -> list[tuple[str, int, str]]
     ]
 
 
-def succeeded(conn: FakeConnection, channel: str) -> dict[str, Any]:
-    found = [
-        e
-        for e in conn.events()
-        if e.get("channel") == channel and e["event"] == "pusher_internal:subscription_succeeded"
-    ]
-    assert len(found) == 1, conn.events()
-    return found[0]
-
-
 async def test_event_appended_before_the_read_but_delivered_after_activate_is_sent_twice(
     two_nodes,
 ):
@@ -77,7 +61,7 @@ async def test_event_appended_before_the_read_but_delivered_after_activate_is_se
     delivery is a call_soon and the read need not yield). The event is in the recovered page
     AND broadcast to the now-subscribed socket: it gets it twice."""
     a, b = two_nodes.nodes
-    c = await connect(a.handler)
+    c = await connect(a.handler, HIST)
     await subscribe(a.handler, c, "room-x", {})
     await two_nodes.settle()
     epoch = succeeded(c, "room-x")["epoch"]
@@ -96,7 +80,7 @@ async def test_event_appended_before_the_read_but_delivered_after_activate_is_se
         return await real_history(*args, **kw)
 
     broker.history = history_with_a_publish_just_before  # type: ignore[method-assign]
-    c2 = await connect(a.handler)
+    c2 = await connect(a.handler, HIST)
     await subscribe(a.handler, c2, "room-x", {"epoch": epoch, "offset": 0})
     broker.history = real_history  # type: ignore[method-assign]
     await two_nodes.settle()
@@ -118,7 +102,7 @@ async def test_concurrent_recoveries_and_publishes_each_event_once_on_the_wire(t
     that drops duplicates)."""
     two_nodes.plane.round_trip = random.Random(7)
     a, b = two_nodes.nodes
-    c = await connect(a.handler)
+    c = await connect(a.handler, HIST)
     await subscribe(a.handler, c, "room-y", {})
     await two_nodes.settle()
     epoch = succeeded(c, "room-y")["epoch"]
@@ -140,7 +124,7 @@ async def test_concurrent_recoveries_and_publishes_each_event_once_on_the_wire(t
 
     async def joiner(node) -> None:
         for _ in range(15):
-            conn = await connect(node.handler)
+            conn = await connect(node.handler, HIST)
             conns.append(conn)
             await subscribe(node.handler, conn, "room-y", {"epoch": epoch, "offset": 0})
             for _ in range(random.Random(len(conns)).randint(0, 4)):
@@ -171,8 +155,8 @@ async def test_lost_reply_of_a_history_publish_is_delivered_twice_locally(two_no
     connection') raises plain Unavailable; Engine.publish then broadcasts locally without a
     position, and the store's echo delivers it again: every local subscriber gets it twice."""
     a, _ = two_nodes.nodes
-    v1 = await connect(a.handler)
-    pw = await connect(a.handler)
+    v1 = await connect(a.handler, HIST)
+    pw = await connect(a.handler, HIST)
     await subscribe(a.handler, v1, "room-z")
     await subscribe(a.handler, pw, "room-z", {})
     await two_nodes.settle()
@@ -200,7 +184,7 @@ async def test_recover_empty_on_many_channels_leaves_nothing_for_long(one_node):
     touching many channel names leaves nothing for long."""
     (a,) = one_node.nodes
     for i in range(30):
-        c = await connect(a.handler)
+        c = await connect(a.handler, HIST)
         for j in range(100):
             await subscribe(a.handler, c, f"junk-{i}-{j}", {})
         await a.handler.on_close(c)
@@ -239,7 +223,7 @@ async def test_single_node_concurrent_recoveries_each_event_once(one_node):
     recover from offset 0 while REST triggers run concurrently. On the wire each positioned
     event must arrive once."""
     (a,) = one_node.nodes
-    c = await connect(a.handler)
+    c = await connect(a.handler, HIST)
     await subscribe(a.handler, c, "room-s", {})
     epoch = succeeded(c, "room-s")["epoch"]
     await a.handler.on_close(c)
@@ -256,7 +240,7 @@ async def test_single_node_concurrent_recoveries_each_event_once(one_node):
 
     async def joiner() -> None:
         for _ in range(30):
-            conn = await connect(a.handler)
+            conn = await connect(a.handler, HIST)
             conns.append(conn)
             await subscribe(a.handler, conn, "room-s", {"epoch": epoch, "offset": 0})
             await asyncio.sleep(0)

@@ -9,7 +9,7 @@ import aiohttp
 import orjson
 
 from pushwire.protocol.signing import channel_string_to_sign, sign_auth, sign_rest
-from tests.conftest import TIMEOUT
+from tests.helpers import TIMEOUT
 
 KEY, SECRET = "app-key", "app-secret"
 
@@ -46,12 +46,19 @@ class Client:
                     return ev
 
     async def nothing(self, wait: float = 0.3) -> None:
-        """Assert that no frame arrives within `wait` seconds."""
+        """Assert that no frame arrives within `wait` seconds. Where the frame that must not come
+        would come on a channel, `nothing_before_marker` shows it without a wait."""
         try:
             msg = await self.ws.receive(timeout=wait)
         except TimeoutError:
             return
         raise AssertionError(f"unexpected frame {msg.data!r}")
+
+    async def sync(self) -> None:
+        """Wait until the server has handled every frame sent so far: a ping, answered in order
+        (the next frame must be the pong)."""
+        await self.send({"event": "pusher:ping", "data": {}})
+        assert (await self.recv())["event"] == "pusher:pong"
 
     async def send(self, obj: Any) -> None:
         await self.ws.send_str(obj if isinstance(obj, str) else orjson.dumps(obj).decode())
@@ -120,3 +127,33 @@ async def rest(
         ) as r,
     ):
         return r.status, await r.json(content_type=None)
+
+
+MARKER = "test-marker"
+
+
+async def nothing_before_marker(
+    base: str,
+    channel: str,
+    *clients: Client,
+    app_id: str = "app-id",
+    key: str = KEY,
+    secret: str = SECRET,
+) -> None:
+    """Assert that each of `clients` gets nothing more on `channel` from what happened so far:
+    trigger a marker event there (REST on the node at `base`) and check that it is the next
+    frame each one receives. Per-channel order is a Broker guarantee, so a frame published before
+    the marker and not yet received would come first. The clients get nothing on other channels
+    meanwhile."""
+    status, body = await rest(
+        base,
+        "POST",
+        f"/apps/{app_id}/events",
+        {"name": MARKER, "channel": channel, "data": "m"},
+        key=key,
+        secret=secret,
+    )
+    assert status == 200, body
+    for c in clients:
+        ev = await c.recv()
+        assert (ev.get("event"), ev.get("channel"), ev.get("data")) == (MARKER, channel, "m"), ev

@@ -1,0 +1,92 @@
+"""What the cluster tests share: presence as the clients see it and as REST reports it,
+paced triggers, and the history tests' config."""
+
+from __future__ import annotations
+
+import aiohttp
+import orjson
+
+from tests.helpers.client import Client, data, rest
+
+HISTORY_CONFIG = """
+[server]
+host = "127.0.0.1"
+port = 0
+
+[[apps]]
+id = "app-id"
+key = "app-key"
+secret = "app-secret"
+history_size = 5000
+
+[[apps]]
+id = "small-id"
+key = "small-key"
+secret = "small-secret"
+history_size = 10
+
+[[apps]]
+id = "plain-id"
+key = "plain-key"
+secret = "plain-secret"
+"""
+
+
+def http(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+async def members_seen(client: Client, channel: str, quiet: float = 0.5) -> set[str]:
+    """Replay what a client received into the member list a Pusher client would hold."""
+    members: set[str] = set()
+    while True:
+        try:
+            ev = await client.recv(timeout=quiet)
+        except TimeoutError:
+            return members
+        if ev.get("channel") != channel:
+            continue
+        d = data(ev)
+        if ev["event"] == "pusher_internal:subscription_succeeded":
+            members = set(d["presence"]["ids"])
+        elif ev["event"] == "pusher_internal:member_added":
+            members.add(d["user_id"])
+        elif ev["event"] == "pusher_internal:member_removed":
+            members.discard(d["user_id"])
+
+
+async def rest_users(port: int, channel: str) -> set[str]:
+    status, body = await rest(http(port), "GET", f"/apps/app-id/channels/{channel}/users")
+    assert status == 200, body
+    return {u["id"] for u in body["users"]}
+
+
+def presence_subscribe(c: Client, channel: str, user: str) -> dict:
+    from pushwire.protocol.signing import channel_string_to_sign, sign_auth
+
+    cd = orjson.dumps({"user_id": user, "user_info": {"n": user}}).decode()
+    auth = sign_auth("app-key", "app-secret", channel_string_to_sign(c.socket_id, channel, cd))
+    return {
+        "event": "pusher:subscribe",
+        "data": {"channel": channel, "auth": auth, "channel_data": cd},
+    }
+
+
+async def trigger_numbered(session: aiohttp.ClientSession, port: int, n: int) -> int:
+    from pushwire.protocol.signing import sign_rest
+
+    body = orjson.dumps({"name": "n", "channel": "load", "data": str(n)})
+    path = "/apps/app-id/events"
+    query = sign_rest("app-key", "app-secret", "POST", path, {}, body)
+    try:
+        async with session.post(
+            http(port) + path,
+            params=query,
+            data=body,
+            headers={"Content-Type": "application/json"},
+            timeout=aiohttp.ClientTimeout(total=10),
+        ) as r:
+            await r.read()
+            return r.status
+    except (aiohttp.ClientError, TimeoutError):
+        return 0
