@@ -166,7 +166,7 @@ class Engine:
         was given up): its sockets would miss them without knowing. Tell every socket to
         reconnect (4200: elsewhere through a load balancer, and recover from history), and
         refuse new ones (4100) until the resync has made the bus subscriptions again."""
-        self.link.deaf = self.link.dirty = True
+        self.link.bus_lost()
         self.metrics.backplane_lost += 1
         conns = list(self.connections())
         log.error(

@@ -155,6 +155,11 @@ class ClusterLink:
     def ready(self) -> bool:
         return self.healthy and self.broker.healthy and not self.deaf
 
+    def bus_lost(self) -> None:
+        """The bus may have dropped messages for this node: deaf until the next resync has
+        made the bus subscriptions again (the heartbeat runs it: the node is dirty)."""
+        self.deaf = self.dirty = True
+
     async def call(self, what: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T | None:
         """One state call; None when the store cannot answer (decide locally)."""
         if not self.healthy:
