@@ -22,6 +22,7 @@ from pushwire.cluster.base import (
     Unavailable,
     channel_topic,
 )
+from pushwire.cluster.redis.clients import Replication
 from pushwire.cluster.redis.urls import parse_redis_url
 from pushwire.cluster.rediscluster import RedisClusterBackend
 from pushwire.cluster.rediscluster.keys import ClusterKeys
@@ -210,7 +211,9 @@ async def test_a_new_primary_makes_the_node_resync(nodes: Nodes) -> None:
     await a.state.subscribe(APP, "w", None, 0)
     watch = a.backend.watch
     address, replid = next(iter(watch.primaries.items()))
-    watch.seen("127.0.0.1:1", "f" * 40, replid)  # a replica promoted in its place
+    watch.seen("127.0.0.1:2", Replication("slave", replid, ""))  # a replica: not a primary
+    assert "127.0.0.1:2" not in watch.primaries and watch.changes == 0
+    watch.seen("127.0.0.1:1", Replication("master", "f" * 40, replid))  # a replica promoted
     assert watch.changes == 1
     assert not (await a.liveness.beat()).registered
     with pytest.raises(NotRegistered):
@@ -220,8 +223,27 @@ async def test_a_new_primary_makes_the_node_resync(nodes: Nodes) -> None:
     await a.state.resync({})
     await a.liveness.register()
     assert (await a.liveness.beat()).registered
-    watch.seen(address, replid, "")  # the same primary again: not a change
+    watch.seen(address, Replication("master", replid, ""))  # the same primary: no change
     assert watch.changes == 1
+
+
+async def test_replica_seeds_are_not_reported_as_primaries(
+    shared_redis_cluster: RedisClusterSet,
+) -> None:
+    """Seeds that list the replicas first: the metrics name the shards' primaries, only."""
+    servers = shared_redis_cluster
+    seeds = servers.replica_ports() + servers.primary_ports()
+    target = parse_redis_url("redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in seeds))
+    backend = RedisClusterBackend(target, f"t-{uuid.uuid4().hex[:8]}", "seeded", NODE_TIMEOUT)
+    try:
+        await backend.liveness.register()
+        await backend.liveness.beat()  # the sweep reaches every primary
+        primaries = {f"127.0.0.1:{p}" for p in servers.primary_ports()}
+        [(role, reported, changes)] = backend.primaries()
+        assert (role, set(reported.split(",")), changes) == ("cluster", primaries, 0)
+        assert set(backend.watch.primaries) == primaries
+    finally:
+        await backend.aclose()
 
 
 async def _publisher(

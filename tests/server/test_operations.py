@@ -42,7 +42,9 @@ async def test_metrics_and_health(server):
     assert "pushwire_webhook_queue_depth 0" in text
     if 'role="cluster"' in text:  # over a Redis Cluster: its 3 shards' primaries
         shards = ",".join([r"127.0.0.1:\d+"] * 3)
-        assert re.search(rf'pushwire_redis_primary{{address="{shards}",role="cluster"}} 1', text)
+        reported = [line for line in text.splitlines() if "pushwire_redis_primary{" in line]
+        found = re.search(rf'pushwire_redis_primary{{address="{shards}",role="cluster"}} 1', text)
+        assert found, reported
         assert 'pushwire_redis_failovers_total{role="cluster"} 0' in text
     elif len(server.ports) > 1:  # a cluster: the primary of each role, no failover yet
         for role in ("bus", "state"):

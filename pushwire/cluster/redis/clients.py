@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
@@ -66,16 +66,25 @@ class PrimaryWatch:
         self.generation, self.address = replid, address
 
 
-def replication_ids(info: Any) -> tuple[str, str]:
-    """(master_replid, master_replid2) from an INFO replication reply ('' when absent). A
-    promoted replica's replid2 is the replication id of the primary it replaced."""
-    found = {"master_replid": "", "master_replid2": ""}
+class Replication(NamedTuple):
+    """What a server's INFO replication says of it: its role ("master" / "slave"), its
+    replication id, and its second id (a promoted replica's: the id of the primary it
+    replaced)."""
+
+    role: str
+    replid: str
+    replid2: str
+
+
+def replication_ids(info: Any) -> Replication:
+    """The `Replication` an INFO replication reply states ('' for what it leaves out)."""
+    found = {"role": "", "master_replid": "", "master_replid2": ""}
     text = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
     for line in text.splitlines():
         name, sep, value = line.partition(":")
         if sep and name in found:
             found[name] = value.strip()
-    return found["master_replid"], found["master_replid2"]
+    return Replication(found["role"], found["master_replid"], found["master_replid2"])
 
 
 def _watched(cls: type[AbstractConnection], watch: PrimaryWatch) -> type[AbstractConnection]:
@@ -86,7 +95,7 @@ def _watched(cls: type[AbstractConnection], watch: PrimaryWatch) -> type[Abstrac
         await self.send_command("INFO", "replication", check_health=False)
         info = await self.read_response()
         address = f"{getattr(self, 'host', '')}:{getattr(self, 'port', '')}"
-        watch.seen(replication_ids(info)[0], address)
+        watch.seen(replication_ids(info).replid, address)
 
     new: type[AbstractConnection] = type(
         f"Watched{cls.__name__}", (cls,), {"on_connect_check_health": on_connect_check_health}

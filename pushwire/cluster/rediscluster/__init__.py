@@ -87,8 +87,10 @@ class RedisClusterBackend:
         return RedisWebhookStore(self.scripts, max_size)
 
     def primaries(self) -> list[tuple[str, str, int]]:
-        """For the metrics: ("cluster", the shard primaries reached, new primaries found)."""
-        return [("cluster", ",".join(sorted(self.watch.primaries)), self.watch.changes)]
+        """For the metrics: ("cluster", the shard primaries of the slot map as last loaded,
+        new primaries found)."""
+        shards = sorted(node.name for node in self.client.get_primaries())
+        return [("cluster", ",".join(shards), self.watch.changes)]
 
     async def aclose(self) -> None:
         """Stop the broker (its listeners) and close the clients."""

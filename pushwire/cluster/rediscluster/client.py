@@ -34,7 +34,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
-from ..redis.clients import replication_ids
+from ..redis.clients import Replication, replication_ids
 from ..redis.urls import RedisTarget
 from .membership import Membership
 
@@ -53,8 +53,11 @@ class ShardWatch:
         self.changed_at = 0.0  # monotonic time of the last change
         self._ids: set[str] = set()  # every replication id seen on a primary
 
-    def seen(self, address: str, replid: str, replid2: str) -> None:
-        if not replid:
+    def seen(self, address: str, replication: Replication) -> None:
+        """Note what the server at `address` said of itself when reached; a replica (a seed,
+        or a node the slot map lists before it learns of a promotion) is not a primary."""
+        role, replid, replid2 = replication
+        if role != "master" or not replid:
             return
         before = self.primaries.get(address)
         changed = (before is not None and before != replid) or replid2 in self._ids
@@ -82,7 +85,7 @@ class ShardWatch:
                     info = await node.execute_command("INFO", "replication")
             except (RedisError, RedisClusterException, OSError, TimeoutError):
                 return False
-            self.seen(node.name, *replication_ids(info))
+            self.seen(node.name, replication_ids(info))
             return True
 
         answered = await asyncio.gather(*(one(n) for n in client.get_primaries()))
@@ -101,7 +104,7 @@ class _WatchedCluster(RedisCluster):
         await connection.send_command("INFO", "replication", check_health=False)
         info = await connection.read_response()
         address = f"{connection.host}:{connection.port}"
-        self.shard_watch.seen(address, *replication_ids(info))
+        self.shard_watch.seen(address, replication_ids(info))
 
 
 def make_cluster_client(target: RedisTarget, watch: ShardWatch, retries: int) -> RedisCluster:
