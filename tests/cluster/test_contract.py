@@ -807,6 +807,8 @@ def redis_only(cluster: Cluster, single: bool = False) -> None:
 async def test_publish_fails_when_a_listed_node_is_not_subscribed(
     backend_factory: Cluster,
 ) -> None:
+    """A node listed for a channel (or user) whose bus subscription is gone (its connection
+    dropped, say) did not get the publish: refused, also when the count was reused."""
     redis_only(backend_factory)
     a, b = await backend_factory.add("a"), await backend_factory.add("b")
     topic = channel_topic(APP, "gap")
@@ -816,21 +818,64 @@ async def test_publish_fails_when_a_listed_node_is_not_subscribed(
     await b.broker.publish(topic, chmsg("gap", b"1"))
     assert (await a.recv()).payload == b"1"
 
-    await b.state.subscribe(APP, "gap", None, 0)  # b has a subscriber, but not the bus
-    with pytest.raises(Unavailable, match="published to 0 of 1 nodes"):
-        await a.broker.publish(topic, chmsg("gap", b"2"))
-    await b.broker.subscribe(topic)
-    await a.broker.publish(topic, chmsg("gap", b"3"))
-    assert (await b.recv()).payload == b"3"
-
     user = "user:with:colons"
     utopic = user_topic(APP, user)
-    await b.state.sign_in(APP, user)
-    with pytest.raises(Unavailable, match="published to 0 of 1 nodes"):
-        await a.broker.publish(utopic, chmsg("", b"4"))
+    await b.broker.subscribe(topic)  # b joins as the engine does: the bus first
+    await b.state.subscribe(APP, "gap", None, 0)
     await b.broker.subscribe(utopic)
-    await a.broker.publish(utopic, chmsg("", b"5"))
-    assert (await b.recv()).payload == b"5"
+    await b.state.sign_in(APP, user)
+    for t, payload in ((topic, b"2"), (utopic, b"3")):
+        await a.broker.publish(t, chmsg("gap", payload))  # b counted (the count remembered)
+        assert (await b.recv()).payload == payload
+        await b.broker.unsubscribe(t)  # b still listed, its bus subscription gone
+        await asyncio.sleep(0.05)  # (the UNSUBSCRIBE went over b's own connection)
+        with pytest.raises(Unavailable, match="published to 0 of 1 nodes"):
+            await a.broker.publish(t, chmsg("gap", b"lost"))
+        await b.broker.subscribe(t)
+        await a.broker.publish(t, chmsg("gap", payload + b"+"))
+        assert (await b.recv()).payload == payload + b"+"
+
+
+@bounded()
+async def test_a_node_listed_after_a_count_is_counted(backend_factory: Cluster) -> None:
+    """c subscribes on the bus, loses that subscription, and is listed: a publish must not
+    answer on a count taken before c was listed (bus and state apart: the join mark)."""
+    redis_only(backend_factory)
+    a, b = await backend_factory.add("a"), await backend_factory.add("b")
+    topic = channel_topic(APP, "late")
+    await a.broker.subscribe(topic)
+    await a.state.subscribe(APP, "late", None, 0)
+    for i in range(3):  # counted, and the count reused
+        await b.broker.publish(topic, chmsg("late", b"%d" % i))
+        assert (await a.recv()).payload == b"%d" % i
+    c = await backend_factory.add("c")
+    await c.broker.subscribe(topic)
+    await c.broker.unsubscribe(topic)
+    await asyncio.sleep(0.05)
+    await c.state.subscribe(APP, "late", None, 0)
+    with pytest.raises(Unavailable, match="published to 1 of 2 nodes"):
+        await b.broker.publish(topic, chmsg("late", b"missed by c"))
+    assert (await a.recv()).payload == b"missed by c"  # (sent: a got it)
+
+
+@bounded()
+async def test_a_node_that_left_costs_no_refusal(backend_factory: Cluster) -> None:
+    """b leaves a channel (bus, then state) right after a publish counted it: the next
+    publish is answered (counted afresh), not refused."""
+    redis_only(backend_factory)
+    a, b = await backend_factory.add("a"), await backend_factory.add("b")
+    topic = channel_topic(APP, "left")
+    for n in (a, b):
+        await n.broker.subscribe(topic)
+        await n.state.subscribe(APP, "left", None, 0)
+    for _ in range(20):
+        await a.broker.publish(topic, chmsg("left", b"both"))
+        assert (await b.recv()).payload == b"both"
+        await b.broker.unsubscribe(topic)
+        await b.state.unsubscribe(APP, "left", None)
+        await a.broker.publish(topic, chmsg("left", b"a alone"))  # not refused
+        await b.broker.subscribe(topic)
+        await b.state.subscribe(APP, "left", None, 0)
 
 
 @bounded()
@@ -887,12 +932,42 @@ async def test_bus_and_state_apart_keep_to_their_roles(
         assert pubsub == []
         assert "cmdstat_evalsha" in stats  # (the state did work)
         bus_keys = [k.decode() async for k in bus.scan_iter(f"{cluster.prefix}:*")]
-        assert bus_keys and all(k.split(":")[1] in ("hist", "histm", "hid") for k in bus_keys)
+        # history, and what publishes need: join marks (bus:T:joined), held pipelines
+        publish = ("hist", "histm", "hid", "bus", "held")
+        assert bus_keys and all(k.split(":")[1] in publish for k in bus_keys)
         state_keys = [k.decode() async for k in state.scan_iter(f"{cluster.prefix}:*")]
         assert not [k for k in state_keys if k.split(":")[1] in ("hist", "histm", "hid")]
     finally:
         await state.aclose()
         await bus.aclose()
+
+
+@bounded()
+async def test_apart_a_steady_stream_costs_the_state_no_round_trip(
+    redis_server: Any, redis_state_server: Any
+) -> None:
+    """Bus and state apart: the receivers counted for a channel are reused (within their
+    leases), so 100 publishes to one channel ask the state a few times, not 100."""
+    cluster = RedisCluster(redis_server.url, redis_state_server.url)
+    state = redis_client(redis_state_server.url)
+    try:
+        a, b = await cluster.add("a"), await cluster.add("b")
+        topic = channel_topic(APP, "steady")
+        await b.broker.subscribe(topic)
+        await b.state.subscribe(APP, "steady", None, 0)
+
+        async def asked() -> int:
+            stats = await state.info("commandstats")
+            return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+        before = await asked()
+        for i in range(100):
+            await a.broker.publish(topic, chmsg("steady", b"%d" % i))
+        assert [(await b.recv()).payload for _ in range(100)] == [b"%d" % i for i in range(100)]
+        assert await asked() - before <= 10
+    finally:
+        await state.aclose()
+        await cluster.aclose()
 
 
 @bounded()

@@ -30,6 +30,10 @@ Let p = prefix, A an app id, N a node id, C a channel, U a user id:
 - `p:histm:T`          hash epoch, top: T's history epoch and last offset (meta ttl)
 - `p:hid:I`            string "OFFSET EPOCH" with PX: a history publish already appended
                        (a publish retried after a lost reply is not appended twice)
+- `p:bus:T:joined`     string with PX (1 h), on the bus when it is apart from the state: a
+                       mark set anew each time a node subscribes to T (see publisher.py)
+- `p:held:B`           hash C -> 1 with PX, on the bus: pub/sub channels whose publishes in
+                       pipeline B were held back (a remembered receiver count was stale)
 
 Assumptions: app ids and node ids contain no ':' and no newline, channel names no newline
 (Pusher channel names cannot); user ids may contain anything (they always come last, or after
@@ -65,7 +69,10 @@ TEMPLATES: dict[str, str] = {
     "hist": "hist:{topic}",
     "histm": "histm:{topic}",
     "hid": "hid:{id}",
+    "held": "held:{id}",
 }
+
+JOINED = ":joined"  # a bus topic's join mark: its pub/sub channel's name and this
 
 # How long a presence channel's membership version outlives its last change. Versions are
 # taken as max(previous + 1, Redis TIME in microseconds), so they keep increasing without it.
@@ -116,6 +123,9 @@ class Keys:
 
     def pv(self, app: str, channel: str) -> str:
         return self._k("pv", app=app, channel=channel)
+
+    def joined(self, topic: str) -> str:
+        return self.bus(topic) + JOINED
 
     def usr(self, app: str, user: str) -> str:
         return self._k("usr", app=app, user=user)
@@ -270,18 +280,32 @@ def lua_prelude() -> str:
         # aside unless it receives its own (`echo`). Returns nil and the node when a listed
         # node's lease ran out: it cannot vouch for its subscribers (cut off, paused), so a
         # publish must not count on its subscription (Redis may count a dead connection).
+        # Third: the least time (ms) a listed node's lease has left (nil: none listed).
         "local function receivers(record, echo)",
-        "  local need = 0",
+        "  local need, ttl = 0, nil",
         "  for _, n in ipairs(redis.call('HKEYS', record)) do",
         "    if n ~= NODE then",
-        "      if redis.call('EXISTS', K_lease(n)) == 0 then return nil, n end",
+        "      local left = redis.call('PTTL', K_lease(n))",
+        "      if left == -2 then return nil, n end",
+        "      if left >= 0 and (not ttl or left < ttl) then ttl = left end",
         "      need = need + 1",
         "    elseif echo then",
         "      need = need + 1",
         "    end",
         "  end",
-        "  return need",
+        "  return need, nil, ttl",
         "end",
+        # a publish held back in pipeline `batch` (see publish.lua, ARGV[14]), and whether the
+        # pipeline held one to `channel` already
+        "local function hold(batch, channel)",
+        "  redis.call('HSET', K_held(batch), channel, 1)",
+        "  redis.call('PEXPIRE', K_held(batch), 10000)",
+        "end",
+        "local function held(batch, channel)",
+        "  return redis.call('HEXISTS', K_held(batch), channel) == 1",
+        "end",
+        # the join mark of pub/sub channel `channel` ('' for none; Keys.joined)
+        f"local function joined(channel) return redis.call('GET', channel .. '{JOINED}') or '' end",
         # a history publish already appended (its id), and remembering one for 10 s
         "local function recall(topic, id) return redis.call('GET', K_hid(id)) end",
         "local function remember(topic, id, value)",

@@ -6,8 +6,9 @@ compares the nodes subscribed to the Redis channel with the nodes the cluster st
 it (`chn` / `usr` hash, this node aside), raising `Unavailable("published to X of Y nodes")`
 when some cannot have received it, or when a listed node has lost its lease (it cannot vouch
 for its subscribers). With bus and state on two servers, the state counts the receivers first
-(`lua/receivers.lua`, see `_receivers`). A publish with history is appended to the topic's
-stream in the same script, gets its position line, and echoes back to this node.
+(`lua/receivers.lua`, see `_receivers`), and the count is remembered for a while
+(`ReceiverCounts`). A publish with history is appended to the topic's stream in the same
+script, gets its position line, and echoes back to this node.
 
 Order: messages to one topic go out in the order `publish` was called: pipelines are sent one
 at a time, each in call order.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,6 +47,82 @@ class _Outgoing:
     done: asyncio.Future[Position | None]
 
 
+Key = tuple[bytes, bool]  # a pub/sub channel, and whether its publishes echo (history)
+
+
+@dataclass(slots=True)
+class _Count:
+    need: int
+    until: float  # monotonic time after which it is not reused
+    mark: str | None  # the channel's join mark seen by the publish after the count
+
+
+class ReceiverCounts:
+    """Bus and state apart: the receiver counts the state gave (`receivers.lua`), remembered
+    so that a steady stream of publishes to a channel costs no round trip to the state.
+
+    A count is reused (publish.lua, ARGV[14]) only while it cannot have become a false
+    promise:
+    - a node that left makes it too high: publish.lua sees fewer subscribers than the count,
+      sends nothing and answers STALE, and the publisher counts afresh;
+    - a node that joined makes it too low: a node subscribes on the bus, moves the channel's
+      join mark (`Publisher.joined`), then is listed by the state; publish.lua compares the
+      mark with the one the first publish after the count saw, and answers STALE when it
+      moved. (The one window left is the one a count taken just before a publish always has:
+      a node that moved the mark before that publish and was listed after the count.)
+    - it is forgotten before any lease it counted on (a listed node's, or this node's own)
+      can have run out, as the state told (`ttl`, less `MARGIN`, from before the count was
+      asked), after `HOLD` seconds at most, and when the state's primary changes;
+    - a failed count (NOTREG, EXPIRED, unreachable) forgets them all."""
+
+    HOLD = 1.0  # seconds a count is reused at most
+    MARGIN = 0.25  # seconds taken off the least lease time left
+    LIMIT = 10_000  # counts remembered at most (past it, all are forgotten)
+
+    def __init__(self, changes: Callable[[], int]) -> None:
+        self._changes = changes
+        self._generation = changes()
+        self._counts: dict[Key, _Count] = {}
+
+    def get(self, key: Key, now: float) -> _Count | None:
+        """The count to reuse for `key`, if any."""
+        if self._changes() != self._generation:
+            self.forget()
+        found = self._counts.get(key)
+        if found is None or found.mark is None or found.until <= now:
+            return None
+        return found
+
+    def put(self, key: Key, need: int, ttl_ms: int, asked: float) -> None:
+        """The state counted `need` for `key`; the leases it counted on last `ttl_ms` more
+        (-1: none), from at least `asked` on."""
+        self._counts.pop(key, None)
+        if ttl_ms < 0 or self._changes() != self._generation:
+            return
+        until = asked + min(ttl_ms / 1000 - self.MARGIN, self.HOLD)
+        if until > asked:
+            if len(self._counts) >= self.LIMIT:
+                self._counts.clear()
+            self._counts[key] = _Count(need, until, None)
+
+    def seen(self, key: Key, mark: str) -> None:
+        """The publish right after the count saw the channel's join mark `mark`."""
+        found = self._counts.get(key)
+        if found is not None and found.mark is None:
+            found.mark = mark
+
+    def drop(self, key: Key) -> None:
+        self._counts.pop(key, None)
+
+    def forget(self) -> None:
+        self._counts.clear()
+        self._generation = self._changes()
+
+
+def _key(o: _Outgoing) -> Key:
+    return o.name, o.history != ("",)
+
+
 def _padded(history: tuple[str | bytes | int, ...]) -> tuple[str | bytes | int, ...]:
     """publish.lua's six history arguments (ARGV[7..12]), also without history."""
     return history + ("",) * (6 - len(history))
@@ -65,6 +143,9 @@ class Publisher:
         self._sender: asyncio.Task[None] | None = None
         self._token = secrets.token_hex(4)  # names this process's history publishes
         self._seq = 0
+        self._pipelines = 0
+        self._marks = 0
+        self.counts = ReceiverCounts(lambda: state.watch.changes) if state else None
 
     async def drain(self, timeout: float) -> None:
         """Wait (up to `timeout`) for what was published to go out."""
@@ -103,6 +184,23 @@ class Publisher:
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_outbox())
         return await asyncio.shield(out.done)
+
+    async def joined(self, *topics: str) -> None:
+        """This node subscribed to `topics` on the bus and is about to be listed for them:
+        with bus and state apart, move their join marks (see `ReceiverCounts`)."""
+        if self.counts is None or not topics:
+            return
+        self._marks += 1
+        mark = f"{self.node}:{self._token}:{self._marks}"
+        calls = [(self._keys.joined(topic), mark) for topic in topics]
+        for i in range(0, len(calls), 1000):
+            try:
+                results = await self._scripts.pipeline("joined", calls[i : i + 1000])
+            except (RedisError, OSError) as exc:
+                raise Unavailable(f"Redis unreachable (join mark): {exc}") from None
+            failed = next((r for r in results if isinstance(r, Exception)), None)
+            if failed is not None:
+                raise Unavailable(f"join mark not set: {failed}")
 
     async def history(
         self,
@@ -146,41 +244,80 @@ class Publisher:
                     if not o.done.done():
                         o.done.set_exception(err)
                 continue
+            stale: list[_Outgoing] = []
             for o, r in zip(batch, results, strict=True):
                 if o.done.done():
                     continue
-                if isinstance(r, ResponseError):
+                if isinstance(r, ResponseError) and str(r).startswith("STALE"):
+                    stale.append(o)  # not sent: counted afresh and published again, first
+                elif isinstance(r, ResponseError):
                     o.done.set_exception(self._refusal(r))
                 elif isinstance(r, Exception):
                     o.done.set_exception(Unavailable(f"Redis unreachable (publish): {r}"))
+                elif self.counts is not None:  # apart: {receivers, offset, epoch, mark}
+                    self.counts.seen(_key(o), as_str(r[3]))
+                    echo = o.history != ("",)
+                    o.done.set_result(Position(as_str(r[2]), int(r[1])) if echo else None)
                 elif isinstance(r, list):  # with history: receivers, offset, epoch
                     o.done.set_result(Position(as_str(r[2]), int(r[1])))
                 else:
                     o.done.set_result(None)
+            if stale:
+                assert self.counts is not None
+                for o in stale:
+                    self.counts.drop(_key(o))
+                self._outbox[:0] = stale
 
     async def _receivers(
         self, batch: list[_Outgoing]
     ) -> tuple[list[_Outgoing], list[tuple[str | bytes | int, ...]]]:
         """Bus and state apart: the state checks this node's registration and counts the nodes
         that must receive each message (one round trip for the batch), *before* it is
-        published. Sound because a node is subscribed on the bus before the state lists it
-        and is listed until after it unsubscribes: a node listed when counted is subscribed
-        when the message goes out, unless it left meanwhile (then the publish is refused
-        although nothing was lost: a spurious 503, never a false 2xx). Returns the messages
-        still to publish and their publish.lua arguments; the others are failed here."""
-        assert self._state is not None
-        checks = await self._state.pipeline(
-            "receivers", [(o.record, "0" if o.history == ("",) else "1") for o in batch]
-        )
+        published, unless a count it gave is still remembered (`ReceiverCounts`). Sound
+        because a node is subscribed on the bus before the state lists it and is listed until
+        after it unsubscribes: a node listed when counted is subscribed when the message goes
+        out, unless it left meanwhile (then the publish is refused although nothing was lost:
+        a spurious 503, never a false 2xx; with a remembered count it is counted again
+        instead). Returns the messages still to publish and their publish.lua arguments; the
+        others are failed here."""
+        assert self._state is not None and self.counts is not None
+        counts, now = self.counts, time.monotonic()
+        self._pipelines += 1
+        pipeline = f"{self._token}:{self._pipelines}"
+        reused: dict[Key, _Count | None] = {}  # one decision per channel and batch
+        for o in batch:
+            key = _key(o)
+            if key not in reused:
+                reused[key] = counts.get(key, now)
+        ask = {key: o for o in batch if reused[key := _key(o)] is None}
+        needs = {key: c.need for key, c in reused.items() if c is not None}
+        if ask:
+            answers = await self._state.pipeline(
+                "receivers", [(o.record, "1" if key[1] else "0") for key, o in ask.items()]
+            )
+            for key, answer in zip(ask, answers, strict=True):
+                if isinstance(answer, list):
+                    needs[key] = int(answer[0])
+                    counts.put(key, int(answer[0]), int(answer[1]), now)
+                    continue
+                counts.forget()
+                refusal = (
+                    self._refusal(answer, self._state)
+                    if isinstance(answer, ResponseError)
+                    else Unavailable(f"Redis unreachable (publish): {answer}")
+                )
+                for o in batch:
+                    if _key(o) == key and not o.done.done():
+                        o.done.set_exception(refusal)
         keep, calls = [], []
-        for o, need in zip(batch, checks, strict=True):
-            if isinstance(need, ResponseError):
-                o.done.set_exception(self._refusal(need, self._state))
-            elif isinstance(need, Exception):
-                o.done.set_exception(Unavailable(f"Redis unreachable (publish): {need}"))
-            else:
-                keep.append(o)
-                calls.append((o.name, "", o.listening, o.data, *_padded(o.history), int(need)))
+        for o in batch:
+            key = _key(o)
+            if key not in needs or o.done.done():
+                continue
+            keep.append(o)
+            count = reused[key]
+            held = ("", "") if count is None else (pipeline, count.mark or "")
+            calls.append((o.name, "", o.listening, o.data, *_padded(o.history), needs[key], *held))
         return keep, calls
 
     def _refusal(self, exc: ResponseError, scripts: Runner | None = None) -> Unavailable:

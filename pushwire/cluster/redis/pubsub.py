@@ -80,6 +80,7 @@ class PubSubBroker:
             raise Unavailable(
                 f"bus subscription to {topic!r} not confirmed within {self.confirm_timeout} s"
             ) from None
+        await self._publisher.joined(topic)
 
     async def unsubscribe(self, topic: str) -> None:
         name = self._name(topic)
@@ -97,6 +98,7 @@ class PubSubBroker:
             up = any(lis.up for lis in self._listeners())
             state = "not subscribed again" if up else "unreachable"
             raise Unavailable(f"bus {state} after {self.confirm_timeout} s") from None
+        await self._publisher.joined(*self._wanted.values())
 
     def _on_message(self, name: Any, data: Any) -> None:
         topic = self._wanted.get(name)

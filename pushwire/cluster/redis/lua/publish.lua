@@ -15,17 +15,41 @@
 -- ARGV[13]: '' when the registry and the hash are on this server (one Redis for bus and
 -- state); otherwise the bus and the state are apart: the state checked the registration and
 -- counted the receivers (`receivers.lua`, just before), and this is that count.
--- Returns the number of receivers, or with history {receivers, offset, epoch}.
--- Errors: NOTREG; 'SHORT got need' when fewer nodes received it than must; 'EXPIRED node'.
+-- ARGV[14], ARGV[15] (with ARGV[13]): '' when the state counted the receivers for this
+-- publish; else the count is one the publisher remembered (within the leases that vouch for
+-- it), ARGV[14] names its pipeline and ARGV[15] is the channel's join mark (`joined`) as the
+-- publish after that count saw it. When a node joined since (the mark moved) or fewer nodes
+-- are subscribed than counted (one left), the count may be stale: nothing is sent, 'STALE'
+-- is returned, and so is every later publish of the pipeline to this channel (their order
+-- holds); the publisher counts afresh and publishes them again.
+-- Returns the number of receivers, or with history {receivers, offset, epoch}; with
+-- ARGV[13], always {receivers, offset or 0, epoch or '', the channel's join mark}.
+-- Errors: NOTREG; 'SHORT got need' when fewer nodes received it than must; 'EXPIRED node';
+-- 'STALE'.
 local channel, record = ARGV[3], ARGV[4]
 local data, topic = ARGV[6], ARGV[7]
 local need = tonumber(ARGV[13])
+local apart = need ~= nil  -- bus and state on two servers
+-- of the connections subscribed, those that count as receivers
+local function receiving(subscribed)
+  if topic ~= '' then return subscribed end
+  -- no echo: this node is neither among the receivers nor needed
+  local got = subscribed - tonumber(ARGV[5])
+  if got < 0 then got = 0 end  -- this node's own connection was not among them after all
+  return got
+end
 if not need then
   if not registered(NODE) then return redis.error_reply('NOTREG') end
   if record ~= '' then
     local late
     need, late = receivers(record, topic ~= '')
     if not need then return redis.error_reply('EXPIRED ' .. late) end
+  end
+elseif ARGV[14] ~= '' then
+  if held(ARGV[14], channel) or joined(channel) ~= ARGV[15]
+     or receiving(subscribers(channel)) < need then
+    hold(ARGV[14], channel)
+    return redis.error_reply('STALE')
   end
 end
 local offset, epoch
@@ -48,15 +72,12 @@ end
 local subscribed = subscribers(channel)
 send(channel, data)
 local function result()
+  if apart then return {subscribed, offset or 0, epoch or '', joined(channel)} end
   if topic == '' then return subscribed end
   return {subscribed, offset, epoch}
 end
 if not need then return result() end
-local got = subscribed
-if topic == '' then  -- no echo: this node is neither among the receivers nor needed
-  got = subscribed - tonumber(ARGV[5])
-  if got < 0 then got = 0 end  -- this node's own connection was not among them after all
-end
+local got = receiving(subscribed)
 if got < need then
   return redis.error_reply('SHORT ' .. got .. ' ' .. need)
 end
