@@ -87,14 +87,19 @@ class BusMessage:
     payload: bytes = b""
     origin: str = ""  # the sending node (filled in on receipt)
     position: Position | None = None  # CHANNEL: its place in the channel's history, if kept
+    ident: str = ""  # the publish's id, unique per sender process ('' : none; see `encode`)
 
 
 class BadBusMessage(ValueError):
     pass
 
 
-def encode(msg: BusMessage, node: str) -> bytes:
+def encode(msg: BusMessage, node: str, ident: str = "") -> bytes:
+    """`msg` as sent by `node`; `ident` names this publish, so that a receiver drops it when
+    it arrives twice (a publish sent again after its connection broke)."""
     head: dict[str, Any] = {"v": WIRE_VERSION, "n": node, "k": msg.kind.value}
+    if ident:
+        head["i"] = ident
     if msg.app:
         head["a"] = msg.app
     if msg.channel:
@@ -143,6 +148,7 @@ def decode(raw: bytes) -> BusMessage | None:
             payload=payload,
             origin=str(head.get("n", "")),
             position=position,
+            ident=str(head.get("i", "")),
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise BadBusMessage(f"bad bus header: {exc}") from None

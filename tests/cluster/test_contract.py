@@ -39,6 +39,7 @@ from pushwire.protocol.errors import PresenceLimit
 from pushwire.protocol.history import HistoryPolicy
 from pushwire.webhooks import MemoryWebhookStore, WebhookStore
 from tests.conftest import start_redis
+from tests.helpers.blackhole import BlackholeProxy
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
@@ -968,6 +969,39 @@ async def test_apart_a_steady_stream_costs_the_state_no_round_trip(
     finally:
         await state.aclose()
         await cluster.aclose()
+
+
+@bounded(20)
+async def test_a_publish_whose_answer_was_lost_is_delivered_once(
+    redis_server: Any, blackhole: Callable[[int], BlackholeProxy]
+) -> None:
+    """a's publish runs, but its connection breaks before the answer: redis-py sends it again
+    on a fresh connection. b gets it once (its inbox drops the second by the publish id)."""
+    proxy = blackhole(redis_server.port)
+    prefix = f"t-{uuid.uuid4().hex[:12]}"
+    via_proxy, direct = parse_redis_url(proxy.url), parse_redis_url(redis_server.url)
+    backends = [
+        RedisBackend(via_proxy, via_proxy, prefix, "a", REDIS_NODE_TIMEOUT),
+        RedisBackend(direct, direct, prefix, "b", REDIS_NODE_TIMEOUT),
+    ]
+    try:
+        a, b = (Node(x.node, x.broker, x.state, x.liveness) for x in backends)
+        for n in (a, b):
+            await n.liveness.register()
+            await n.broker.start(n.inbox.put_nowait)
+        topic = channel_topic(APP, "once")
+        await b.broker.subscribe(topic)
+        await b.state.subscribe(APP, "once", None, 0)
+        await a.broker.publish(topic, chmsg("once", b"0"))
+        proxy.lose_reply(b"EVALSHA")
+        await a.broker.publish(topic, chmsg("once", b"1"))  # ran twice, answered once
+        await a.broker.publish(topic, chmsg("once", b"2"))
+        assert [(await b.recv()).payload for _ in range(3)] == [b"0", b"1", b"2"]
+        await b.nothing(0.1)
+        assert backends[1].broker.duplicates == 1
+    finally:
+        for x in backends:
+            await x.aclose()
 
 
 @bounded()

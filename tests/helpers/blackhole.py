@@ -6,6 +6,7 @@ silence), then healed.
         ... point a node at proxy.url ...
         proxy.cut()     # bytes stop both ways; every connection stays established
         proxy.heal()    # what was held back flows, then everything else
+        proxy.lose_reply(b"EVALSHA")   # the next such command runs; its answer is lost
 
 It runs its own event loop in a background thread, so it serves synchronous pytest code and
 async tests alike; its methods return once the proxy has done what they ask (a few
@@ -82,6 +83,7 @@ class _Pipe:
         self.target = _Side(self, upstream=True)
         self.connecting: asyncio.Task[None] | None = None
         self.done = False
+        self.sever = False  # drop the next reply and reset (see BlackholeProxy.lose_reply)
 
     def other(self, side: _Side) -> _Side:
         return self.target if side is self.client else self.client
@@ -106,6 +108,12 @@ class _Pipe:
         for side in (self.client, self.target):
             peer = self.other(side)
             assert side.transport is not None and peer.transport is not None
+            if self.sever and side is self.target and side.held:
+                self.abort()  # the reply is lost with the connection
+                return
+            marker = self.proxy.lose_reply_to
+            if marker and side is self.client and any(marker in c for c in side.held):
+                self.sever, self.proxy.lose_reply_to = True, b""
             for chunk in side.held:
                 self.proxy.count(side.upstream, len(chunk))
                 peer.transport.write(chunk)
@@ -131,6 +139,14 @@ class _Pipe:
             else:
                 transport.pause_reading()
 
+    def abort(self) -> None:
+        """Reset both connections at once, dropping what they hold."""
+        for side in (self.client, self.target):
+            side.held.clear()
+            if side.transport is not None:
+                side.transport.abort()
+        self.close()
+
     def close(self) -> None:
         self.done = True
         if self.connecting is not None:
@@ -150,6 +166,7 @@ class BlackholeProxy:
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
         self.flowing = True
+        self.lose_reply_to = b""  # see lose_reply
         self.bytes_up = 0
         self.bytes_down = 0
         self.pipes: set[_Pipe] = set()
@@ -192,6 +209,16 @@ class BlackholeProxy:
     def heal(self) -> None:
         """Move bytes again: what was held back first."""
         self._call(lambda: self._set_flowing(True))
+
+    def lose_reply(self, marker: bytes) -> None:
+        """Once: the connection that next sends bytes containing `marker` has them delivered,
+        and then, when the target answers, is reset both ways and the answer dropped (a
+        command that ran although its client saw only a broken connection)."""
+
+        def arm() -> None:
+            self.lose_reply_to = marker
+
+        self._call(arm)
 
     def connections(self) -> int:
         return self._call(lambda: len(self.pipes))

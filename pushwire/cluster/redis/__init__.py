@@ -8,9 +8,10 @@ primary (`clients.py`). Per role: one client (a connection pool) for the scripts
 publishes, and the broker's dedicated pub/sub connection.
 
 - Publishes (their own pool) are retried once on a fresh connection after a
-  `ConnectionError`: at worst a duplicate delivery. State scripts are never retried: one that
-  ran before its connection broke would run twice (a member or a quota slot counted twice);
-  the failure surfaces and the engine repairs the node's records with a resync.
+  `ConnectionError`: a receiver drops the copy when both went out (`pubsub.Recent`). State
+  scripts are never retried: one that ran before its connection broke would run twice (a
+  member or a quota slot counted twice); the failure surfaces and the engine repairs the
+  node's records with a resync.
 - Every error that remains surfaces as `base.Unavailable`.
 - A new primary (failover, restart without data) is found on the first new connection to it
   (`clients.PrimaryWatch`): this node's registration there does not count (it resyncs), and a
@@ -55,8 +56,8 @@ class RedisBackend:
         # state scripts are never retried: one that ran before its connection broke would run
         # twice (a member or a quota slot counted twice); the engine resyncs instead
         self.client = make_client(state, self.watches["state"])
-        # publishes are retried once on a fresh connection: at worst a duplicate delivery,
-        # never a loss (a history publish is appended once: publish.lua knows its id)
+        # publishes are retried once on a fresh connection: never a loss; a receiver drops the
+        # copy when both went out (the publish id); a history publish is appended once
         self.bus_client = make_client(
             bus,
             self.watches["bus"],

@@ -141,7 +141,7 @@ class Publisher:
         self._listening = listening
         self._outbox: list[_Outgoing] = []
         self._sender: asyncio.Task[None] | None = None
-        self._token = secrets.token_hex(4)  # names this process's history publishes
+        self._token = secrets.token_hex(4)  # names this process: its publishes, marks, pipelines
         self._seq = 0
         self._pipelines = 0
         self._marks = 0
@@ -161,22 +161,23 @@ class Publisher:
         next one, one round trip for all of them, in call order (pipelines are sent one at
         a time, so order holds across them too). A burst of triggers thus costs a few round
         trips, not one each, and no publish waits behind another's reply."""
+        self._seq += 1
+        ident = f"{self._token}:{self._seq}"
         hist: tuple[str | bytes | int, ...] = ("",)
         if history is not None:
-            self._seq += 1
             hist = (
                 topic,
                 history.size,
                 to_ms(history.ttl),
                 to_ms(history.kept_for),
                 msg.payload,
-                f"{self.node}:{self._token}:{self._seq}",
+                f"{self.node}:{ident}",
             )
         out = _Outgoing(
             self._keys.bus(topic).encode(),
             self._keys.record_of_topic(topic) or "",
             "1" if self._listening(topic) else "0",
-            encode(msg, self.node),
+            encode(msg, self.node, ident),
             hist,
             asyncio.get_running_loop().create_future(),
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -61,6 +62,11 @@ class PubSubBroker:
     def losses(self) -> int:
         """Connections given up while silent (see silence_limit)."""
         return sum(lis.losses for lis in self._listeners())
+
+    @property
+    def duplicates(self) -> int:
+        """Publishes received twice (a sender's retry), delivered once."""
+        return self._inbox.duplicates
 
     def _name(self, topic: str) -> bytes:
         return self._keys.bus(topic).encode()
@@ -132,14 +138,38 @@ class PubSubBroker:
         return await self._publisher.history(topic, since, limit, policy, max_bytes)
 
 
+class Recent:
+    """The last `size` publish ids received (with their sender): a publish sent again after
+    its connection broke (the publisher's one retry; the first may have gone out) arrives
+    within the ids its own pipeline sent, and is recognised."""
+
+    def __init__(self, size: int = 8192) -> None:
+        self._ids: set[tuple[str, str]] = set()
+        self._order: deque[tuple[str, str]] = deque()
+        self._size = size
+
+    def seen(self, origin: str, ident: str) -> bool:
+        """Whether this publish arrived already (it is remembered if not)."""
+        key = (origin, ident)
+        if key in self._ids:
+            return True
+        self._ids.add(key)
+        self._order.append(key)
+        if len(self._order) > self._size:
+            self._ids.discard(self._order.popleft())
+        return False
+
+
 class Inbox:
     """Decodes what a broker receives and hands it to `deliver`, in order; drops this node's
-    own echo (history publishes echo on purpose), other wire versions, and malformed
-    messages (counted, logged at most every 10 s)."""
+    own echo (history publishes echo on purpose), a publish that arrives twice (`Recent`),
+    other wire versions, and malformed messages (counted, logged at most every 10 s)."""
 
     def __init__(self, node: str) -> None:
         self.node = node
         self.deliver: Callable[[BusMessage], None] = _ignore
+        self.duplicates = 0  # publishes dropped because they arrived twice
+        self._recent = Recent()
         self._malformed = 0
         self._malformed_logged = float("-inf")
 
@@ -152,6 +182,9 @@ class Inbox:
         if msg is None:  # another wire version
             return
         if msg.origin == self.node and msg.position is None:  # our own echo
+            return
+        if msg.ident and self._recent.seen(msg.origin, msg.ident):
+            self.duplicates += 1
             return
         try:
             self.deliver(msg)

@@ -70,8 +70,8 @@ class RedisClusterBackend:
         self.membership = membership = Membership(node)
         self.watch = ShardWatch(membership)
         # state scripts are never sent twice (a script that ran before its connection broke
-        # would run twice); publishes are (at worst a duplicate delivery; a history publish
-        # is appended once)
+        # would run twice); publishes are (a receiver drops the copy by its publish id; a
+        # history publish is appended once)
         self.client = make_cluster_client(target, self.watch, retries=0)
         self.bus_client = make_cluster_client(target, self.watch, retries=2)
         self.scripts = scripts = ClusterScripts(self.client, keys, membership, self.watch)
