@@ -65,11 +65,14 @@ class ReceiverCounts:
     promise:
     - a node that left makes it too high: publish.lua sees fewer subscribers than the count,
       sends nothing and answers STALE, and the publisher counts afresh;
-    - a node that joined makes it too low: a node subscribes on the bus, moves the channel's
-      join mark (`Publisher.joined`), then is listed by the state; publish.lua compares the
-      mark with the one the first publish after the count saw, and answers STALE when it
-      moved. (The one window left is the one a count taken just before a publish always has:
-      a node that moved the mark before that publish and was listed after the count.)
+    - a node that joined makes it too low: a node moves the channel's join mark
+      (`Publisher.joined`), subscribes on the bus, then is listed by the state; publish.lua
+      compares the mark with the one the first publish after the count saw, and answers
+      STALE when it moved. Left open: the window a count taken just before a publish always
+      has (a node that moved the mark before that publish and was listed after the count),
+      and a node that could not reach the bus to move the mark (its subscribe fails, it is
+      listed all the same): a reused count misses it for `HOLD` at most, where a fresh one
+      would have refused the publish.
     - it is forgotten before any lease it counted on (a listed node's, or this node's own)
       can have run out, as the state told (`ttl`, less `MARGIN`, from before the count was
       asked), after `HOLD` seconds at most, and when the state's primary changes;
@@ -187,8 +190,8 @@ class Publisher:
         return await asyncio.shield(out.done)
 
     async def joined(self, *topics: str) -> None:
-        """This node subscribed to `topics` on the bus and is about to be listed for them:
-        with bus and state apart, move their join marks (see `ReceiverCounts`)."""
+        """This node subscribes to `topics` on the bus and will be listed for them by the
+        state: with bus and state apart, move their join marks (see `ReceiverCounts`)."""
         if self.counts is None or not topics:
             return
         self._marks += 1

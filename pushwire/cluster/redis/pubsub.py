@@ -74,6 +74,10 @@ class PubSubBroker:
     async def subscribe(self, topic: str) -> None:
         name = self._name(topic)
         self._wanted[name] = topic
+        # first the join mark (bus and state apart): a publisher's reused receiver count is
+        # given up from now on, also if the subscription is not confirmed (this node is
+        # listed by the state all the same, and a fresh count sees it missing)
+        await self._publisher.joined(topic)
         try:
             async with asyncio.timeout(self.confirm_timeout):
                 await confirm(
@@ -86,7 +90,6 @@ class PubSubBroker:
             raise Unavailable(
                 f"bus subscription to {topic!r} not confirmed within {self.confirm_timeout} s"
             ) from None
-        await self._publisher.joined(topic)
 
     async def unsubscribe(self, topic: str) -> None:
         name = self._name(topic)
