@@ -75,7 +75,8 @@ class ReceiverCounts:
       would have refused the publish.
     - it is forgotten before any lease it counted on (a listed node's, or this node's own)
       can have run out, as the state told (`ttl`, less `MARGIN`, from before the count was
-      asked), after `HOLD` seconds at most, and when the state's primary changes;
+      asked), after `HOLD` seconds at most, and when the state's or the bus's primary
+      changes (a new bus primary may lack the last join marks);
     - a failed count (NOTREG, EXPIRED, unreachable) forgets them all."""
 
     HOLD = 1.0  # seconds a count is reused at most
@@ -148,7 +149,10 @@ class Publisher:
         self._seq = 0
         self._pipelines = 0
         self._marks = 0
-        self.counts = ReceiverCounts(lambda: state.watch.changes) if state else None
+        self.counts: ReceiverCounts | None = None
+        if state is not None:  # forgotten when either primary changes (a new one may lack marks)
+            bus = scripts.watch
+            self.counts = ReceiverCounts(lambda: state.watch.changes + bus.changes)
 
     async def drain(self, timeout: float) -> None:
         """Wait (up to `timeout`) for what was published to go out."""
