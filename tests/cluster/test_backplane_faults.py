@@ -25,10 +25,12 @@ from tests.helpers.recorder import Recorder
 pytestmark = [pytest.mark.topology, pytest.mark.slow, pytest.mark.redis]
 
 
-def config(url: str, prefix: str, node_timeout: float = 2.0) -> str:
+def config(url: str, prefix: str, node_timeout: float = 2.0, state_url: str = "") -> str:
+    """Both roles on `url`, or the bus on `url` and the state on `state_url`."""
+    urls = f'bus_url = "{url}"\nstate_url = "{state_url}"' if state_url else f'redis_url = "{url}"'
     return BASE_CONFIG + f"""
 [cluster]
-redis_url = "{url}"
+{urls}
 node_timeout = {node_timeout}
 heartbeat_interval = {node_timeout / 4}
 key_prefix = "{prefix}"
@@ -141,8 +143,14 @@ def no_silent_gap(rec: Recorder, accepted: list[str]) -> None:
     assert not missing or "failed" in rec.outcomes, (sorted(missing, key=int)[:10], rec.outcomes)
 
 
-async def test_sentinel_failover_five_times_keeps_every_promise(sentinel_set, tmp_path: Path):
-    cfg = config(sentinel_set.url(), "sentinel")
+@pytest.mark.parametrize("apart", [False, True], ids=["both-roles", "bus-only"])
+async def test_sentinel_failover_five_times_keeps_every_promise(
+    sentinel_set, redis_server, tmp_path: Path, apart: bool
+):
+    """Both roles on the Sentinel set; or only the bus there, the state on another server
+    (publishes then reuse receiver counts: a new bus primary must make them counted anew)."""
+    state = redis_server.url if apart else ""
+    cfg = config(sentinel_set.url(), f"sentinel-{int(apart)}", state_url=state)
     nodes = [start_node(tmp_path, cfg) for _ in range(2)]
     subs: list[Subscriber] = []
     members: list[Client] = []
