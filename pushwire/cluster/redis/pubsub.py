@@ -74,12 +74,12 @@ class PubSubBroker:
     async def subscribe(self, topic: str) -> None:
         name = self._name(topic)
         self._wanted[name] = topic
-        # first the join mark (bus and state apart): a publisher's reused receiver count is
-        # given up from now on, also if the subscription is not confirmed (this node is
-        # listed by the state all the same, and a fresh count sees it missing)
-        await self._publisher.joined(topic)
         try:
             async with asyncio.timeout(self.confirm_timeout):
+                # first the join mark (bus and state apart): a publisher's reused receiver
+                # count is given up from now on, also if the subscription is not confirmed
+                # (this node is listed by the state all the same; a fresh count sees it)
+                await self._publisher.joined(topic)
                 await confirm(
                     lambda: [name] if name in self._wanted else [],
                     self._route,
@@ -103,11 +103,11 @@ class PubSubBroker:
         try:
             async with asyncio.timeout(self.confirm_timeout):
                 await confirm(lambda: list(self._wanted), self._route, self._wakeups, None)
+                await self._publisher.joined(*self._wanted.values())
         except TimeoutError:
             up = any(lis.up for lis in self._listeners())
             state = "not subscribed again" if up else "unreachable"
             raise Unavailable(f"bus {state} after {self.confirm_timeout} s") from None
-        await self._publisher.joined(*self._wanted.values())
 
     def _on_message(self, name: Any, data: Any) -> None:
         topic = self._wanted.get(name)
