@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from redis.crc import key_slot
@@ -45,3 +46,28 @@ def test_a_moved_slot_leaves_nothing_pending() -> None:
     assert moved == [[here]]
     assert set(lis.channels) == {there}
     assert lis.channels[there] == Sub(last_sub=True, subs=1)
+
+
+async def test_subscribes_in_flight_on_a_new_connection_may_be_counted() -> None:
+    """A new connection's subscribes go out before the listener is up: meanwhile Redis may
+    count it among the subscribers already, and the listener must say so (a publisher that
+    believed its own connection not counted would take it for another node's)."""
+    sent = asyncio.Event()
+    release = asyncio.Event()
+
+    class Conn:
+        async def send_command(self, *args: Any, **kwargs: Any) -> None:
+            sent.set()
+            await release.wait()
+
+    name = b"p:bus:c:a:x"
+    lis = Listener("t", Conn, lambda: [name], lambda n, d: None, Timing(), Wakeups())
+    assert not lis.may_count(name)
+    attach = asyncio.create_task(lis._attach(Conn()))  # type: ignore[arg-type]
+    await sent.wait()
+    assert not lis.up and lis.may_count(name)
+    release.set()
+    await attach
+    assert lis.up and lis.may_count(name)
+    await lis._detach(lis._conn)  # type: ignore[arg-type]
+    assert not lis.may_count(name)

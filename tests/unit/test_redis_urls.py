@@ -174,7 +174,12 @@ _ipv6 = st.ip_addresses(v=6).map(str)
 _host = st.tuples(st.one_of(_name, _ipv6), st.integers(1, 65535))
 _secret = st.none() | st.text(min_size=1, max_size=12)
 _user = st.none() | st.text(min_size=1, max_size=8)
-_master = st.text(st.characters(min_codepoint=33, exclude_characters="\x7f"), min_size=1)
+# text a URL can carry (UTF-8): no lone surrogates
+_visible = st.characters(min_codepoint=33, exclude_categories=("Cs",))
+_master = st.text(
+    st.characters(min_codepoint=33, exclude_characters="\x7f", exclude_categories=("Cs",)),
+    min_size=1,
+)
 
 
 @st.composite
@@ -184,7 +189,7 @@ def _targets(draw: st.DrawFn) -> RedisTarget:
     hosts = draw(st.lists(_host, min_size=1, max_size=1 if kind is SINGLE else 4, unique=True))
     password, username = draw(_secret), draw(_user)
     if unix:
-        path = "/" + draw(st.text(st.characters(min_codepoint=33), min_size=1, max_size=20))
+        path = "/" + draw(st.text(_visible, min_size=1, max_size=20))
         return RedisTarget(
             kind, path=path, db=draw(st.integers(0, 15)), username=username, password=password
         )

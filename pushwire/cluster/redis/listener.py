@@ -177,6 +177,13 @@ class Listener:
     def healthy(self) -> bool:
         return self._up and not self._silent
 
+    def may_count(self, name: bytes) -> bool:
+        """Whether Redis may count this listener's connection among `name`'s subscribers
+        right now: also while the subscribes of a new connection are still being sent (the
+        listener is not `up` yet, but Redis may have run them)."""
+        sub = self.channels.get(name)
+        return sub is not None and sub.maybe_counted
+
     def start(self) -> None:
         if self._task is None or self._task.done():
             self._stopping = False

@@ -119,11 +119,7 @@ class PubSubBroker:
         """Whether Redis may count this node's own subscription among `topic`'s subscribers
         right now (any listener: a doubt can only make the receiver check stricter)."""
         name = self._name(topic)
-        for lis in self._listeners():
-            sub = lis.channels.get(name) if lis.up else None
-            if sub is not None and sub.maybe_counted:
-                return True
-        return False
+        return any(lis.may_count(name) for lis in self._listeners())
 
     async def publish(
         self, topic: str, msg: BusMessage, history: HistoryPolicy | None = None
