@@ -5,6 +5,7 @@ it spin. The heartbeat interval here is long (5 s) so that waiting for the tick 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import pytest
@@ -80,5 +81,5 @@ async def test_a_store_that_keeps_refusing_is_retried_at_a_bounded_rate(cluster)
     await asyncio.sleep(2.0)
     assert len(beats) >= 4, beats  # awake: the 5 s tick would make 0
     assert len(beats) <= 2.0 / URGENT_SPACING + 1, beats
-    gaps = [t1 - t0 for t0, t1 in zip(beats, beats[1:], strict=False)]
+    gaps = [t1 - t0 for t0, t1 in itertools.pairwise(beats)]
     assert min(gaps) >= URGENT_SPACING * 0.9, gaps
