@@ -15,7 +15,8 @@ Guarantees:
   with `NotRegistered`, or the backend found a new primary: `Liveness.on_new_primary`), the
   heartbeat runs at once, not at its next tick; so does it every `URGENT_SPACING` while
   nodes are awaited after a lost registration (see below). Heartbeats start at least
-  `URGENT_SPACING` apart: a store that keeps refusing cannot make the node spin.
+  `URGENT_SPACING` apart (or `heartbeat_interval`, if shorter): a store that keeps refusing
+  cannot make the node spin.
 - A resync runs while no operation is half done: `operation()` waits while one runs, and
   the resync waits (up to 5 s) for running operations to finish. Operations do not nest.
 - A node reaps others only after it has been in touch with the store for a whole
@@ -262,9 +263,8 @@ class ClusterLink:
     # Heartbeat, resync, reaping ----------------------------------------------------------
     def _period(self) -> float:
         """Seconds from one heartbeat's start to the next one's."""
-        if self._urgent or self._waiting:
-            return URGENT_SPACING
-        return self.interval if self.healthy else min(self.interval, UNHEALTHY_INTERVAL)
+        period = self.interval if self.healthy else min(self.interval, UNHEALTHY_INTERVAL)
+        return min(period, URGENT_SPACING) if self._urgent or self._waiting else period
 
     async def _next_beat(self) -> None:
         """Wait until the next heartbeat is due (`_period`, computed again at each wake)."""
