@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from ..base import Heartbeat
+from ..base import Heartbeat, NotRegistered
 from .clients import PrimaryWatch
 from .scripts import Scripts, as_str, to_ms
 
@@ -22,8 +22,14 @@ class RedisLiveness:
         self._watches = tuple(watches)
 
     async def beat(self) -> Heartbeat:
-        """Renew this node's lease if it is registered (one atomic step); never registers."""
-        registered, alive, dead = await self.scripts.run("beat", to_ms(self.node_timeout))
+        """Renew this node's lease if it is registered (one atomic step); never registers.
+        A beat that met a new primary (`Scripts` raises NotRegistered: the generation changed
+        during the call) answers "not registered" with nobody alive or dead (its answer is not
+        trusted), so that the node resyncs on the new primary now."""
+        try:
+            registered, alive, dead = await self.scripts.run("beat", to_ms(self.node_timeout))
+        except NotRegistered:
+            return Heartbeat(False, frozenset(), ())
         return Heartbeat(
             bool(registered),
             frozenset(as_str(n) for n in alive),
