@@ -16,7 +16,10 @@ from tests.helpers.redis_topology import start_redis as start_single
 
 # a Sentinel set as issue 19 specifies it: a primary, a replica, 3 sentinels, down after 1 s
 DOWN_AFTER_MS = 1000
+# a Redis Cluster as issue 19 specifies it: 3 shards (with a replica each for a failover),
+# cluster-node-timeout 1500 ms
 SHARDS = 3
+NODE_TIMEOUT_MS = 1500
 
 
 class Topology(enum.StrEnum):
@@ -24,7 +27,7 @@ class Topology(enum.StrEnum):
     ONE = "one"  # every node over one redis-server
     SPLIT = "split"  # bus (pub/sub, history) and state on two redis-servers
     SENTINEL = "sentinel"  # both roles through redis+sentinel:// (primary + replica)
-    CLUSTER = "cluster"  # redis+cluster:// over a 3-shard Redis Cluster (no replicas)
+    CLUSTER = "cluster"  # redis+cluster:// over a 3-shard Redis Cluster (replicas: see start)
 
     @property
     def nodes(self) -> int:
@@ -72,8 +75,9 @@ class Backplane:
                 s.stop()
 
 
-def start(topology: Topology) -> Backplane:
-    """Start what `topology` needs (nothing for SINGLE)."""
+def start(topology: Topology, replicas: int = 0) -> Backplane:
+    """Start what `topology` needs (nothing for SINGLE); `replicas`: per Redis Cluster shard
+    (1 for a failover)."""
     bp = Backplane(topology)
     try:
         if topology is Topology.ONE:
@@ -86,7 +90,9 @@ def start(topology: Topology) -> Backplane:
             bp.sentinel = SentinelSet(down_after_ms=DOWN_AFTER_MS).start()
             bp.cluster = {"redis_url": bp.sentinel.url()}
         elif topology is Topology.CLUSTER:
-            bp.redis_cluster = RedisClusterSet(primaries=SHARDS, replicas=0).start()
+            bp.redis_cluster = RedisClusterSet(
+                primaries=SHARDS, replicas=replicas, node_timeout_ms=NODE_TIMEOUT_MS
+            ).start()
             bp.cluster = {"redis_url": bp.redis_cluster.url()}
     except BaseException:
         bp.stop()

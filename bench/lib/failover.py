@@ -2,18 +2,96 @@
 rate on one node while `kill()` (SIGKILL of a primary) runs at a given moment; the time from
 the kill to the first trigger sent after it that is answered 2xx, what was refused
 meanwhile, and (with subscribers counting each event by number) whether an event answered
-2xx went missing."""
+2xx went missing.
+
+What is killed (`Victim`): the primary of a Sentinel set (`SentinelVictim`), or the primary
+of a Redis Cluster shard that owns a given key's slot (`ClusterVictim`); each says when the
+backplane has a new primary (`switched`) and brings the killed server back as a replica
+(`restore`)."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
+
+import redis
 
 from bench.lib.publisher import publish
 from bench.lib.servers import Server
 from bench.lib.subscribers import Subscribers
+from tests.helpers.redis_cluster import RedisClusterSet
+from tests.helpers.redis_procs import command
+from tests.helpers.redis_sentinel import SentinelSet
+
+
+class Victim(Protocol):
+    """The primary a failover run kills. `goal_s`: issue 19's goal for the recovery (the
+    backplane's failure detection time + 3 s)."""
+
+    goal_s: float
+
+    def kill(self) -> object: ...
+
+    def switched(self) -> bool:
+        """The backplane names a new primary (the nodes can find it from now on)."""
+        ...
+
+    def restore(self) -> object:
+        """The killed server back as a replica, the backplane settled."""
+        ...
+
+
+class SentinelVictim:
+    def __init__(self, sentinel: SentinelSet) -> None:
+        self.sentinel = sentinel
+        self.goal_s = sentinel.down_after_ms / 1000 + 3
+        self.port = 0
+
+    def kill(self) -> object:
+        self.port = self.sentinel.kill_primary()
+        return self.port
+
+    def switched(self) -> bool:
+        """A sentinel names another primary than the killed one."""
+        return any(v not in (None, self.port) for v in self.sentinel.sentinel_views())
+
+    def restore(self) -> object:
+        return self.sentinel.restart_old_as_replica()
+
+
+class ClusterVictim:
+    """The primary owning `key`'s slot (the busy channel's: the shard a trigger's publish
+    runs on)."""
+
+    def __init__(self, cluster: RedisClusterSet, key: str) -> None:
+        self.cluster = cluster
+        self.slot = cluster.slot_of(key)
+        self.goal_s = cluster.node_timeout_ms / 1000 + 3
+        self.port = 0
+
+    def kill(self) -> object:
+        self.cluster.wait_ok()
+        self.port = self.cluster.owner_of_slot(self.slot)
+        self.cluster.kill(self.port)
+        return self.port
+
+    def switched(self) -> bool:
+        """A running node names another owner of the slot (the promoted replica first)."""
+        for node in self.cluster.nodes:
+            if not node.alive:
+                continue
+            try:
+                for first, last, owner, *_ in command(node.port, "CLUSTER", "SLOTS", timeout=0.5):
+                    if int(first) <= self.slot <= int(last) and int(owner[1]) != self.port:
+                        return True
+            except (redis.RedisError, OSError):
+                continue
+        return False
+
+    def restore(self) -> object:
+        return self.cluster.restart_killed()
 
 
 def wait_accepting(node: Server, timeout: float = 60, probes: int = 5) -> float:

@@ -18,15 +18,20 @@ two measurements:
             at --rate for --seconds through node A: latency from each event's scheduled send
             time, the nodes' CPU per delivered message beside the subscribers' and the
             publisher's, each redis-server's CPU per published event
-then ratios against `one` of the same round (median over rounds), and --failovers Sentinel
-failovers: triggers at --failover-rate on node A of 2 nodes over a fresh Sentinel set, the
-primary SIGKILLed, the time from the kill to the first 2xx again (and whether an event
-answered 2xx went missing at a subscriber); the old primary back as a replica between runs.
+then ratios against `one` of the same round (median over rounds), and --failovers failovers
+of each backplane in --failover-topologies (sentinel, cluster): triggers at --failover-rate
+on node A of 2 nodes over a fresh Sentinel set (down-after 1000 ms), or a fresh 3-shard
+Redis Cluster with a replica per shard (cluster-node-timeout 1500 ms), the primary (for the
+cluster: the one owning the triggered channel's slot) SIGKILLed, the time from the kill to
+the first 2xx again (and whether an event answered 2xx went missing at a subscriber); the
+old primary back as a replica between runs. With --baseline DIR (another checkout, e.g. a
+worktree of main), each failover series runs first with that checkout's nodes.
 Redis CPU is utime + stime from /proc/PID/stat (psutil). Nodes run with the default
 node_timeout (6 s) and heartbeat_interval (1 s) unless given.
 
     flock /tmp/pushwire-bench.lock .venv/bin/python -m bench backplane
     ... -m bench backplane --topologies one,split --rounds 3 --failovers 0
+    ... -m bench backplane --topologies "" --failovers 5 --failover-topologies cluster
     .venv/bin/python -m bench backplane --quick     # a small run to check the tools
 """
 
@@ -38,25 +43,33 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from bench.lib import procs
-from bench.lib.backplanes import DOWN_AFTER_MS, Backplane, Topology, sections, start
-from bench.lib.failover import failover_run, wait_accepting
+from bench.lib.backplanes import Backplane, Topology, sections, start
+from bench.lib.failover import (
+    ClusterVictim,
+    SentinelVictim,
+    Victim,
+    failover_run,
+    wait_accepting,
+)
 from bench.lib.fanout import fanout_run
 from bench.lib.servers import Server, free_port, start_pushwire
 from bench.lib.stats import emit, git_commit, ratio, saturation
 from bench.lib.subscribers import Spec, Subscribers
-from bench.lib.wire import EVENT, ws_url
+from bench.lib.wire import APP_ID, EVENT, ws_url
 from bench.lib.wrk import check_once, ensure_wrk, measured_run, run_wrk, signed_request
 from bench.scenarios import parse, parser
-from tests.helpers.redis_topology import SentinelSet
+from pushwire.cluster.base import channel_topic
+from pushwire.cluster.rediscluster.keys import ClusterKeys
+from pushwire.config import ClusterConfig
 
 BASE = Topology.ONE
 GOAL_RATIO = 1.2  # issue 19: split, Sentinel, Cluster within 1.2x of one Redis
-FAILOVER_GOAL_S = DOWN_AFTER_MS / 1000 + 3
+FAILOVER_TOPOLOGIES = (Topology.SENTINEL, Topology.CLUSTER)
 TRIGGER = {"name": "e", "channel": EVENT, "data": "{}"}  # not a bench event: not parsed
 # what is compared with `one`, per phase
 COMPARED = {
@@ -80,11 +93,16 @@ class NotStarted(Exception):
 
 @contextlib.contextmanager
 def cluster_of(
-    topology: Topology, logs: Path, settings: dict[str, float]
+    topology: Topology,
+    logs: Path,
+    settings: dict[str, float],
+    replicas: int = 0,
+    tree: str | None = None,
 ) -> Iterator[tuple[Backplane, list[Server]]]:
-    """The topology's Redis and its Pushwire nodes (their output in `logs`; `settings` in
-    their [cluster]), stopped after."""
-    bp = start(topology)
+    """The topology's Redis (`replicas` per Redis Cluster shard) and its Pushwire nodes
+    (their output in `logs`; `settings` in their [cluster]; `tree`: another checkout's
+    code, see `start_pushwire`), stopped after."""
+    bp = start(topology, replicas)
     nodes: list[Server] = []
     try:
         for i in range(topology.nodes):
@@ -92,7 +110,9 @@ def cluster_of(
             name = f"{topology}-{'AB'[i]}"
             try:
                 config = sections(bp, **settings)
-                node = start_pushwire(free_port(), name=name, sections=config, log=str(log))
+                node = start_pushwire(
+                    free_port(), name=name, sections=config, log=str(log), tree=tree
+                )
             except RuntimeError as exc:
                 lines = log.read_text().strip().splitlines() if log.exists() else []
                 raise NotStarted(f"{exc}: {lines[-1] if lines else ''}") from None
@@ -202,44 +222,58 @@ def ratios(rows: list[dict[str, Any]], topologies: list[Topology]) -> None:
             emit(out)
 
 
-def switched_from(sentinel: SentinelSet, port: int) -> Callable[[], bool]:
-    """True once a sentinel names another primary than `port` (a node asking the sentinels
-    in turn can find it from then on)."""
-    return lambda: any(v not in (None, port) for v in sentinel.sentinel_views())
+def victim(bp: Backplane) -> Victim:
+    """What a failover of `bp` kills: the Sentinel set's primary, or the shard primary that
+    owns the triggered channel's slot."""
+    if bp.sentinel is not None:
+        return SentinelVictim(bp.sentinel)
+    assert bp.redis_cluster is not None
+    bus = ClusterKeys(ClusterConfig().key_prefix).bus(channel_topic(APP_ID, EVENT))
+    return ClusterVictim(bp.redis_cluster, bus)
 
 
 def failovers(args: Any, tmp: Path) -> None:
-    """--failovers Sentinel failovers under triggers on node A, one subscriber per node."""
-    if not args.failovers:
-        return
+    """--failovers failovers of each of --failover-topologies under triggers on node A, one
+    subscriber per node; with --baseline, first with the nodes of that checkout, then with
+    this one's, on a fresh backplane each."""
+    variants = [("baseline", args.baseline)] if args.baseline else []
+    variants.append(("this", None))
+    for topology in args.failover_topologies if args.failovers else ():
+        for code, tree in variants:
+            failover_series(args, tmp, topology, code, tree)
+
+
+def failover_series(args: Any, tmp: Path, topology: Topology, code: str, tree: str | None) -> None:
     times = []
-    with cluster_of(Topology.SENTINEL, tmp, node_settings(args)) as (bp, nodes):
-        sentinel = bp.sentinel
-        assert sentinel is not None
+    head = {"topology": topology.value, "code": code}
+    with cluster_of(topology, tmp, node_settings(args), 1, tree) as (bp, nodes):
+        target = victim(bp)
         urls = tuple(ws_url(f"{n.host}:{n.port}") for n in nodes)
         with Subscribers(Spec(urls), len(nodes)) as subs:
             subs.open(len(nodes))
             for i in range(args.failovers):
                 settle_s = wait_accepting(nodes[0])
                 row = failover_run(
-                    nodes[0], sentinel.kill_primary, rate=args.failover_rate,
+                    nodes[0], target.kill, rate=args.failover_rate,
                     before=args.failover_before, window=args.failover_window, subs=subs,
-                    switched=switched_from(sentinel, sentinel.primary_port()),
+                    switched=target.switched,
                 )  # fmt: skip
-                emit({"phase": "failover", "run": i, "settle_s": round(settle_s, 2), **row})
+                emit({"phase": "failover", **head, "run": i, "settle_s": round(settle_s, 2),
+                      **row})  # fmt: skip
                 times.append(row["recovery_s"])
-                sentinel.restart_old_as_replica()
+                target.restore()
     done = sorted(t for t in times if t is not None)
     emit(
         {
             "phase": "failover-summary",
+            **head,
             "runs": len(times),
             "recovered": len(done),
             "min_s": done[0] if done else None,
             "median_s": statistics.median(done) if done else None,
             "max_s": done[-1] if done else None,
-            "goal_s": FAILOVER_GOAL_S,
-            "goal_met": len(done) == len(times) and bool(done) and done[-1] <= FAILOVER_GOAL_S,
+            "goal_s": target.goal_s,
+            "goal_met": len(done) == len(times) and bool(done) and done[-1] <= target.goal_s,
         }
     )
 
@@ -257,7 +291,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rate", type=float, default=50, help="fan-out: events per second")
     ap.add_argument("--heartbeat-interval", type=float, help="the nodes' (default theirs)")
     ap.add_argument("--node-timeout", type=float, help="the nodes' (default theirs)")
-    ap.add_argument("--failovers", type=int, default=5)
+    ap.add_argument("--failovers", type=int, default=5, help="per failover topology")
+    ap.add_argument("--failover-topologies", default=",".join(FAILOVER_TOPOLOGIES))
+    ap.add_argument("--baseline", help="failovers: also with the nodes of this checkout, first")
     ap.add_argument("--failover-rate", type=float, default=50, help="triggers per second")
     ap.add_argument("--failover-before", type=float, default=2, help="seconds before the kill")
     ap.add_argument("--failover-window", type=float, default=10, help="seconds after it")
@@ -265,6 +301,11 @@ def main(argv: list[str] | None = None) -> None:
              "failover_window": 6}  # fmt: skip
     args = parse(ap, argv, quick)
     args.topologies = [Topology(t.strip()) for t in args.topologies.split(",") if t.strip()]
+    args.failover_topologies = [
+        Topology(t.strip()) for t in args.failover_topologies.split(",") if t.strip()
+    ]
+    if set(args.failover_topologies) - set(FAILOVER_TOPOLOGIES):
+        ap.error(f"--failover-topologies: among {', '.join(FAILOVER_TOPOLOGIES)}")
     version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
     emit(
         {
@@ -273,8 +314,8 @@ def main(argv: list[str] | None = None) -> None:
             "redis": version.stdout.split()[2] if version.returncode == 0 else "?",
             "cpus": procs.cores(),
             "loadavg": [round(x, 2) for x in os.getloadavg()],
-            "args": {k: v if k != "topologies" else [t.value for t in v] for k, v in
-                     vars(args).items()},
+            "args": {k: [t.value for t in v] if k.endswith("topologies") else v
+                     for k, v in vars(args).items()},
         }
     )  # fmt: skip
     wrk = ensure_wrk()

@@ -419,3 +419,9 @@ class Liveness(Protocol):
     async def register(self) -> None: ...
 
     async def deregister(self) -> None: ...
+
+    def on_new_primary(self, wake: Callable[[], None]) -> None:
+        """Call `wake()` (from then on) whenever the backend finds that the store may no
+        longer hold this node's registration without having been asked (a new primary found
+        by any of its connections, a shard that stopped answering): the node heartbeats at
+        once rather than at its next tick. A backend without primaries never calls it."""

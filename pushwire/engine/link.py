@@ -11,6 +11,12 @@ Guarantees:
   `heartbeat_interval`, every 0.5 s at most while unhealthy) resyncs it: bus subscriptions
   first (confirmed), then the state from the hub's snapshot, then the registration. What
   the resync or a reaping finds changed deployment-wide is handed to `announce` once.
+- When the node learns that the store may no longer hold its registration (a call refused
+  with `NotRegistered`, or the backend found a new primary: `Liveness.on_new_primary`), the
+  heartbeat runs at once, not at its next tick; so does it every `URGENT_SPACING` while
+  nodes are awaited after a lost registration (see below). Heartbeats start at least
+  `URGENT_SPACING` apart (or `heartbeat_interval`, if shorter): a store that keeps refusing
+  cannot make the node spin.
 - A resync runs while no operation is half done: `operation()` waits while one runs, and
   the resync waits (up to 5 s) for running operations to finish. Operations do not nest.
 - A node reaps others only after it has been in touch with the store for a whole
@@ -42,6 +48,7 @@ from ..cluster.base import (
     Changes,
     ClusterState,
     Liveness,
+    NotRegistered,
     PartialDelivery,
     Unavailable,
 )
@@ -53,6 +60,8 @@ from ..protocol.history import HistoryPolicy
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 REDO_LIMIT = 10_000  # announcements kept to publish again after an outage
+UNHEALTHY_INTERVAL = 0.5  # seconds between heartbeats at most while the store does not answer
+URGENT_SPACING = 0.2  # seconds between heartbeats at least, however urgent
 
 
 class Resyncing(PartialDelivery):
@@ -101,6 +110,10 @@ class ClusterLink:
         self._waiting: dict[str, float] = {}  # nodes expected back after the store lost state
         self._task: asyncio.Task[None] | None = None
         self._bg: set[asyncio.Task[Any]] = set()
+        self._wake = asyncio.Event()  # the heartbeat loop's wait is to be computed again
+        self._urgent = False  # ... and the next heartbeat is due now (spacing aside)
+        self._last_beat = float("-inf")  # loop time the last heartbeat started
+        liveness.on_new_primary(self.wake)
 
     # Lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -138,10 +151,22 @@ class ClusterLink:
         task.add_done_callback(self._bg.discard)
 
     # Health ------------------------------------------------------------------------------
+    def wake(self) -> None:
+        """The store may no longer hold this node's registration (a new primary): heartbeat
+        (and so resync) now rather than at the next tick, `URGENT_SPACING` after the last
+        heartbeat at the earliest."""
+        self._urgent = True
+        self._wake.set()
+
     def unavailable(self, what: str, exc: Exception) -> None:
-        """The store did not answer `what`: decide locally and resync later."""
+        """The store did not answer `what`: decide locally and resync later (at once when it
+        answered that this node is not registered)."""
         self.dirty = True
         self._healthy_since = float("inf")
+        if isinstance(exc, NotRegistered):
+            self.wake()
+        elif self.healthy:
+            self._wake.set()  # the next heartbeat is due sooner while unhealthy
         if self.healthy and not self.stopping:
             self.healthy = False
             log.error(
@@ -236,9 +261,26 @@ class ClusterLink:
             gate.set()
 
     # Heartbeat, resync, reaping ----------------------------------------------------------
+    def _period(self) -> float:
+        """Seconds from one heartbeat's start to the next one's."""
+        period = self.interval if self.healthy else min(self.interval, UNHEALTHY_INTERVAL)
+        return min(period, URGENT_SPACING) if self._urgent or self._waiting else period
+
+    async def _next_beat(self) -> None:
+        """Wait until the next heartbeat is due (`_period`, computed again at each wake)."""
+        loop = asyncio.get_running_loop()
+        while (left := self._last_beat + self._period() - loop.time()) > 0:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._wake.wait()
+        self._urgent = False
+        self._last_beat = loop.time()
+
     async def _heartbeat_loop(self) -> None:
+        self._last_beat = asyncio.get_running_loop().time()
         while True:
-            await asyncio.sleep(self.interval if self.healthy else min(self.interval, 0.5))
+            await self._next_beat()
             try:
                 await self.heartbeat()
             except Unavailable as exc:

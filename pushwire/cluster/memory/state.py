@@ -3,6 +3,7 @@ process (see `plane.Backplane`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ...protocol.errors import PresenceLimit
@@ -331,4 +332,7 @@ class MemoryLiveness:
     @_round_trip
     async def deregister(self) -> None:
         self.plane.nodes.pop(self.node, None)
+
+    def on_new_primary(self, wake: Callable[[], None]) -> None:
+        """One process's memory has no primaries to change: `wake` is never called."""
 

@@ -69,7 +69,8 @@ class RedisBackend:
         self.broker = RedisBroker(bus_scripts, self.scripts if self.apart else None)
         follow_node_timeout(self.broker, node_timeout)
         self.state = RedisState(self.scripts)
-        self.liveness = RedisLiveness(self.scripts, node_timeout)
+        watches = {id(w): w for w in self.watches.values()}.values()  # one when not apart
+        self.liveness = RedisLiveness(self.scripts, node_timeout, watches)
 
     def webhook_store(self, max_size: int) -> RedisWebhookStore:
         return RedisWebhookStore(self.scripts, max_size)

@@ -2,13 +2,14 @@
 primary, and the primary's identity, checked on every new connection.
 
 `PrimaryWatch` is told, on each new connection, the replication id (`master_replid`) of the
-server it reached. A server's replication id changes when it becomes a primary (a replica
-promoted by a failover) and when it restarts without its data, so a new id means: the
-store may lack writes this node made before (asynchronous replication loses the last ones).
-The scripts are given the id as the *generation* they believe in: a node's registration and
-a channel history's epoch are tied to the generation they were written under, so a node
-finds itself unregistered (and resyncs) and a history starts a new epoch on a new primary,
-even when the primary holds a replicated copy of the old records. A connection is checked
+server it reached, and calls its `listeners` when it changed (the node heartbeats at once).
+A server's replication id changes when it becomes a primary (a replica promoted by a
+failover) and when it restarts without its data, so a new id means: the store may lack
+writes this node made before (asynchronous replication loses the last ones). The scripts are
+given the id as the *generation* they believe in: a node's registration and a channel
+history's epoch are tied to the generation they were written under, so a node finds itself
+unregistered (and resyncs) and a history starts a new epoch on a new primary, even when the
+primary holds a replicated copy of the old records. A connection is checked
 once, when it is made, so a script always runs on a server whose id was read on that same
 connection or on one made after it (a failover breaks every connection to the old primary).
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -49,12 +51,14 @@ class PrimaryWatch:
         self.address = ""  # host:port of the primary
         self.changes = 0  # times a new primary was found after the first (failovers, restarts)
         self.changed_at = 0.0  # monotonic time of the last change
+        self.listeners: list[Callable[[], None]] = []  # called at each change
 
     def seen(self, replid: str, address: str) -> None:
         if not replid or replid == self.generation:
             self.address = address
             return
-        if self.generation:
+        changed = bool(self.generation)
+        if changed:
             self.changes += 1
             self.changed_at = time.monotonic()
             log.warning(
@@ -64,6 +68,9 @@ class PrimaryWatch:
                 self.address,
             )
         self.generation, self.address = replid, address
+        if changed:
+            for listener in self.listeners:
+                listener()
 
 
 class Replication(NamedTuple):

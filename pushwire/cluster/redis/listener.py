@@ -6,8 +6,10 @@ on its connection: messages, and the confirmations Redis sends for every (S)SUBS
 (S)UNSUBSCRIBE, one per channel and in order. Per channel it counts what it sent on the
 current connection and what Redis confirmed (`Sub`), so a caller can wait until Redis has
 confirmed a subscription that no later unsubscribe can undo (`confirm`). On a lost connection
-(an error) it reconnects with capped backoff (0.1 s doubling to 2 s) and subscribes again
-every channel its owner still wants; meanwhile it is not `up`.
+(an error) it reconnects with capped backoff (`backoff_min` doubling to `backoff_max`) and
+subscribes again every channel its owner still wants; meanwhile it is not `up`. `hurry()`
+(someone waits for it: a resync) cuts the current wait short, to `backoff_min` after the last
+attempt.
 
 Silence: the listener pings the connection when it is idle. Unanswered past `ping_timeout`,
 the connection is not healthy but is kept: a network cut that heals lets TCP deliver what
@@ -168,6 +170,7 @@ class Listener:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._down_logged = False
+        self._hurried = asyncio.Event()
 
     @property
     def up(self) -> bool:
@@ -183,6 +186,11 @@ class Listener:
         listener is not `up` yet, but Redis may have run them)."""
         sub = self.channels.get(name)
         return sub is not None and sub.maybe_counted
+
+    def hurry(self) -> None:
+        """Down: try to connect again now (`backoff_min` after the last attempt at the
+        earliest)."""
+        self._hurried.set()
 
     def start(self) -> None:
         if self._task is None or self._task.done():
@@ -274,8 +282,17 @@ class Listener:
                     await self._on_down()
                 except Exception as exc:
                     log.debug("bus %s: routing again failed: %s", self.label, exc)
-            await asyncio.sleep(backoff)
+            await self._pause(backoff)
             backoff = min(backoff * 2, self._timing.backoff_max)
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait `seconds` before the next attempt, or `backoff_min` if hurried meanwhile."""
+        self._hurried.clear()
+        shortest = min(seconds, self._timing.backoff_min)
+        await asyncio.sleep(shortest)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds - shortest):
+                await self._hurried.wait()
 
     async def _attach(self, conn: AbstractConnection) -> None:
         async with self._send_lock:

@@ -37,7 +37,10 @@ class PubSubBroker:
     # may never arrive, so `lost` is called (set from node_timeout: follow_node_timeout)
     silence_limit = 4.0
     backoff_min = 0.1
-    backoff_max = 2.0
+    # a lost listener tries again at least twice a second: after a failover it is on the new
+    # primary within half a second of the switch (a node that publishes nothing finds the
+    # new primary through it: `Liveness.on_new_primary`)
+    backoff_max = 0.5
     chunk = 500  # channels per subscribe command when subscribing everything again
 
     def __init__(self, scripts: Runner, state: Runner | None = None) -> None:
@@ -100,6 +103,9 @@ class PubSubBroker:
                 await lis.send(lis.dialect.unsubscribe, [name])
 
     async def resubscribed(self) -> None:
+        for lis in self._listeners():
+            if not lis.up:
+                lis.hurry()  # a resync waits for it: no backoff
         try:
             async with asyncio.timeout(self.confirm_timeout):
                 await confirm(lambda: list(self._wanted), self._route, self._wakeups, None)

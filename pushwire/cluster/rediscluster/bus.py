@@ -12,7 +12,8 @@ subscriptions are in effect, and follows slot moves only when its own commands m
 is this module and the sharded dialect of the listener; it follows the cluster:
 - a listener whose connection is lost (its primary died, or the network) reloads the slot
   map before each new attempt; once the slot has a new owner (a promoted replica), the
-  topics go to that primary's listener, which subscribes them;
+  topics go to that primary's listener, which subscribes them, and the node's heartbeat is
+  woken (`ShardWatch.suspect`: it reads the new primary's ids and resyncs);
 - a slot migrated away (the server unsubscribes its channels: an `sunsubscribe` nobody
   asked for) or an SSUBSCRIBE answered with MOVED (a stale slot map) reloads the map and
   subscribes the topics on their new owner.
@@ -49,13 +50,10 @@ log = logging.getLogger("pushwire.cluster.rediscluster")
 
 
 class ClusterBroker(PubSubBroker):
-    # a lost listener retries (and reloads the slot map) at least twice a second: its
-    # primary may have been replaced, and the new one is found at the next attempt
-    backoff_max = 0.5
-
     def __init__(self, scripts: ClusterScripts) -> None:
         super().__init__(scripts)
         self._client = scripts.client
+        self._watch = scripts.watch
         self._by_address: dict[str, Listener] = {}  # by primary address
         self._refresh_task: asyncio.Task[None] | None = None
         self._bg: set[asyncio.Task[Any]] = set()
@@ -156,11 +154,17 @@ class ClusterBroker(PubSubBroker):
         await asyncio.shield(task)
 
     async def _reload(self) -> None:
+        before = self._primaries()
         try:
             await self._client.nodes_manager.initialize()
         except (RedisError, RedisClusterException, OSError) as exc:
             log.debug("bus: the slot map was not reloaded: %s", exc)
+        if self._primaries() - before:  # a replica promoted? the heartbeat reads it now
+            self._watch.suspect()
         await self._reconcile()
+
+    def _primaries(self) -> set[str]:
+        return {node.name for node in self._client.get_primaries()}
 
     async def _reconcile(self) -> None:
         """Subscribe each wanted topic on its owner; unsubscribe it elsewhere; stop the

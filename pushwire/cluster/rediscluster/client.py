@@ -11,9 +11,12 @@ it connects (`INFO replication`), like `redis/clients.PrimaryWatch` for one serv
   shard may lack this node's last writes (replication is asynchronous).
 - A shard never seen before (first contact, or a primary we never wrote to) is not a change.
 
-The watch tells `Membership` (stale: resync) and counts the changes. `ShardWatch.sweep`, run
-at every heartbeat, reads every primary's ids, so a failover of a shard this node does not
-talk to otherwise is found within a heartbeat.
+The watch tells `Membership` (stale: resync), counts the changes and calls its `listeners`
+(the node heartbeats at once). `ShardWatch.sweep`, run at every heartbeat, reads every
+primary's ids, so a failover of a shard this node does not talk to otherwise is found within
+a heartbeat; a primary that does not answer makes it reload the slot map and read at once the
+primaries the map names now. `suspect()` (the bus found a primary it did not know in a
+reloaded slot map) calls the listeners too: the heartbeat's sweep then reads it.
 
 Client settings: connect timeout 2 s, reply timeout 5 s; at most `POOL_SIZE` commands in
 flight per client (`Scripts` waits for a turn: redis-py's cluster pools fail past their size
@@ -26,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -52,6 +56,12 @@ class ShardWatch:
         self.changes = 0  # new primaries found after the first contact (failovers, restarts)
         self.changed_at = 0.0  # monotonic time of the last change
         self._ids: set[str] = set()  # every replication id seen on a primary
+        self.listeners: list[Callable[[], None]] = []  # called when a primary may be new
+
+    def suspect(self) -> None:
+        """A primary may have been replaced: tell the listeners (the heartbeat sweeps)."""
+        for listener in self.listeners:
+            listener()
 
     def seen(self, address: str, replication: Replication) -> None:
         """Note what the server at `address` said of itself when reached; a replica (a seed,
@@ -74,24 +84,31 @@ class ShardWatch:
                 "this node resyncs its records",
                 address,
             )
+            self.suspect()
 
     async def sweep(self, client: RedisCluster, timeout: float = 1.0) -> None:
         """Read every primary's replication ids; one that does not answer makes the slot map
-        reload (errors are not raised: the heartbeat goes on)."""
+        reload, and the primaries the new map names that were not read yet are read at once
+        (a replica promoted meanwhile is found in this sweep). Errors are not raised: the
+        heartbeat goes on."""
+        answered: set[str] = set()
 
-        async def one(node: ClusterNode) -> bool:
+        async def one(node: ClusterNode) -> None:
             try:
                 async with asyncio.timeout(timeout):
                     info = await node.execute_command("INFO", "replication")
             except (RedisError, RedisClusterException, OSError, TimeoutError):
-                return False
+                return
+            answered.add(node.name)
             self.seen(node.name, replication_ids(info))
-            return True
 
-        answered = await asyncio.gather(*(one(n) for n in client.get_primaries()))
-        if not all(answered):  # a primary gone: the next sweep asks the one that replaced it
-            with contextlib.suppress(RedisError, RedisClusterException, OSError):
-                await client.nodes_manager.initialize()
+        primaries = client.get_primaries()
+        await asyncio.gather(*(one(n) for n in primaries))
+        if len(answered) == len(primaries):
+            return
+        with contextlib.suppress(RedisError, RedisClusterException, OSError):
+            await client.nodes_manager.initialize()
+        await asyncio.gather(*(one(n) for n in client.get_primaries() if n.name not in answered))
 
 
 class _WatchedCluster(RedisCluster):

@@ -3,6 +3,8 @@ and a node's housekeeping at each heartbeat (see `beat`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from redis.asyncio.cluster import RedisCluster
 
 from ..base import Heartbeat
@@ -60,3 +62,7 @@ class ClusterLiveness:
     async def deregister(self) -> None:
         await self._scripts.run("deregister")
         self._membership.registered = False
+
+    def on_new_primary(self, wake: Callable[[], None]) -> None:
+        """`wake` when a shard's primary may have changed (`ShardWatch.suspect`)."""
+        self._watch.listeners.append(wake)
