@@ -185,9 +185,10 @@ class RedisCluster(Cluster):
         """Publish `data` on bus channel `name` as a stranger would."""
         await self.backends[0].bus_client.publish(name, data)
 
-    async def pause_bus(self, topic: str, ms: int) -> None:
-        """The server carrying `topic` answers nobody for `ms` (or until unpaused)."""
-        await self.backends[0].bus_client.execute_command("CLIENT", "PAUSE", str(ms), "ALL")
+    async def pause_bus(self, topic: str, ms: int, mode: str = "ALL") -> None:
+        """The server carrying `topic` answers nobody for `ms` (or until unpaused); with mode
+        WRITE, nobody's writes (scripts, publishes), subscribes still."""
+        await self.backends[0].bus_client.execute_command("CLIENT", "PAUSE", str(ms), mode)
 
     async def unpause_bus(self, topic: str) -> None:
         await self.backends[0].bus_client.execute_command("CLIENT", "UNPAUSE")
@@ -226,8 +227,8 @@ class ShardedCluster(RedisCluster):
         finally:
             await client.aclose()
 
-    async def pause_bus(self, topic: str, ms: int) -> None:
-        await self._on(self.bus_port(topic), "CLIENT", "PAUSE", str(ms), "ALL")
+    async def pause_bus(self, topic: str, ms: int, mode: str = "ALL") -> None:
+        await self._on(self.bus_port(topic), "CLIENT", "PAUSE", str(ms), mode)
 
     async def unpause_bus(self, topic: str) -> None:
         await self._on(self.bus_port(topic), "CLIENT", "UNPAUSE")
@@ -1071,6 +1072,39 @@ async def test_subscribe_waits_for_the_confirmation(backend_factory: Cluster) ->
     await a.broker.resubscribed()  # the topic stayed wanted
     await b.broker.publish(topic, chmsg("paused", b"1"))
     assert (await a.recv()).payload == b"1"
+
+
+@bounded(20)
+async def test_own_subscription_made_while_a_publish_waits_counts_as_own(
+    backend_factory: Cluster,
+) -> None:
+    """a's bus connection is lost; a publish of a waits (the bus holds writes) while a
+    subscribes again: when it runs, Redis counts a's new subscription, which must not pass
+    for b's (b is listed, not subscribed): refused."""
+    redis_only(backend_factory)
+    assert isinstance(backend_factory, RedisCluster)
+    a, b = await backend_factory.add("a"), await backend_factory.add("b")
+    topic = channel_topic(APP, "wait")
+    await a.broker.subscribe(topic)
+    await a.state.subscribe(APP, "wait", None, 0)
+    await b.state.subscribe(APP, "wait", None, 0)  # b listed, its bus subscription gone
+    with pytest.raises(Unavailable, match="published to 0 of 1 nodes"):
+        await a.broker.publish(topic, chmsg("wait", b"0"))
+    await backend_factory.pause_bus(topic, 1500, "WRITE")
+    try:
+        assert await backend_factory.kill_pubsub() >= 1
+        async with asyncio.timeout(2):
+            while a.broker.healthy:
+                await asyncio.sleep(0.01)
+        waiting = asyncio.ensure_future(a.broker.publish(topic, chmsg("wait", b"1")))
+        async with asyncio.timeout(3):
+            while not a.broker.healthy:  # subscribed again (a subscribe is no write)
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+    finally:
+        await backend_factory.unpause_bus(topic)
+    with pytest.raises(Unavailable, match="published to 0 of 1 nodes"):
+        await waiting
 
 
 @bounded()

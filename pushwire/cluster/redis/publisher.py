@@ -39,9 +39,9 @@ from .scripts import Runner, as_str, to_ms
 
 @dataclass(slots=True)
 class _Outgoing:
+    topic: str
     name: bytes
     record: str
-    listening: str
     data: bytes
     history: tuple[str | bytes | int, ...]  # publish.lua's history arguments, or ('',)
     done: asyncio.Future[Position | None]
@@ -181,9 +181,9 @@ class Publisher:
                 f"{self.node}:{ident}",
             )
         out = _Outgoing(
+            topic,
             self._keys.bus(topic).encode(),
             self._keys.record_of_topic(topic) or "",
-            "1" if self._listening(topic) else "0",
             encode(msg, self.node, ident),
             hist,
             asyncio.get_running_loop().create_future(),
@@ -238,7 +238,7 @@ class Publisher:
             batch, self._outbox = self._outbox, []
             try:
                 if self._state is None:
-                    calls = [(o.name, o.record, o.listening, o.data, *o.history) for o in batch]
+                    calls = [(o.name, o.record, self._own(o), o.data, *o.history) for o in batch]
                 else:
                     batch, calls = await self._receivers(batch)
                 results = await self._scripts.pipeline("publish", calls) if calls else []
@@ -325,8 +325,16 @@ class Publisher:
             keep.append(o)
             count = reused[key]
             held = ("", "") if count is None else (pipeline, count.mark or "")
-            calls.append((o.name, "", o.listening, o.data, *_padded(o.history), needs[key], *held))
+            own = self._own(o)
+            calls.append((o.name, "", own, o.data, *_padded(o.history), needs[key], *held))
         return keep, calls
+
+    def _own(self, o: _Outgoing) -> str:
+        """publish.lua's ARGV[5]: whether Redis may count this node's own subscription to the
+        topic, as of now, just before the pipeline is sent (not when the publish was queued:
+        behind a slow pipeline, a subscription made meanwhile would be taken for another
+        node's)."""
+        return "1" if self._listening(o.topic) else "0"
 
     def _refusal(self, exc: ResponseError, scripts: Runner | None = None) -> Unavailable:
         text = str(exc)

@@ -123,9 +123,14 @@ class PubSubBroker:
     # Publishing (publisher.py) --------------------------------------------------------------
     def _listening(self, topic: str) -> bool:
         """Whether Redis may count this node's own subscription among `topic`'s subscribers
-        right now (any listener: a doubt can only make the receiver check stricter)."""
+        when the publish runs (a doubt only makes the receiver check stricter): while this
+        node wants the topic at all, also when no connection holds it right now (a publish
+        retried on a new connection, or sent behind a slow pipeline, may run after the
+        listener subscribed again: its own subscription must not pass for another node's);
+        and while any listener's connection may still be counted (an unsubscribe not yet
+        confirmed). Left: a topic this node starts to want while such a publish waits."""
         name = self._name(topic)
-        return any(lis.may_count(name) for lis in self._listeners())
+        return name in self._wanted or any(lis.may_count(name) for lis in self._listeners())
 
     async def publish(
         self, topic: str, msg: BusMessage, history: HistoryPolicy | None = None
