@@ -20,12 +20,13 @@ from tests.conftest import (
     cluster_config,
     cluster_nodes,
     free_port,
+    listening_ports,
     start_node,
     start_redis,
     start_server,
     stop_node,
 )
-from tests.helpers.client import Client, data, nothing_before_marker, rest
+from tests.helpers.client import Client, data, nothing_before_marker, rest, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
@@ -230,11 +231,15 @@ async def test_workers_share_one_port(redis_server, tmp_path):
             cwd=ROOT,
         )
     try:
-        r = aioredis.Redis.from_url(redis_server.url)
+        # each worker joins the cluster before its socket listens: wait for both to listen
+        # (a connection made earlier is refused, or all land on the one that listens)
         deadline = time.monotonic() + TIMEOUT
-        while await r.scard("workers:nodes") < 2:
-            assert time.monotonic() < deadline, log.read_text()
-            await asyncio.sleep(0.1)
+        while len(listening_ports(log)) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            await asyncio.sleep(0.05)
+        await wait_ready(node_urls(port)[0])
+        r = aioredis.Redis.from_url(redis_server.url)
+        assert await r.scard("workers:nodes") == 2
         await r.aclose()
         http, ws = node_urls(port)
         clients = [await Client.connect(ws) for _ in range(8)]
@@ -244,9 +249,10 @@ async def test_workers_share_one_port(redis_server, tmp_path):
             http, "GET", "/apps/app-id/channels/w-chan", params={"info": "subscription_count"}
         )
         assert body["subscription_count"] == 8
-        await rest(
+        status, body = await rest(
             http, "POST", "/apps/app-id/events", {"name": "e", "channel": "w-chan", "data": "all"}
         )
+        assert status == 200, body
         for c in clients:
             assert (await c.recv_event("e"))["data"] == "all"
             await c.close()
