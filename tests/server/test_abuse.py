@@ -98,7 +98,7 @@ async def test_oversized_content_length_gets_413_before_the_body(srv):
         f"POST {path}?{query} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         f"Content-Length: {50 * 1024 * 1024}\r\n\r\n".encode()
     )
-    sock.settimeout(2.0)
+    sock.settimeout(TIMEOUT)
     head = sock.recv(4096)
     sock.close()
     assert head.startswith(b"HTTP/1.1 413"), head
@@ -113,7 +113,7 @@ async def test_unsigned_body_is_refused_before_it_is_read(srv):
         f"&body_md5={'0' * 32}&auth_signature={'0' * 64} HTTP/1.1\r\nHost: x\r\n"
         f"Content-Length: 900000\r\n\r\n".encode()
     )
-    sock.settimeout(2.0)
+    sock.settimeout(TIMEOUT)
     head = sock.recv(4096)  # answered although no byte of the body was sent
     sock.close()
     assert head.startswith(b"HTTP/1.1 401"), head
@@ -129,7 +129,7 @@ async def test_body_with_a_lying_content_encoding_logs_no_traceback(srv):
         b"Content-Type: application/json\r\nContent-Encoding: gzip\r\n"
         b"Content-Length: %d\r\n\r\n" % len(body) + body
     )
-    sock.settimeout(2.0)
+    sock.settimeout(TIMEOUT)
     head = sock.recv(4096)
     sock.close()
     assert head.startswith(b"HTTP/1.1 401"), head
@@ -147,7 +147,7 @@ async def test_slow_body_gets_408(srv):
         f"POST {path}?{query} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
         + body[:10]
     )
-    sock.settimeout(3.0)
+    sock.settimeout(TIMEOUT)
     head = sock.recv(4096)
     sock.close()
     assert head.startswith(b"HTTP/1.1 408"), head
