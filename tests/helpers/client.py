@@ -1,4 +1,5 @@
-"""A minimal raw Pusher client for server tests (aiohttp), plus a signed REST caller."""
+"""A minimal raw Pusher client for server tests (aiohttp), plus a signed REST caller and a
+wait for a node's readiness (`wait_ready`)."""
 
 from __future__ import annotations
 
