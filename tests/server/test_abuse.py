@@ -4,6 +4,7 @@ and aborted uploads, unsigned bodies, deep JSON, exact frame limits, malformed H
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 
@@ -182,7 +183,10 @@ async def abort_uploads(srv, rounds: int, per_round: int = 100) -> None:
         start = await ended()
         socks = [raw(srv.port) for _ in range(per_round)]
         for s in socks:
-            s.sendall(head + body[: int(len(body) * 0.99)])
+            # on a loaded machine sending 100 MB can outlast body_timeout: the server ends
+            # the first uploads (408) while the last are sent, and a send to them fails
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                s.sendall(head + body[: int(len(body) * 0.99)])
         await asyncio.sleep(0.3)  # the server reads what the budget lets it read
         for s in socks:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
