@@ -142,6 +142,15 @@ def stop_node(proc: subprocess.Popen[str]) -> None:
         ) from None
 
 
+LISTENING = re.compile(r"listening on https?://[\d.]+:(\d+)")
+
+
+def listening_ports(log: Path) -> list[int]:
+    """The ports a log says were listened on, one per process: a node logs its line once its
+    socket listens (workers sharing a port log one line each)."""
+    return [int(port) for port in LISTENING.findall(log.read_text())]
+
+
 def start_node(tmp: Path, config: str, *extra: str) -> tuple[subprocess.Popen[str], int, Path]:
     cfg = tmp / f"pushwire-{time.monotonic_ns()}.toml"
     cfg.write_text(textwrap.dedent(config))
@@ -156,10 +165,10 @@ def start_node(tmp: Path, config: str, *extra: str) -> tuple[subprocess.Popen[st
         )
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
-        m = re.search(r"listening on https?://[\d.]+:(\d+)", log.read_text())
-        if m:
+        ports = listening_ports(log)
+        if ports:
             NODE_LOGS[proc.pid] = log
-            return proc, int(m.group(1)), log
+            return proc, ports[0], log
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {log.read_text()}")
         time.sleep(0.05)

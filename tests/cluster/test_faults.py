@@ -4,6 +4,7 @@ joining late, several workers on one port, separated roles."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from pushwire.aio import cancel_and_wait
 from tests.conftest import (
     BASE_CONFIG,
     ROOT,
@@ -20,12 +22,13 @@ from tests.conftest import (
     cluster_config,
     cluster_nodes,
     free_port,
+    listening_ports,
     start_node,
     start_redis,
     start_server,
     stop_node,
 )
-from tests.helpers.client import Client, data, nothing_before_marker, rest
+from tests.helpers.client import Client, data, nothing_before_marker, rest, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
@@ -41,6 +44,35 @@ async def users(http: str, channel: str) -> list[str]:
     status, body = await rest(http, "GET", f"/apps/app-id/channels/{channel}/users")
     assert status == 200, body
     return [u["id"] for u in body["users"]]
+
+
+async def trigger_until(stop: asyncio.Event, bases: list[str], answers: dict[str, int]) -> None:
+    """Trigger event "after" on `outage-chan` (data: its number) on each of `bases` in turn
+    until `stop` is set, recording each answer's status in `answers`: 200, or 503 (refused
+    while the cluster resyncs)."""
+    i = 0
+    while not stop.is_set():
+        status, body = await rest(
+            bases[i % len(bases)],
+            "POST",
+            "/apps/app-id/events",
+            {"name": "after", "channel": "outage-chan", "data": str(i)},
+        )
+        assert status in (200, 503), (status, body)
+        answers[str(i)] = status
+        i += 1
+        await asyncio.sleep(0.05)
+
+
+async def missed(client: Client, name: str, wanted: set[str]) -> set[str]:
+    """Which of the events `name` with data in `wanted` `client` does not receive within
+    TIMEOUT (others called `name` may come too)."""
+    missing = set(wanted)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(TIMEOUT):
+            while missing:
+                missing.discard((await client.recv_event(name))["data"])
+    return missing
 
 
 async def test_sigkilled_node_is_healed(redis_server, tmp_path):
@@ -84,6 +116,7 @@ async def test_sigkilled_node_is_healed(redis_server, tmp_path):
 async def test_redis_restart_local_delivery_and_convergence(tmp_path):
     redis = start_redis()
     nodes: list = []
+    triggers: asyncio.Task[None] | None = None
     try:
         cfg = cluster_config(redis, prefix="outage")
         srv_a = start_node(tmp_path, cfg)
@@ -122,6 +155,11 @@ async def test_redis_restart_local_delivery_and_convergence(tmp_path):
         await ca.send({"event": "pusher:ping", "data": {}})
         assert await ca.recv_event("pusher:pong")
         redis.restart()  # comes back empty (no persistence): nodes must re-publish their state
+        # events triggered all along the recovery, on both nodes: each may be refused (503)
+        # while the nodes resync, but each one accepted (2xx) must reach every subscriber
+        answers: dict[str, int] = {}
+        stop = asyncio.Event()
+        triggers = asyncio.create_task(trigger_until(stop, [http_a, http_b], answers))
         deadline = time.monotonic() + TIMEOUT
         while True:
             status, body = await rest(
@@ -135,15 +173,21 @@ async def test_redis_restart_local_delivery_and_convergence(tmp_path):
             assert time.monotonic() < deadline, body
             await asyncio.sleep(0.2)
         assert await users(http_a, "presence-out") == ["ua", "ub"]
-        async with aiohttp.ClientSession() as s, s.get(http_a + "/ready") as r:
-            assert r.status == 200
-        status, _ = await rest(
-            http_a,
-            "POST",
-            "/apps/app-id/events",
-            {"name": "after", "channel": "outage-chan", "data": "y"},
-        )
-        assert (await cb.recv_event("after"))["data"] == "y"
+        await wait_ready(http_a)
+        await wait_ready(http_b)
+        # the cluster is back: from now on a trigger is accepted (a node may still wait for
+        # its next heartbeat to see the other back: a refusal until then is no error)
+        since = len(answers)
+        deadline = time.monotonic() + TIMEOUT
+        while not any(answers[str(i)] == 200 for i in range(since, len(answers))):
+            assert time.monotonic() < deadline, answers
+            await asyncio.sleep(0.05)
+        stop.set()
+        await triggers
+        accepted = {i for i, status in answers.items() if status == 200}
+        for c in (ca, cb):
+            missing = await missed(c, "after", accepted)
+            assert not missing, f"accepted, not received: {sorted(missing)}; answers: {answers}"
         for _, _, log in (srv_a, srv_b):
             text = log.read_text()
             assert text.count("shared state unreachable") == 1, text  # one line per outage
@@ -153,6 +197,8 @@ async def test_redis_restart_local_delivery_and_convergence(tmp_path):
             p.terminate()
             stop_node(p)
     finally:
+        if triggers is not None:
+            await cancel_and_wait(triggers)
         for p, _, _ in nodes:
             if p.poll() is None:
                 p.terminate()
@@ -230,11 +276,15 @@ async def test_workers_share_one_port(redis_server, tmp_path):
             cwd=ROOT,
         )
     try:
-        r = aioredis.Redis.from_url(redis_server.url)
+        # each worker joins the cluster before its socket listens: wait for both to listen
+        # (a connection made earlier is refused, or all land on the one that listens)
         deadline = time.monotonic() + TIMEOUT
-        while await r.scard("workers:nodes") < 2:
-            assert time.monotonic() < deadline, log.read_text()
-            await asyncio.sleep(0.1)
+        while len(listening_ports(log)) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            await asyncio.sleep(0.05)
+        await wait_ready(node_urls(port)[0])
+        r = aioredis.Redis.from_url(redis_server.url)
+        assert await r.scard("workers:nodes") == 2
         await r.aclose()
         http, ws = node_urls(port)
         clients = [await Client.connect(ws) for _ in range(8)]
@@ -244,9 +294,10 @@ async def test_workers_share_one_port(redis_server, tmp_path):
             http, "GET", "/apps/app-id/channels/w-chan", params={"info": "subscription_count"}
         )
         assert body["subscription_count"] == 8
-        await rest(
+        status, body = await rest(
             http, "POST", "/apps/app-id/events", {"name": "e", "channel": "w-chan", "data": "all"}
         )
+        assert status == 200, body
         for c in clients:
             assert (await c.recv_event("e"))["data"] == "all"
             await c.close()

@@ -4,7 +4,8 @@
   Redis Cluster.
 - `blackhole`: a TCP proxy that can stop moving bytes without closing connections.
 - `fixtures`: pytest fixtures over them (loaded by tests/conftest.py via `pytest_plugins`).
-- `client`: a minimal raw Pusher client (aiohttp) and a signed REST caller, for server tests.
+- `client`: a minimal raw Pusher client (aiohttp), a signed REST caller and a wait for
+  `/ready`, for server tests.
 - `rest`, `wsraw`: signed REST requests and WebSocket frames written by hand.
 - `handler`: sockets on an in-process handler (FakeConnection).
 - `fuzz_values`, `fuzz_frames`: hypothesis strategies and the checks of received frames.

@@ -1,4 +1,5 @@
-"""A minimal raw Pusher client for server tests (aiohttp), plus a signed REST caller."""
+"""A minimal raw Pusher client for server tests (aiohttp), plus a signed REST caller and a
+wait for a node's readiness (`wait_ready`)."""
 
 from __future__ import annotations
 
@@ -127,6 +128,23 @@ async def rest(
         ) as r,
     ):
         return r.status, await r.json(content_type=None)
+
+
+async def wait_ready(base: str, timeout: float = TIMEOUT) -> None:
+    """Poll `GET /ready` on `base` until it answers 200 (a port not listening yet, or a 503,
+    is not ready yet); fail after `timeout` with the last answer."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with aiohttp.ClientSession() as s:
+        while True:
+            try:
+                async with s.get(base + "/ready") as r:
+                    if r.status == 200:
+                        return
+                    last = f"{r.status} {await r.text()}"
+            except aiohttp.ClientConnectionError as exc:
+                last = repr(exc)
+            assert asyncio.get_running_loop().time() < deadline, f"{base} not ready: {last}"
+            await asyncio.sleep(0.05)
 
 
 MARKER = "test-marker"

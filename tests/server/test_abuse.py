@@ -4,6 +4,7 @@ and aborted uploads, unsigned bodies, deep JSON, exact frame limits, malformed H
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 
@@ -98,7 +99,7 @@ async def test_oversized_content_length_gets_413_before_the_body(srv):
         f"POST {path}?{query} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         f"Content-Length: {50 * 1024 * 1024}\r\n\r\n".encode()
     )
-    sock.settimeout(2.0)
+    sock.settimeout(TIMEOUT)
     head = sock.recv(4096)
     sock.close()
     assert head.startswith(b"HTTP/1.1 413"), head
@@ -113,7 +114,7 @@ async def test_unsigned_body_is_refused_before_it_is_read(srv):
         f"&body_md5={'0' * 32}&auth_signature={'0' * 64} HTTP/1.1\r\nHost: x\r\n"
         f"Content-Length: 900000\r\n\r\n".encode()
     )
-    sock.settimeout(2.0)
+    sock.settimeout(TIMEOUT)
     head = sock.recv(4096)  # answered although no byte of the body was sent
     sock.close()
     assert head.startswith(b"HTTP/1.1 401"), head
@@ -129,7 +130,7 @@ async def test_body_with_a_lying_content_encoding_logs_no_traceback(srv):
         b"Content-Type: application/json\r\nContent-Encoding: gzip\r\n"
         b"Content-Length: %d\r\n\r\n" % len(body) + body
     )
-    sock.settimeout(2.0)
+    sock.settimeout(TIMEOUT)
     head = sock.recv(4096)
     sock.close()
     assert head.startswith(b"HTTP/1.1 401"), head
@@ -147,14 +148,25 @@ async def test_slow_body_gets_408(srv):
         f"POST {path}?{query} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
         + body[:10]
     )
-    sock.settimeout(3.0)
+    sock.settimeout(TIMEOUT)
     head = sock.recv(4096)
     sock.close()
     assert head.startswith(b"HTTP/1.1 408"), head
 
 
-async def test_aborted_uploads_free_their_memory(srv):
-    proc = psutil.Process(srv.procs[0].pid)
+def peak_rss(pid: int) -> int:
+    """The process's high-water resident size (VmHWM): its true peak, not a sample."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
+
+
+async def abort_uploads(srv, rounds: int, per_round: int = 100) -> None:
+    """`rounds` times: `per_round` uploads of 99 % of 1 MB at once, then reset (the upload is
+    aborted); each round waits until the server has ended all of its uploads (counted as
+    aborted, or as too slow had the reset come late), so rounds never overlap."""
     path = "/apps/app-id/events"
     body = b'{"name":"e","channel":"c","data":"' + b"x" * (1024 * 1024 - 40) + b'"}'
     q = sign_rest("app-key", "app-secret", "POST", path, {}, body)
@@ -163,22 +175,47 @@ async def test_aborted_uploads_free_their_memory(srv):
         f"POST {path}?{query} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
-    before = proc.memory_info().rss
-    peak = before
-    for _ in range(6):  # 600 uploads of 99 % of 1 MB, 100 at a time, then vanish
-        socks = [raw(srv.port) for _ in range(100)]
+
+    async def ended() -> float:
+        return await metric(srv, "aborted_upload") + await metric(srv, "body_timeout")
+
+    for _ in range(rounds):
+        start = await ended()
+        socks = [raw(srv.port) for _ in range(per_round)]
         for s in socks:
-            s.sendall(head + body[: int(len(body) * 0.99)])
-        await asyncio.sleep(0.3)
-        peak = max(peak, proc.memory_info().rss)
+            # on a loaded machine sending 100 MB can outlast body_timeout: the server ends
+            # the first uploads (408) while the last are sent, and a send to them fails
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                s.sendall(head + body[: int(len(body) * 0.99)])
+        await asyncio.sleep(0.3)  # the server reads what the budget lets it read
         for s in socks:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             s.close()  # reset: the upload is aborted
-        await asyncio.sleep(0.2)
-    await asyncio.sleep(1.0)
-    after = proc.memory_info().rss
-    print(f"RSS before {before >> 20} MB, peak {peak >> 20} MB, after {after >> 20} MB")
-    assert after - before < 100 * 1024 * 1024
+        deadline = time.monotonic() + TIMEOUT
+        while (n := await ended() - start) < per_round:
+            assert time.monotonic() < deadline, f"only {n} of {per_round} uploads ended"
+            await asyncio.sleep(0.05)
+
+
+async def test_aborted_uploads_free_their_memory(srv):
+    """Each round of 100 aborted uploads makes the server hold up to ~100 MB while they are
+    in flight (the body budget, 32 MB, and what the sockets buffered). Freed, that memory
+    serves the next rounds: the peak RSS stays where the first rounds put it. Not freed (or
+    freed only when the garbage collector runs), every round adds its share: with the cycle
+    in `read_body` left uncut, 600 more uploads raised the peak by 250 to 450 MB. The RSS
+    after the uploads is no measure: whether the allocator hands freed pages back to the
+    system depends on what else was allocated meanwhile (under load it often keeps them)."""
+    pid = srv.procs[0].pid
+    await abort_uploads(srv, rounds=3)  # the allocator grows to what one round needs
+    warm = peak_rss(pid)
+    await abort_uploads(srv, rounds=6)
+    peak = peak_rss(pid)
+    rss = psutil.Process(pid).memory_info().rss
+    print(
+        f"peak RSS after 300 uploads {warm >> 20} MB, after 600 more {peak >> 20} MB, "
+        f"RSS now {rss >> 20} MB"
+    )
+    assert peak - warm < 50 * 1024 * 1024, (warm >> 20, peak >> 20)
     status, _ = await rest(srv.http, "GET", "/apps/app-id/channels")  # still serving at once
     assert status == 200
 
