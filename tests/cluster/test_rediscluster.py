@@ -418,3 +418,34 @@ async def test_a_slot_moved_away_and_back_is_followed_both_ways(nodes_on_own: No
                     await asyncio.sleep(0.05)
         assert (await a.recv()).payload == b"%d" % n
     assert a.broker.healthy
+
+
+async def test_own_subscribe_during_a_publish_is_not_counted_for_another_node(
+    nodes_on_own: Nodes,
+) -> None:
+    """Node b is listed for a channel but not subscribed on the bus (it resubscribes after a
+    failover); node a publishes to it while its shard holds scripts back, and meanwhile a
+    subscribes itself. Redis then counts a's own connection, which a's publish said it need
+    not subtract: the publish must be refused, not reported delivered. (After a failover
+    a's own listener subscribed on the new primary while a batch of triggers queued before
+    waited: ~1 s of triggers answered 2xx that b never got.) Repeated: the subscribe and the
+    publish meet at a different moment each time."""
+    servers = nodes_on_own.servers
+    a, b = await nodes_on_own.add("a", 2.0), await nodes_on_own.add("b", 2.0)
+    for i in range(20):
+        channel = f"late-{i}"
+        topic = channel_topic(APP, channel)
+        await b.state.subscribe(APP, channel, None, 0)  # listed, not on the bus
+        with pytest.raises(Unavailable):  # b cannot receive it
+            await a.broker.publish(topic, chmsg(channel, b"before"))
+        port = servers.owner_of(a.backend.keys.bus(topic))
+        await on(port, "CLIENT", "PAUSE", 300, "WRITE")  # scripts wait, SSUBSCRIBE does not
+        publishes = [
+            asyncio.ensure_future(a.broker.publish(topic, chmsg(channel, b"%d" % n)))
+            for n in range(3)
+        ]
+        await asyncio.sleep(0.01 * (i % 5))
+        await a.broker.subscribe(topic)  # confirmed while the publishes wait
+        results = await asyncio.gather(*publishes, return_exceptions=True)
+        assert all(isinstance(r, Unavailable) for r in results), (i, results)
+        await a.broker.unsubscribe(topic)

@@ -8,7 +8,7 @@ from typing import Any
 from redis.crc import key_slot
 from redis.exceptions import MovedError
 
-from pushwire.cluster.redis.listener import SHARDED, Listener, Sub, Wakeups
+from pushwire.cluster.redis.listener import SHARDED, Listener, Sub, SubscribeLog, Wakeups
 
 
 class Timing:
@@ -31,7 +31,15 @@ def test_a_moved_slot_leaves_nothing_pending() -> None:
         raise AssertionError("no connection in this test")
 
     lis = Listener(
-        "t", never, list, lambda n, d: None, Timing(), Wakeups(), SHARDED, on_moved=moved.append
+        "t",
+        never,
+        list,
+        lambda n, d: None,
+        Timing(),
+        Wakeups(),
+        SubscribeLog(),
+        SHARDED,
+        on_moved=moved.append,
     )
     here, there = b"p:{c:a:x}:bus", b"p:{c:a:y}:bus"
     slot = key_slot(here)
@@ -61,11 +69,14 @@ async def test_subscribes_in_flight_on_a_new_connection_may_be_counted() -> None
             await release.wait()
 
     name = b"p:bus:c:a:x"
-    lis = Listener("t", Conn, lambda: [name], lambda n, d: None, Timing(), Wakeups())
+    log = SubscribeLog()
+    lis = Listener("t", Conn, lambda: [name], lambda n, d: None, Timing(), Wakeups(), log)
     assert not lis.may_count(name)
+    mark = log.sent
     attach = asyncio.create_task(lis._attach(Conn()))  # type: ignore[arg-type]
     await sent.wait()
     assert not lis.up and lis.may_count(name)
+    assert log.since(name, mark) and not log.since(b"p:bus:c:a:y", mark)
     release.set()
     await attach
     assert lis.up and lis.may_count(name)

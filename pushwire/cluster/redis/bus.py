@@ -13,7 +13,8 @@ Limits of the receiver check: it counts subscriptions, it cannot name them. A no
 on the bus without a record (between its bus subscribe and its state write) can hide a listed
 node that is not subscribed. Whether this node's own pub/sub connection is counted is known
 from what it sent and Redis confirmed; while a SUBSCRIBE of its own is in flight it is assumed
-counted, which can only make the check stricter.
+counted, which can only make the check stricter, and a publish that a SUBSCRIBE of its own to
+its channel may have overtaken (sent after the publish read that state) is refused.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class RedisBroker(PubSubBroker):
             self._on_message,
             self,
             self._wakeups,
+            self._subscribes,
             on_lost=lambda: self._lost(),
         )
 

@@ -126,6 +126,35 @@ class Wakeups:
                     fut.set_result(None)
 
 
+class SubscribeLog:
+    """When a subscribe to each channel was last sent by one of a broker's listeners, as a
+    number that grows with every subscribe sent (`sent`). A publish tells its script whether
+    this node's own connection may be among the channel's subscribers (`Listener.may_count`);
+    a subscribe sent after that may still be counted by Redis before the script runs (it
+    waits for its connection, or behind a busy or paused server): `since` tells the
+    publisher, which then does not vouch for the delivery."""
+
+    LIMIT = 100_000  # channels remembered at most (past it, all are forgotten)
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self._last: dict[bytes, int] = {}  # channel -> `sent` when its last subscribe went
+        self._floor = 0  # the forgotten channels' last subscribes went at `sent` <= this
+
+    def note(self, names: Iterable[bytes]) -> None:
+        """Subscribes to `names` are sent now."""
+        self.sent += 1
+        if len(self._last) >= self.LIMIT:
+            self._last.clear()
+            self._floor = self.sent - 1
+        for name in names:
+            self._last[name] = self.sent
+
+    def since(self, name: bytes, mark: int) -> bool:
+        """Whether a subscribe to `name` may have been sent since `sent` was `mark`."""
+        return self._last.get(name, self._floor) > mark
+
+
 class Silent(RedisConnectionError):
     """The pub/sub connection did not answer within `silence_limit`: given up."""
 
@@ -143,13 +172,16 @@ class Listener:
         on_message: Callable[[bytes, bytes], None],
         timing: Timing,
         wakeups: Wakeups,
+        subscribes: SubscribeLog,
         dialect: Dialect = PLAIN,
         on_lost: Callable[[], None] = _nothing,
         on_moved: Callable[[list[bytes]], None] | None = None,
         on_down: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """`connect()` makes a new (unconnected) connection; `wanted()`: the channels this
-        listener must hold (subscribed again on each new connection); `on_down`: awaited
+        listener must hold (subscribed again on each new connection); `subscribes`: told of
+        every subscribe before it is sent (shared by the broker's listeners); `on_down`:
+        awaited
         after each lost connection, before the next attempt (the cluster routes again)."""
         self.label = label
         self.dialect = dialect
@@ -160,6 +192,7 @@ class Listener:
         self._on_message = on_message
         self._timing = timing
         self._wakeups = wakeups
+        self._subscribes = subscribes
         self._on_lost = on_lost
         self._on_moved = on_moved
         self._on_down = on_down
@@ -220,6 +253,8 @@ class Listener:
             conn = self._conn
             if conn is None or not self._up or not conn.is_connected:
                 return False
+            if command == self.dialect.subscribe:
+                self._subscribes.note(names)
             for name in names:
                 sub = self.channels.get(name)
                 if sub is None:
@@ -301,6 +336,7 @@ class Listener:
             names = self._wanted()
             for name in names:
                 self.channels[name] = Sub(last_sub=True, subs=1)
+            self._subscribes.note(names)
             for group in self._groups(names):
                 await conn.send_command(self.dialect.subscribe, *group, check_health=False)
             self._up = True

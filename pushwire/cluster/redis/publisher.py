@@ -5,7 +5,11 @@ The script fails when this node is not registered, publishes, and for a channel 
 compares the nodes subscribed to the Redis channel with the nodes the cluster state lists for
 it (`chn` / `usr` hash, this node aside), raising `Unavailable("published to X of Y nodes")`
 when some cannot have received it, or when a listed node has lost its lease (it cannot vouch
-for its subscribers). With bus and state on two servers, the state counts the receivers first
+for its subscribers). This node's own subscription is not counted for another node's: the
+script is told whether Redis may count it (taken when the pipeline is made), and a publish
+that a subscribe of this node to the channel sent after that may have overtaken (it waited
+for its connection, or behind a busy server) is refused, as one that found a node missing.
+With bus and state on two servers, the state counts the receivers first
 (`lua/receivers.lua`, see `_receivers`), and the count is remembered for a while
 (`ReceiverCounts`). A publish with history is appended to the topic's stream in the same
 script, gets its position line, and echoes back to this node.
@@ -34,6 +38,7 @@ from ..base import (
     Unavailable,
     encode,
 )
+from .listener import SubscribeLog
 from .scripts import Runner, as_str, to_ms
 
 
@@ -45,6 +50,7 @@ class _Outgoing:
     data: bytes
     history: tuple[str | bytes | int, ...]  # publish.lua's history arguments, or ('',)
     done: asyncio.Future[Position | None]
+    listening: str = "0"  # publish.lua's ARGV[5] (`_own`), taken when its pipeline is made
 
 
 Key = tuple[bytes, bool]  # a pub/sub channel, and whether its publishes echo (history)
@@ -134,15 +140,21 @@ def _padded(history: tuple[str | bytes | int, ...]) -> tuple[str | bytes | int, 
 
 class Publisher:
     def __init__(
-        self, scripts: Runner, state: Runner | None, listening: Callable[[str], bool]
+        self,
+        scripts: Runner,
+        state: Runner | None,
+        listening: Callable[[str], bool],
+        subscribes: SubscribeLog,
     ) -> None:
         """`scripts` run on the bus; `state`: the state's scripts when the state is another
-        server; `listening(topic)`: whether Redis may count this node's own subscription."""
+        server; `listening(topic)`: whether Redis may count this node's own subscription;
+        `subscribes`: the subscribes this node's listeners sent."""
         self.node = scripts.node
         self._keys = scripts.keys
         self._scripts = scripts
         self._state = state
         self._listening = listening
+        self._subscribes = subscribes
         self._outbox: list[_Outgoing] = []
         self._sender: asyncio.Task[None] | None = None
         self._token = secrets.token_hex(4)  # names this process: its publishes, marks, pipelines
@@ -236,9 +248,14 @@ class Publisher:
     async def _send_outbox(self) -> None:
         while self._outbox:
             batch, self._outbox = self._outbox, []
+            # a subscribe of this node sent after the flags are taken (`_own`) puts them in
+            # doubt (`_overtaken`)
+            mark = self._subscribes.sent
+            for o in batch:
+                o.listening = self._own(o)
             try:
                 if self._state is None:
-                    calls = [(o.name, o.record, self._own(o), o.data, *o.history) for o in batch]
+                    calls = [(o.name, o.record, o.listening, o.data, *o.history) for o in batch]
                 else:
                     batch, calls = await self._receivers(batch)
                 results = await self._scripts.pipeline("publish", calls) if calls else []
@@ -262,6 +279,10 @@ class Publisher:
                     o.done.set_exception(self._refusal(r))
                 elif isinstance(r, Exception):
                     o.done.set_exception(Unavailable(f"Redis unreachable (publish): {r}"))
+                elif self._overtaken(o, mark):
+                    o.done.set_exception(
+                        PartialDelivery("this node subscribed meanwhile: receivers not counted")
+                    )
                 elif self.counts is not None:  # apart: {receivers, offset, epoch, mark}
                     self.counts.seen(_key(o), as_str(r[3]))
                     echo = o.history != ("",)
@@ -275,6 +296,13 @@ class Publisher:
                 for o in stale:
                     self.counts.drop(_key(o))
                 self._outbox[:0] = stale
+
+    def _overtaken(self, o: _Outgoing, mark: int) -> bool:
+        """Whether Redis may have counted this node's own subscription as another node's:
+        the publish said it was not subscribed, and a subscribe of its own to the channel
+        went out after that (at `mark`) and may have run before the script. (With history
+        the publish echoes: this node is counted as a receiver anyway.)"""
+        return o.listening == "0" and o.history == ("",) and self._subscribes.since(o.name, mark)
 
     async def _receivers(
         self, batch: list[_Outgoing]
@@ -325,15 +353,14 @@ class Publisher:
             keep.append(o)
             count = reused[key]
             held = ("", "") if count is None else (pipeline, count.mark or "")
-            own = self._own(o)
-            calls.append((o.name, "", own, o.data, *_padded(o.history), needs[key], *held))
+            calls.append((o.name, "", o.listening, o.data, *_padded(o.history), needs[key], *held))
         return keep, calls
 
     def _own(self, o: _Outgoing) -> str:
         """publish.lua's ARGV[5]: whether Redis may count this node's own subscription to the
-        topic, as of now, just before the pipeline is sent (not when the publish was queued:
+        topic, as of now, just before the pipeline is made (not when the publish was queued:
         behind a slow pipeline, a subscription made meanwhile would be taken for another
-        node's)."""
+        node's; one made after this: `_overtaken`)."""
         return "1" if self._listening(o.topic) else "0"
 
     def _refusal(self, exc: ResponseError, scripts: Runner | None = None) -> Unavailable:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ...protocol.history import HistoryPolicy
 from ..base import BusMessage, HistoryPage, Position, Unavailable, decode
-from .listener import Listener, Wakeups, confirm
+from .listener import Listener, SubscribeLog, Wakeups, confirm
 from .publisher import Publisher
 from .scripts import Runner
 
@@ -50,9 +50,10 @@ class PubSubBroker:
         self._keys = scripts.keys
         self._wanted: dict[bytes, str] = {}  # bus channel -> topic
         self._wakeups = Wakeups()
+        self._subscribes = SubscribeLog()  # the listeners' subscribes, for the publisher
         self._inbox = Inbox(self.node)
         self._lost: Callable[[], None] = _nothing
-        self._publisher = Publisher(scripts, state, self._listening)
+        self._publisher = Publisher(scripts, state, self._listening, self._subscribes)
 
     def _route(self, name: bytes) -> Listener | None:
         """The listener that must hold bus channel `name` (None: none can right now)."""
@@ -128,7 +129,8 @@ class PubSubBroker:
         retried on a new connection, or sent behind a slow pipeline, may run after the
         listener subscribed again: its own subscription must not pass for another node's);
         and while any listener's connection may still be counted (an unsubscribe not yet
-        confirmed). Left: a topic this node starts to want while such a publish waits."""
+        confirmed). A topic this node starts to want while such a publish waits: see
+        `SubscribeLog`."""
         name = self._name(topic)
         return name in self._wanted or any(lis.may_count(name) for lis in self._listeners())
 

@@ -132,6 +132,7 @@ class ClusterBroker(PubSubBroker):
             self._on_message,
             self,
             self._wakeups,
+            self._subscribes,
             SHARDED,
             on_lost=lambda: self._lost(),
             on_moved=lambda names: self._spawn(self._refresh()),
