@@ -108,6 +108,13 @@ class InProcessCluster:
         for node in self.nodes:
             await node.engine.stop()
 
+    async def __aenter__(self) -> InProcessCluster:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
     async def settle(self) -> None:
         """Let bus deliveries (scheduled with call_soon) run."""
         for _ in range(5):

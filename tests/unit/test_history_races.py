@@ -26,18 +26,14 @@ CONFIG = Config(
 
 @pytest.fixture
 async def one_node():
-    c = InProcessCluster(CONFIG, n=1)
-    await c.start()
-    yield c
-    await c.stop()
+    async with InProcessCluster(CONFIG, n=1) as c:
+        yield c
 
 
 @pytest.fixture
 async def two_nodes():
-    c = InProcessCluster(CONFIG, n=2)
-    await c.start()
-    yield c
-    await c.stop()
+    async with InProcessCluster(CONFIG, n=2) as c:
+        yield c
 
 
 async def trigger(node, channel: str, data: str) -> None:

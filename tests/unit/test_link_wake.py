@@ -36,10 +36,8 @@ async def until(cond, timeout: float) -> float:
 
 @pytest.fixture
 async def cluster():
-    c = InProcessCluster(CONFIG, n=2)
-    await c.start()
-    yield c
-    await c.stop()
+    async with InProcessCluster(CONFIG, n=2) as c:
+        yield c
 
 
 @pytest.mark.parametrize("attempt", range(3))
