@@ -17,6 +17,8 @@ Guarantees:
   nodes are awaited after a lost registration (see below). Heartbeats start at least
   `URGENT_SPACING` apart (or `heartbeat_interval`, if shorter): a store that keeps refusing
   cannot make the node spin.
+- A resync waits at most `node_timeout / 3` for the bus subscriptions, so that the heartbeat
+  keeps renewing the lease while only the bus is down (bus and state apart).
 - A resync runs while no operation is half done: `operation()` waits while one runs, and
   the resync waits (up to 5 s) for running operations to finish. Operations do not nest.
 - A node reaps others only after it has been in touch with the store for a whole
@@ -319,7 +321,14 @@ class ClusterLink:
         """Write this node's local truth again: bus subscriptions first (confirmed), then the
         state, then the registration; then announce what the deployment had lost."""
         self.metrics.resyncs["lost" if lost else "store_back"] += 1
-        await self.broker.resubscribed()
+        # bounded well within node_timeout: while the bus is down (the state up, when they
+        # are apart) the heartbeat must go on renewing this node's lease, or the others reap
+        # it (its clients still connected) and answer 2xx without it
+        try:
+            async with asyncio.timeout(self.node_timeout / 3):
+                await self.broker.resubscribed()
+        except TimeoutError:
+            raise Unavailable("bus: not subscribed again yet") from None
         if self.deaf:
             log.warning("bus subscriptions made again: this node takes clients again")
             self.deaf = False
