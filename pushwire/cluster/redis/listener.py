@@ -181,8 +181,8 @@ class Listener:
         """`connect()` makes a new (unconnected) connection; `wanted()`: the channels this
         listener must hold (subscribed again on each new connection); `subscribes`: told of
         every subscribe before it is sent (shared by the broker's listeners); `on_down`:
-        awaited
-        after each lost connection, before the next attempt (the cluster routes again)."""
+        awaited after each lost connection, before the next attempt (the cluster routes
+        again)."""
         self.label = label
         self.dialect = dialect
         self.channels: dict[bytes, Sub] = {}  # of the current connection

@@ -52,6 +52,11 @@ class _Outgoing:
     done: asyncio.Future[Position | None]
     listening: str = "0"  # publish.lua's ARGV[5] (`_own`), taken when its pipeline is made
 
+    @property
+    def echo(self) -> bool:
+        """With history: it echoes to this node, which counts among its receivers."""
+        return self.history != ("",)
+
 
 Key = tuple[bytes, bool]  # a pub/sub channel, and whether its publishes echo (history)
 
@@ -130,7 +135,7 @@ class ReceiverCounts:
 
 
 def _key(o: _Outgoing) -> Key:
-    return o.name, o.history != ("",)
+    return o.name, o.echo
 
 
 def _padded(history: tuple[str | bytes | int, ...]) -> tuple[str | bytes | int, ...]:
@@ -285,8 +290,7 @@ class Publisher:
                     )
                 elif self.counts is not None:  # apart: {receivers, offset, epoch, mark}
                     self.counts.seen(_key(o), as_str(r[3]))
-                    echo = o.history != ("",)
-                    o.done.set_result(Position(as_str(r[2]), int(r[1])) if echo else None)
+                    o.done.set_result(Position(as_str(r[2]), int(r[1])) if o.echo else None)
                 elif isinstance(r, list):  # with history: receivers, offset, epoch
                     o.done.set_result(Position(as_str(r[2]), int(r[1])))
                 else:
@@ -302,7 +306,7 @@ class Publisher:
         the publish said it was not subscribed, and a subscribe of its own to the channel
         went out after that (at `mark`) and may have run before the script. (With history
         the publish echoes: this node is counted as a receiver anyway.)"""
-        return o.listening == "0" and o.history == ("",) and self._subscribes.since(o.name, mark)
+        return o.listening == "0" and not o.echo and self._subscribes.since(o.name, mark)
 
     async def _receivers(
         self, batch: list[_Outgoing]
