@@ -25,15 +25,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import (
+    AskError,
     ClusterDownError,
     ClusterError,
+    MovedError,
     NoScriptError,
     RedisClusterException,
     RedisError,
     ResponseError,
     SlotNotCoveredError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -47,6 +51,8 @@ from .membership import Membership
 LUA_DIR = Path(__file__).parent / "lua"
 # errors after which the slot map may be stale (a primary died, a failover)
 _MOVED_ON = (RedisConnectionError, RedisTimeoutError, ClusterDownError, SlotNotCoveredError)
+# replies that send a call again through the cluster client (it follows them)
+_REDIRECTED = (MovedError, AskError, TryAgainError)
 SHARED = (
     "cache_get",
     "cache_set",
@@ -65,6 +71,33 @@ SHARED = (
 
 Args = tuple[Any, ...]
 Route = Callable[[ClusterKeys, str, Args], list[str]]
+
+
+def _key(key: str | bytes) -> bytes:
+    return key if isinstance(key, bytes) else key.encode()
+
+
+async def _pipeline(
+    node: ClusterNode, commands: list[Args], idx: list[int], results: list[Any]
+) -> None:
+    """Send `commands` to `node` in one write on one of its pooled connections; the reply to
+    command k goes to results[idx[k]]: its value, its Redis error, or, from a connection
+    error on, that error."""
+    conn = node.acquire_connection()
+    k = 0
+    try:
+        await node.disconnect_if_needed(conn)
+        await conn.send_packed_command(conn.pack_commands(commands))
+        for k in range(len(idx)):
+            try:
+                results[idx[k]] = await conn.read_response()
+            except ResponseError as exc:
+                results[idx[k]] = exc
+    except (RedisError, OSError) as exc:  # the connection is closed: the rest is unknown
+        for i in idx[k:]:
+            results[i] = exc
+    finally:
+        node.release(conn)
 
 
 def _channel(k: ClusterKeys, node: str, app: str, channel: str) -> list[str]:
@@ -205,34 +238,49 @@ class ClusterScripts:
         except (RedisError, RedisClusterException, OSError) as exc:
             raise Unavailable(f"Redis Cluster unreachable ({name}): {exc}") from None
 
+    def _command(self, name: str, args: Args) -> tuple[Args, bytes]:
+        """The command that runs script `name` with `args`, and the key that routes it (a
+        publish with nothing to check is a plain SPUBLISH: see the module doc)."""
+        if name == "publish" and not args[1] and not args[4]:
+            return ("SPUBLISH", args[0], args[3]), _key(args[0])
+        command = ("EVALSHA", *self._evalsha(name, args))
+        return command, _key(command[3])
+
     async def pipeline(self, name: str, calls: Sequence[Args]) -> list[Any]:
         """Run script `name` once per argument tuple, in one round trip per shard; results
         in call order, a failed call's entry its exception (Redis errors as is). Calls to
         one slot run in call order; a call refused locally (this node not registered) is
         a NOTREG error like the scripts'. Raises a RedisError when the cluster cannot be
-        asked."""
+        asked.
+
+        Each shard's calls go out as one plain pipeline on a connection of that shard's
+        pool, routed by the slot map this client holds (redis-py's `ClusterPipeline` costs
+        the node more than the round trip: a routing policy, a slot and a node lookup and
+        a reply callback per command). A call the shard redirects (MOVED, ASK: a slot
+        moved or migrates; TRYAGAIN) is sent again through the cluster client, which
+        follows the redirection and updates the slot map; a shard that forgot the scripts
+        gets them again and its calls run once more; a connection error fails that shard's
+        calls not answered yet, and the slot map is reloaded."""
         if name not in UNCHECKED and not self.membership.valid:
             return [ResponseError("NOTREG (checked locally)")] * len(calls)
+        commands = [self._command(name, args) for args in calls]
         results: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         try:
             async with self._turns:
                 for attempt in range(2):
-                    pipe = self.client.pipeline()
-                    for i in todo:
-                        args = calls[i]
-                        if name == "publish" and not args[1] and not args[4]:
-                            pipe.execute_command("SPUBLISH", args[0], args[3])
-                        else:
-                            pipe.execute_command("EVALSHA", *self._evalsha(name, args))
                     try:
-                        done = await pipe.execute(raise_on_error=False)
-                    except _MOVED_ON:
+                        await self._by_shard(commands, todo, results)
+                    except _MOVED_ON:  # a slot no shard covers, a map that cannot be read
                         await self._reload_map()
                         raise
-                    for i, r in zip(todo, done, strict=True):
-                        results[i] = r
-                    if any(isinstance(r, _MOVED_ON) for r in done):
+                    for i in todo:
+                        if isinstance(results[i], _REDIRECTED):
+                            try:
+                                results[i] = await self.client.execute_command(*commands[i][0])
+                            except (RedisError, OSError) as exc:
+                                results[i] = exc
+                    if any(isinstance(results[i], _MOVED_ON) for i in todo):
                         await self._reload_map()
                     todo = [i for i in todo if isinstance(results[i], NoScriptError)]
                     if not todo or attempt:
@@ -241,6 +289,23 @@ class ClusterScripts:
         except RedisClusterException as exc:
             raise ClusterError(str(exc)) from exc
         return results
+
+    async def _by_shard(
+        self, commands: Sequence[tuple[Args, bytes]], todo: Sequence[int], results: list[Any]
+    ) -> None:
+        """Send commands `todo`, each to the primary of its key's slot, one pipeline per
+        shard; each one's reply (or exception) into `results`."""
+        if self.client._initialize:  # not connected yet: the first call reads the slot map
+            await self.client.initialize()
+        nodes = self.client.nodes_manager
+        shards: dict[str, tuple[ClusterNode, list[int]]] = {}
+        for i in todo:
+            node = nodes.get_node_from_slot(key_slot(commands[i][1]))
+            shards.setdefault(node.name, (node, []))[1].append(i)
+        await asyncio.gather(
+            *(_pipeline(node, [commands[i][0] for i in idx], idx, results)
+              for node, idx in shards.values())
+        )  # fmt: skip
 
     async def _reload_map(self) -> None:
         """Reload the slot map now: redis-py does it after a failed command, not after a
