@@ -1,15 +1,18 @@
 """Contract tests of a publish's receiver check: a publish is answered 2xx only when every
 node the cluster state lists for the channel (or user) can have received it, else refused
-(`Unavailable`): never a false 2xx. Most are Redis only (the memory bus cannot lose a
-subscription); `backend_factory` and tests/helpers/contract_backends.py as in the other
-test_contract_*.py.
+(`Unavailable`): never a false 2xx. Most are Redis only (they take a node's bus subscription,
+connection or answer away, or pause the server); `backend_factory` and
+tests/helpers/contract_backends.py as in the other test_contract_*.py.
 
 - a listed node whose bus subscription is gone, or whose lease ran out: refused;
 - this node's own subscription, made while its publish waited, is not counted as another's;
 - a publish whose answer was lost is sent again and delivered once;
-- bus and state apart (redis-split), the receiver counts the state gave are reused: a node
-  listed after a count is counted, one that left costs no refusal, a steady stream costs the
-  state no round trip; and each server keeps to its role.
+- the receiver counts the state gave, reused with bus and state apart (redis-split; the tests
+  run on every Redis backend): a node listed after a count is counted, one that left costs no
+  refusal, a steady stream costs the state no round trip; and each server keeps to its role.
+
+The races (this node's own subscription, the lost answer, the node listed after a count) run
+`RACE_TRIES` times, each on a fresh cluster (`Cluster.start_afresh`) or key prefix.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pushwire.protocol.history import HistoryPolicy
 from tests.helpers.blackhole import BlackholeProxy
 from tests.helpers.contract_backends import (
     APP,
+    RACE_TRIES,
     REDIS_NODE_TIMEOUT,
     Cluster,
     Node,
@@ -96,7 +100,7 @@ async def test_publish_refused_while_a_listed_node_has_no_lease(backend_factory:
     await a.nothing(0.05)
 
 
-@bounded(20)
+@bounded(60)
 async def test_own_subscription_made_while_a_publish_waits_counts_as_own(
     backend_factory: Cluster,
 ) -> None:
@@ -105,84 +109,89 @@ async def test_own_subscription_made_while_a_publish_waits_counts_as_own(
     for b's (b is listed, not subscribed): refused."""
     redis_only(backend_factory)
     assert isinstance(backend_factory, RedisCluster)
-    a, b = await backend_factory.add("a"), await backend_factory.add("b")
-    topic = channel_topic(APP, "wait")
-    await a.broker.subscribe(topic)
-    await a.state.subscribe(APP, "wait", None, 0)
-    await b.state.subscribe(APP, "wait", None, 0)  # b listed, its bus subscription gone
-    with pytest.raises(Unavailable, match="published to 0 of 1 nodes"):
-        await a.broker.publish(topic, chmsg("wait", b"0"))
-    await backend_factory.pause_bus(topic, 1500, "WRITE")
-    try:
-        assert await backend_factory.kill_pubsub() >= 1
-        async with asyncio.timeout(2):
-            while a.broker.healthy:
-                await asyncio.sleep(0.01)
-        waiting = asyncio.ensure_future(a.broker.publish(topic, chmsg("wait", b"1")))
-        async with asyncio.timeout(3):
-            while not a.broker.healthy:  # subscribed again (a subscribe is no write)
-                await asyncio.sleep(0.01)
-        await asyncio.sleep(0.2)
-    finally:
-        await backend_factory.unpause_bus(topic)
-    with pytest.raises(Unavailable, match="published to 0 of 1 nodes"):
-        await waiting
+    for _ in range(backend_factory.race_tries):  # the race again, on a fresh cluster each time
+        await backend_factory.start_afresh()
+        a, b = await backend_factory.add("a"), await backend_factory.add("b")
+        topic = channel_topic(APP, "wait")
+        await a.broker.subscribe(topic)
+        await a.state.subscribe(APP, "wait", None, 0)
+        await b.state.subscribe(APP, "wait", None, 0)  # b listed, its bus subscription gone
+        with pytest.raises(Unavailable, match="published to 0 of 1 nodes"):
+            await a.broker.publish(topic, chmsg("wait", b"0"))
+        await backend_factory.pause_bus(topic, 1500, "WRITE")
+        try:
+            assert await backend_factory.kill_pubsub() >= 1
+            async with asyncio.timeout(2):
+                while a.broker.healthy:
+                    await asyncio.sleep(0.01)
+            waiting = asyncio.ensure_future(a.broker.publish(topic, chmsg("wait", b"1")))
+            async with asyncio.timeout(3):
+                while not a.broker.healthy:  # subscribed again (a subscribe is no write)
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+        finally:
+            await backend_factory.unpause_bus(topic)
+        with pytest.raises(Unavailable, match="published to 0 of 1 nodes"):
+            await waiting
 
 
-@bounded(20)
+@bounded(40)
 async def test_a_publish_whose_answer_was_lost_is_delivered_once(
     redis_server: Any, blackhole: Callable[[int], BlackholeProxy]
 ) -> None:
     """a's publish runs, but its connection breaks before the answer: redis-py sends it again
     on a fresh connection. b gets it once (its inbox drops the second by the publish id)."""
     proxy = blackhole(redis_server.port)
-    prefix = f"t-{uuid.uuid4().hex[:12]}"
-    via_proxy, direct = parse_redis_url(proxy.url), parse_redis_url(redis_server.url)
-    backends = [
-        RedisBackend(via_proxy, via_proxy, prefix, "a", REDIS_NODE_TIMEOUT),
-        RedisBackend(direct, direct, prefix, "b", REDIS_NODE_TIMEOUT),
-    ]
-    try:
-        a, b = (Node(x.node, x.broker, x.state, x.liveness) for x in backends)
-        for n in (a, b):
-            await n.liveness.register()
-            await n.broker.start(n.inbox.put_nowait)
-        topic = channel_topic(APP, "once")
-        await b.broker.subscribe(topic)
-        await b.state.subscribe(APP, "once", None, 0)
-        await a.broker.publish(topic, chmsg("once", b"0"))
-        proxy.lose_reply(b"EVALSHA")
-        await a.broker.publish(topic, chmsg("once", b"1"))  # ran twice, answered once
-        await a.broker.publish(topic, chmsg("once", b"2"))
-        assert [(await b.recv()).payload for _ in range(3)] == [b"0", b"1", b"2"]
-        await b.nothing(0.1)
-        assert backends[1].broker.duplicates == 1
-    finally:
-        for x in backends:
-            await x.aclose()
+    for _ in range(RACE_TRIES):  # the race again, with a fresh key prefix each time
+        prefix = f"t-{uuid.uuid4().hex[:12]}"
+        via_proxy, direct = parse_redis_url(proxy.url), parse_redis_url(redis_server.url)
+        backends = [
+            RedisBackend(via_proxy, via_proxy, prefix, "a", REDIS_NODE_TIMEOUT),
+            RedisBackend(direct, direct, prefix, "b", REDIS_NODE_TIMEOUT),
+        ]
+        try:
+            a, b = (Node(x.node, x.broker, x.state, x.liveness) for x in backends)
+            for n in (a, b):
+                await n.liveness.register()
+                await n.broker.start(n.inbox.put_nowait)
+            topic = channel_topic(APP, "once")
+            await b.broker.subscribe(topic)
+            await b.state.subscribe(APP, "once", None, 0)
+            await a.broker.publish(topic, chmsg("once", b"0"))
+            proxy.lose_reply(b"EVALSHA")
+            await a.broker.publish(topic, chmsg("once", b"1"))  # ran twice, answered once
+            await a.broker.publish(topic, chmsg("once", b"2"))
+            assert [(await b.recv()).payload for _ in range(3)] == [b"0", b"1", b"2"]
+            await b.nothing(0.1)
+            assert backends[1].broker.duplicates == 1
+        finally:
+            for x in backends:
+                await x.aclose()
 
 
 # Bus and state apart: remembered counts -----------------------------------------------------
-@bounded()
+@bounded(40)
 async def test_a_node_listed_after_a_count_is_counted(backend_factory: Cluster) -> None:
     """c subscribes on the bus, loses that subscription, and is listed: a publish must not
     answer on a count taken before c was listed (bus and state apart: the join mark)."""
     redis_only(backend_factory)
-    a, b = await backend_factory.add("a"), await backend_factory.add("b")
-    topic = channel_topic(APP, "late")
-    await a.broker.subscribe(topic)
-    await a.state.subscribe(APP, "late", None, 0)
-    for i in range(3):  # counted, and the count reused
-        await b.broker.publish(topic, chmsg("late", b"%d" % i))
-        assert (await a.recv()).payload == b"%d" % i
-    c = await backend_factory.add("c")
-    await c.broker.subscribe(topic)
-    await c.broker.unsubscribe(topic)
-    await asyncio.sleep(0.05)
-    await c.state.subscribe(APP, "late", None, 0)
-    with pytest.raises(Unavailable, match="published to 1 of 2 nodes"):
-        await b.broker.publish(topic, chmsg("late", b"missed by c"))
-    assert (await a.recv()).payload == b"missed by c"  # (sent: a got it)
+    for _ in range(backend_factory.race_tries):  # the race again, on a fresh cluster each time
+        await backend_factory.start_afresh()
+        a, b = await backend_factory.add("a"), await backend_factory.add("b")
+        topic = channel_topic(APP, "late")
+        await a.broker.subscribe(topic)
+        await a.state.subscribe(APP, "late", None, 0)
+        for i in range(3):  # counted, and the count reused
+            await b.broker.publish(topic, chmsg("late", b"%d" % i))
+            assert (await a.recv()).payload == b"%d" % i
+        c = await backend_factory.add("c")
+        await c.broker.subscribe(topic)
+        await c.broker.unsubscribe(topic)
+        await asyncio.sleep(0.05)
+        await c.state.subscribe(APP, "late", None, 0)
+        with pytest.raises(Unavailable, match="published to 1 of 2 nodes"):
+            await b.broker.publish(topic, chmsg("late", b"missed by c"))
+        assert (await a.recv()).payload == b"missed by c"  # (sent: a got it)
 
 
 @bounded()

@@ -9,12 +9,14 @@ each as a `Cluster` of nodes that share one backplane:
 
 `Cluster.add(name)` gives a registered `Node` (its broker started, what it delivers in
 `Node.inbox`), `expire()` lets every lease run out, `advance(seconds)` lets time pass,
-`webhook_stores(max_size)` gives two nodes' views of one webhook store. The Redis ones can also
-publish raw bytes on the bus, pause the server carrying a topic, and kill the bus connections.
+`webhook_stores(max_size)` gives two nodes' views of one webhook store, `start_afresh()` closes
+every node and makes it a new cluster (a race test's next try: a new key prefix, or plane).
+The Redis ones can also publish raw bytes on the bus, pause the server carrying a topic, and
+kill the bus connections.
 The fixture `backend_factory` (tests/cluster/conftest.py) makes one of each, per test.
 
 Also: `bounded(seconds)` (a test's time limit), `chmsg()` (a channel message of `APP`),
-`redis_only()` (skips on the backends without a Redis bus), `redis_client(url)`.
+`redis_only()` (skips the memory backend), `redis_client(url)`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from pushwire.webhooks import MemoryWebhookStore, WebhookStore
 APP = "app-1"
 APP2 = "app-2"
 REDIS_NODE_TIMEOUT = 0.5
+RACE_TRIES = 20  # how many times a race test runs its race over Redis (`Cluster.race_tries`)
 
 
 def redis_client(url: str) -> Any:
@@ -82,6 +85,7 @@ class Node:
 
 class Cluster:
     kind = ""
+    race_tries = RACE_TRIES  # a race test's tries on this backend
 
     async def add(self, name: str) -> Node:
         """A registered node, its broker started."""
@@ -99,19 +103,31 @@ class Cluster:
         """Two nodes' views of one webhook store."""
         raise NotImplementedError
 
+    async def start_afresh(self) -> None:
+        """Close every node and begin again as a new cluster of the same backend, for the next
+        try of a race test: the same node and channel names name other nodes and channels."""
+        raise NotImplementedError
+
     async def aclose(self) -> None:
         pass
 
 
 class MemoryCluster(Cluster):
     kind = "memory"
+    race_tries = 10 * RACE_TRIES  # a try costs milliseconds
 
     def __init__(self) -> None:
         self.now = 1000.0
-        self.plane = Backplane(lambda: self.now, node_timeout=6.0)
         # calls yield to the loop a random number of times, as over a network, so that
-        # concurrent calls interleave
-        self.plane.round_trip = random.Random(1)
+        # concurrent calls interleave (one generator for every plane: each try of a race
+        # interleaves differently, the same on every run)
+        self.interleaving = random.Random(1)
+        self.plane = self._new_plane()
+
+    def _new_plane(self) -> Backplane:
+        plane = Backplane(lambda: self.now, node_timeout=6.0)
+        plane.round_trip = self.interleaving
+        return plane
 
     async def add(self, name: str) -> Node:
         p = self.plane
@@ -129,6 +145,9 @@ class MemoryCluster(Cluster):
     def webhook_stores(self, max_size: int) -> tuple[WebhookStore, WebhookStore]:
         store = MemoryWebhookStore(max_size)
         return store, store
+
+    async def start_afresh(self) -> None:
+        self.plane = self._new_plane()
 
 
 class RedisCluster(Cluster):
@@ -168,6 +187,11 @@ class RedisCluster(Cluster):
         return self.backend("wh1").webhook_store(max_size), self.backend("wh2").webhook_store(
             max_size
         )
+
+    async def start_afresh(self) -> None:
+        await self.aclose()
+        self.backends = []
+        self.prefix = f"t-{uuid.uuid4().hex[:12]}"
 
     async def aclose(self) -> None:
         for b in self.backends:
