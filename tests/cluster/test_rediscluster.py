@@ -1,6 +1,6 @@
 """The Redis Cluster backend on a real 3 + 3 Redis Cluster: what is particular to it (sharded
 pub/sub, the per-group registration check, the node index, the app's channel index, shard
-failovers), beside the contract tests every backend passes (test_contract.py)."""
+failovers), beside the contract tests every backend passes (test_contract_*.py)."""
 
 from __future__ import annotations
 

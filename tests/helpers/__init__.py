@@ -10,6 +10,8 @@
 - `handler`: sockets on an in-process handler (FakeConnection).
 - `fuzz_values`, `fuzz_frames`: hypothesis strategies and the checks of received frames.
 - `webhooks`: a webhook receiver that checks signatures with the pusher SDK.
+- `contract_backends`: the cluster backends (memory, Redis, Redis Cluster) as clusters of
+  nodes, for the contract tests (tests/cluster/test_contract_*.py).
 - `chromium`: headless Chromium for the browser suites.
 
 No test module imports another test module: what two suites share lives here.
