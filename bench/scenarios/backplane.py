@@ -25,13 +25,17 @@ Redis Cluster with a replica per shard (cluster-node-timeout 1500 ms), the prima
 cluster: the one owning the triggered channel's slot) SIGKILLed, the time from the kill to
 the first 2xx again (and whether an event answered 2xx went missing at a subscriber); the
 old primary back as a replica between runs. With --baseline DIR (another checkout, e.g. a
-worktree of main), each failover series runs first with that checkout's nodes.
+worktree of main), each failover series runs first with that checkout's nodes, and each
+topology of --baseline-topologies is measured with them too, right after this checkout's,
+in every round (ratios "T/T@baseline").
 Redis CPU is utime + stime from /proc/PID/stat (psutil). Nodes run with the default
 node_timeout (6 s) and heartbeat_interval (1 s) unless given.
 
     flock /tmp/pushwire-bench.lock .venv/bin/python -m bench backplane
     ... -m bench backplane --topologies one,split --rounds 3 --failovers 0
     ... -m bench backplane --topologies "" --failovers 5 --failover-topologies cluster
+    ... -m bench backplane --topologies one,cluster --failovers 0 --rounds 5 \
+        --baseline ../wt-base --baseline-topologies cluster
     .venv/bin/python -m bench backplane --quick     # a small run to check the tools
 """
 
@@ -184,42 +188,63 @@ def fanout(bp: Backplane, nodes: list[Server], args: Any) -> dict[str, Any]:
 
 
 def cost(args: Any, wrk: str, tmp: Path) -> list[dict[str, Any]]:
+    """Each round: every topology with this checkout's nodes, and those of
+    --baseline-topologies with --baseline's nodes right after (code "baseline")."""
     rows = []
     for r in range(args.rounds):
         for topology in args.topologies:
-            head = {"topology": topology.value, "round": r}
-            try:
-                with cluster_of(topology, tmp, node_settings(args)) as (bp, nodes):
-                    rows.append({**head, **triggers(bp, nodes, wrk, tmp, args)})
-                    emit(rows[-1])
-                    rows.append({**head, **fanout(bp, nodes, args)})
-                    emit(rows[-1])
-            except NotStarted as exc:
-                emit({**head, "status": "not measured: the nodes do not start", "error": str(exc)})
+            variants = [("this", None)]
+            if topology in args.baseline_topologies:
+                variants.append(("baseline", args.baseline))
+            for code, tree in variants:
+                head = {"topology": topology.value, "code": code, "round": r}
+                try:
+                    with cluster_of(topology, tmp, node_settings(args), tree=tree) as (bp, nodes):
+                        rows.append({**head, **triggers(bp, nodes, wrk, tmp, args)})
+                        emit(rows[-1])
+                        rows.append({**head, **fanout(bp, nodes, args)})
+                        emit(rows[-1])
+                except NotStarted as exc:
+                    emit({**head, "status": "not measured: the nodes do not start",
+                          "error": str(exc)})  # fmt: skip
     return rows
 
 
 def ratios(rows: list[dict[str, Any]], topologies: list[Topology]) -> None:
-    """Each topology against `one`, per round, the median over rounds."""
+    """Each topology against `one`, per round, the median over rounds; and each topology
+    measured with the baseline's nodes too against them (this / baseline)."""
     for phase, keys in COMPARED.items():
-        base = {r["round"]: r for r in rows if r["phase"] == phase and r["topology"] == BASE}
+        mine = [r for r in rows if r["phase"] == phase]
+        this = [r for r in mine if r["code"] == "this"]
+        base = {r["round"]: r for r in this if r["topology"] == BASE}
         for topology in topologies:
-            mine = [r for r in rows if r["phase"] == phase and r["topology"] == topology]
-            if topology is BASE or not mine:
-                continue
-            out: dict[str, Any] = {"ratio": f"{topology}/{BASE}", "phase": phase}
-            for key in keys:
-                got = [ratio(r[key], base[r["round"]][key]) for r in mine if r["round"] in base]
-                vals = [g for g in got if g is not None]
-                out[key] = statistics.median(vals) if vals else None
-                out[f"{key}_rounds"] = got
-            if topology is not Topology.SINGLE:
-                out["within_1.2x"] = all(
-                    out[k] is not None
-                    and (out[k] >= 1 / GOAL_RATIO if more else out[k] <= GOAL_RATIO)
-                    for k, more in GOAL[phase]
-                )
-            emit(out)
+            rounds = [r for r in this if r["topology"] == topology]
+            if topology is not BASE and rounds:
+                out = compare(rounds, base, keys, f"{topology}/{BASE}", phase)
+                if topology is not Topology.SINGLE:
+                    out["within_1.2x"] = all(
+                        out[k] is not None
+                        and (out[k] >= 1 / GOAL_RATIO if more else out[k] <= GOAL_RATIO)
+                        for k, more in GOAL[phase]
+                    )
+                emit(out)
+            old = {r["round"]: r for r in mine if r["topology"] == topology and r["code"] != "this"}
+            if old:
+                emit(compare(rounds, old, keys, f"{topology}/{topology}@baseline", phase))
+
+
+def compare(
+    rows: list[dict[str, Any]], base: dict[int, dict[str, Any]], keys: tuple[str, ...],
+    name: str, phase: str,
+) -> dict[str, Any]:  # fmt: skip
+    """`rows` against `base` of the same round: per key, the rounds' ratios and their median."""
+    out: dict[str, Any] = {"ratio": name, "phase": phase}
+    for key in keys:
+        got = [ratio(r[key], base[r["round"]][key]) for r in rows if r["round"] in base]
+        vals = [g for g in got if g is not None]
+        out[key] = statistics.median(vals) if vals else None
+        out[f"{key}_rounds"] = got
+    return out
 
 
 def victim(bp: Backplane) -> Victim:
@@ -293,7 +318,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--node-timeout", type=float, help="the nodes' (default theirs)")
     ap.add_argument("--failovers", type=int, default=5, help="per failover topology")
     ap.add_argument("--failover-topologies", default=",".join(FAILOVER_TOPOLOGIES))
-    ap.add_argument("--baseline", help="failovers: also with the nodes of this checkout, first")
+    ap.add_argument("--baseline", help="another checkout: its nodes are measured too")
+    ap.add_argument("--baseline-topologies", default="", help="cost: these with --baseline too")
     ap.add_argument("--failover-rate", type=float, default=50, help="triggers per second")
     ap.add_argument("--failover-before", type=float, default=2, help="seconds before the kill")
     ap.add_argument("--failover-window", type=float, default=10, help="seconds after it")
@@ -304,6 +330,11 @@ def main(argv: list[str] | None = None) -> None:
     args.failover_topologies = [
         Topology(t.strip()) for t in args.failover_topologies.split(",") if t.strip()
     ]
+    args.baseline_topologies = [
+        Topology(t.strip()) for t in args.baseline_topologies.split(",") if t.strip()
+    ]
+    if args.baseline_topologies and not args.baseline:
+        ap.error("--baseline-topologies needs --baseline")
     if set(args.failover_topologies) - set(FAILOVER_TOPOLOGIES):
         ap.error(f"--failover-topologies: among {', '.join(FAILOVER_TOPOLOGIES)}")
     version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
