@@ -5,11 +5,15 @@ say, and the black-hole proxy really holds bytes back while keeping connections 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 from redis.crc import key_slot
@@ -207,6 +211,55 @@ async def test_blackhole_from_an_async_test_and_a_connection_made_during_the_cut
         for w in (writer, late_writer):
             w.close()
             await w.wait_closed()
+
+
+def _sockets_to(ports: set[int]) -> list[tuple[str, str]]:
+    """This process's TCP sockets whose local or remote port is in `ports`."""
+    return [
+        (str(c.laddr), c.status)
+        for c in psutil.Process().net_connections("tcp")
+        if c.laddr and (c.laddr.port in ports or (c.raddr and c.raddr.port in ports))
+    ]
+
+
+def _connect_in_a_loop(
+    address: tuple[str, int], clients: list[socket.socket], stop: threading.Event
+) -> None:
+    while not stop.is_set():
+        try:
+            conn = socket.create_connection(address, timeout=1)
+        except OSError:
+            continue
+        clients.append(conn)
+        with contextlib.suppress(OSError):  # reset once the proxy has closed
+            conn.sendall(b"PING\r\n")
+
+
+def test_blackhole_close_while_clients_keep_connecting_leaves_no_socket_open(
+    redis_server: RedisSingle,
+) -> None:
+    """A proxy closed while clients keep connecting (a node reconnecting in a loop) closes
+    every connection it accepted and every one it made to the target, late ones included."""
+    for _ in range(5):
+        proxy = BlackholeProxy(redis_server.port)
+        clients: list[socket.socket] = []
+        stop = threading.Event()
+        threads = [
+            threading.Thread(target=_connect_in_a_loop, args=(proxy.address, clients, stop))
+            for _ in range(4)
+        ]
+        for t in threads:
+            t.start()
+        while len(clients) < 40:
+            time.sleep(0.005)
+        proxy.close()
+        time.sleep(0.1)  # clients go on connecting (refused) and sending meanwhile
+        stop.set()
+        for t in threads:
+            t.join()
+        for conn in clients:
+            conn.close()
+        assert _sockets_to({proxy.port, redis_server.port}) == []
 
 
 class _TwoNodes(NodeSet):

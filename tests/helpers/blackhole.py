@@ -23,6 +23,8 @@ handed to the kernel before the cut still arrive.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, Self, TypeVar, cast
@@ -44,6 +46,7 @@ class _Side(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.pipe.proxy.open_sides.add(self)
         self.pipe.side_ready(self)
 
     def data_received(self, data: bytes) -> None:
@@ -57,6 +60,7 @@ class _Side(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.pipe.proxy.open_sides.discard(self)
         if not self.lost.done():
             self.lost.set_result(None)
         self.pipe.pump()
@@ -89,6 +93,9 @@ class _Pipe:
         return self.target if side is self.client else self.client
 
     def side_ready(self, side: _Side) -> None:
+        if self.done or self.proxy.closing:  # made after the pipe or the proxy closed
+            self.close()
+            return
         if side is self.client:
             self.proxy.pipes.add(self)
         self.sync_reading()
@@ -170,21 +177,38 @@ class BlackholeProxy:
         self.bytes_up = 0
         self.bytes_down = 0
         self.pipes: set[_Pipe] = set()
+        self.open_sides: set[_Side] = set()  # every connection made and not lost yet
+        self.closing = False
         self.loop = asyncio.new_event_loop()
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
         self._thread = threading.Thread(
             target=self.loop.run_forever, name=f"blackhole->{target_port}", daemon=True
         )
         self._thread.start()
         try:
-            self._server = self._call_async(self._listen)
+            self._listener = self._call_async(self._listen)
         except BaseException:
             self._stop_loop()
             raise
-        self.port: int = self._server.sockets[0].getsockname()[1]
+        self.port: int = self._listener.getsockname()[1]
 
-    async def _listen(self) -> asyncio.Server:
-        return await self.loop.create_server(lambda: _Pipe(self).client, "127.0.0.1", 0)
+    async def _listen(self) -> socket.socket:
+        listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        listener.setblocking(False)
+        self._accepting = self.loop.create_task(self._accept(listener))
+        return listener
+
+    async def _accept(self, listener: socket.socket) -> None:
+        """Accept connections one by one (not `create_server`, whose accepts in flight when
+        it closes leave their sockets to the garbage collector): each one's client side is
+        made before the next accept, and a cancel closes what it was making."""
+        while True:
+            conn, _ = await self.loop.sock_accept(listener)
+            try:
+                await self.loop.connect_accepted_socket(lambda: _Pipe(self).client, conn)
+            except OSError:
+                conn.close()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -240,18 +264,24 @@ class BlackholeProxy:
             self._stop_loop()
 
     async def _close(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        sides = [side for pipe in self.pipes for side in (pipe.client, pipe.target)]
-        for pipe in list(self.pipes):
+        assert self._listener is not None and self._accepting is not None
+        self.closing = True  # a connection made from now on closes itself
+        self._accepting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._accepting
+        self._listener.close()
+        pipes = set(self.pipes)
+        for pipe in pipes:
             pipe.close()
-        await self._server.wait_closed()
-        lost = [side.lost for side in sides if side.transport is not None]
+        pipes |= {side.pipe for side in self.open_sides}
+        connecting = [p.connecting for p in pipes if p.connecting is not None]
+        await asyncio.gather(*connecting, return_exceptions=True)
+        lost = [side.lost for side in self.open_sides]
         if lost:
             await asyncio.wait(lost, timeout=2)  # the sockets closed before the loop stops
-        for side in sides:  # a close waits for bytes the peer never reads: reset those
-            if side.transport is not None and not side.lost.done():
-                side.transport.abort()
+        for side in list(self.open_sides):  # a close waits for bytes never read: reset
+            assert side.transport is not None
+            side.transport.abort()
         await asyncio.sleep(0)  # (abort closes the socket on the next loop turn)
 
     def _stop_loop(self) -> None:
