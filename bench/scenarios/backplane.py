@@ -51,6 +51,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from bench.lib import procs
 from bench.lib.backplanes import Backplane, Topology, sections, start
 from bench.lib.failover import (
@@ -343,6 +345,7 @@ def main(argv: list[str] | None = None) -> None:
             "scenario": "backplane",
             "commit": git_commit(),
             "redis": version.stdout.split()[2] if version.returncode == 0 else "?",
+            "redis_py": redis.__version__,
             "cpus": procs.cores(),
             "loadavg": [round(x, 2) for x in os.getloadavg()],
             "args": {k: [t.value for t in v] if k.endswith("topologies") else v
