@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import BASE_CONFIG, TIMEOUT, start_node, stop_node
 from tests.helpers.client import Client, rest
+from tests.helpers.cluster_checks import eventually
 from tests.helpers.recorder import Recorder
 
 pytestmark = [pytest.mark.topology, pytest.mark.slow, pytest.mark.redis]
@@ -123,18 +124,6 @@ async def users(port: int, channel: str) -> list[str]:
     )
     assert status == 200, body
     return sorted(u["id"] for u in body["users"])
-
-
-async def eventually(check: Any, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            await check()
-            return
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
 
 
 def no_silent_gap(rec: Recorder, accepted: list[str]) -> None:

@@ -1,11 +1,17 @@
 """What the cluster tests share: presence as the clients see it and as REST reports it,
-paced triggers, and the history tests' config."""
+paced triggers, a check retried until it holds (`eventually`), and the history tests'
+config."""
 
 from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import orjson
 
+from tests.helpers import TIMEOUT
 from tests.helpers.client import Client, data, rest
 
 HISTORY_CONFIG = """
@@ -30,6 +36,20 @@ id = "plain-id"
 key = "plain-key"
 secret = "plain-secret"
 """
+
+
+async def eventually(check: Callable[[], Awaitable[None]], timeout: float = TIMEOUT) -> None:
+    """Await `check()` until it raises no AssertionError; after `timeout` seconds the last
+    AssertionError is raised."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await check()
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
 
 
 def http(port: int) -> str:

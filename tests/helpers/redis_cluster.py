@@ -11,6 +11,9 @@ default, made by `redis-cli --cluster create`), for sharding, failover and migra
   `redis-cli --cluster reshard` does (SETSLOT IMPORTING / MIGRATING, MIGRATE, SETSLOT NODE).
 
 Each node has its cluster bus on a free port of its own (`--cluster-port`), not port + 10000.
+With `password`, every node requires it (`--requirepass`, `--masterauth`: replicas and the
+cluster tooling authenticate), `redis-cli --cluster create` and MIGRATE give it, and `url()`
+carries it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from tests.helpers.redis_procs import (
     NodeSet,
     NotYet,
     RedisNode,
-    command,
+    credentials,
     executable,
     wait_for,
 )
@@ -43,8 +46,9 @@ class RedisClusterSet(NodeSet):
         replicas: int = 1,
         node_timeout_ms: int = 1500,
         extra_args: tuple[str, ...] = (),
+        password: str | None = None,
     ) -> None:
-        super().__init__(root)
+        super().__init__(root, password)
         self.primaries = primaries
         self.replicas = replicas
         self.node_timeout_ms = node_timeout_ms
@@ -66,6 +70,8 @@ class RedisClusterSet(NodeSet):
         addresses = [f"{HOST}:{n.port}" for n in self.nodes]
         create = [executable("redis-cli"), "--cluster", "create", *addresses]
         create += ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
+        if self.password is not None:
+            create += ["-a", self.password, "--no-auth-warning"]
         done = subprocess.run(create, capture_output=True, text=True, timeout=6 * TIMEOUT)
         if done.returncode != 0 or "[OK] All 16384 slots covered" not in done.stdout:
             raise RuntimeError(f"redis-cli --cluster create failed: {done.stdout}{done.stderr}")
@@ -73,8 +79,10 @@ class RedisClusterSet(NodeSet):
 
     # ---------------------------------------------------------------------------- queries
     def url(self, scheme: str = "redis+cluster") -> str:
-        """`redis+cluster://127.0.0.1:P1,127.0.0.1:P2,...` (every node, as seeds)."""
-        return f"{scheme}://" + ",".join(f"{HOST}:{n.port}" for n in self.nodes)
+        """`redis+cluster://[:PASSWORD@]127.0.0.1:P1,127.0.0.1:P2,...` (every node, as
+        seeds)."""
+        hosts = ",".join(f"{HOST}:{n.port}" for n in self.nodes)
+        return f"{scheme}://{credentials(self.password)}{hosts}"
 
     def ports(self) -> list[int]:
         return [n.port for n in self.nodes]
@@ -86,7 +94,7 @@ class RedisClusterSet(NodeSet):
         """The slot ranges and their owners as the node on `port` (else any running node)
         sees them (CLUSTER SLOTS)."""
         port = port if port is not None else self._live()[0].port
-        reply: list[Any] = command(port, "CLUSTER", "SLOTS")
+        reply: list[Any] = self.command(port, "CLUSTER", "SLOTS")
         return {(int(r[0]), int(r[1])): int(r[2][1]) for r in reply}
 
     def primary_ports(self) -> list[int]:
@@ -98,7 +106,7 @@ class RedisClusterSet(NodeSet):
 
     def slot_of(self, key: str | bytes) -> int:
         """The key's (or sharded channel's) slot: CLUSTER KEYSLOT."""
-        return int(command(self._live()[0].port, "CLUSTER", "KEYSLOT", key))
+        return int(self.command(self._live()[0].port, "CLUSTER", "KEYSLOT", key))
 
     def owner_of_slot(self, slot: int) -> int:
         return _owner(self.slot_map(), slot)
@@ -108,7 +116,7 @@ class RedisClusterSet(NodeSet):
         return self.owner_of_slot(self.slot_of(key))
 
     def node_id(self, port: int) -> str:
-        return str(command(port, "CLUSTER", "MYID"))
+        return str(self.command(port, "CLUSTER", "MYID"))
 
     # -------------------------------------------------------------------------- failover
     def kill(self, port: int) -> None:
@@ -153,11 +161,11 @@ class RedisClusterSet(NodeSet):
         live_ports = {n.port for n in live}
         maps = []
         for node in live:
-            state = command(node.port, "CLUSTER", "INFO").split("cluster_state:")[1][:2]
+            state = self.command(node.port, "CLUSTER", "INFO").split("cluster_state:")[1][:2]
             if state != "ok":
                 raise NotYet(f"{node.port}: cluster_state {state}")
             maps.append(self.slot_map(node.port))
-            for line in command(node.port, "CLUSTER", "NODES").splitlines():
+            for line in self.command(node.port, "CLUSTER", "NODES").splitlines():
                 _, address, flags = line.split()[:3]
                 port = int(address.split("@")[0].rsplit(":", 1)[1])
                 if port in live_ports and {"fail", "fail?"} & set(flags.split(",")):
@@ -188,20 +196,23 @@ class RedisClusterSet(NodeSet):
         if source == to_port:
             raise ValueError(f"slot {slot} is on {to_port} already")
         src_id, dst_id = self.node_id(source), self.node_id(to_port)
-        command(to_port, "CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
-        command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        self.command(to_port, "CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        self.command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
         deadline = time.monotonic() + hold
         while True:
-            keys = command(source, "CLUSTER", "GETKEYSINSLOT", slot, batch)
+            keys = self.command(source, "CLUSTER", "GETKEYSINSLOT", slot, batch)
             if keys:
-                command(source, "MIGRATE", HOST, to_port, "", 0, 5000, "KEYS", *keys, timeout=10)
+                auth = () if self.password is None else ("AUTH", self.password)
+                self.command(
+                    source, "MIGRATE", HOST, to_port, "", 0, 5000, *auth, "KEYS", *keys, timeout=10
+                )
             elif time.monotonic() >= deadline:
                 break
             else:
                 time.sleep(0.05)
         others = [p for p in self.primary_ports() if p not in (to_port, source)]
         for port in [to_port, source, *others]:  # the target first: the slot is never unowned
-            command(port, "CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+            self.command(port, "CLUSTER", "SETSLOT", slot, "NODE", dst_id)
 
         def moved() -> bool:
             slot_map = self.agreed_map()

@@ -8,6 +8,11 @@ Every process is stopped by `stop()` (the sets are context managers too); an ate
 whatever a test run that crashed left behind. A set lives in a directory of its own (given, or
 a temporary one that `stop()` removes): one subdirectory per node with its log (redis.log),
 a sentinel's config, a cluster node's nodes.conf.
+
+A set (and `RedisNode`, `start_redis`) takes an optional `password`: its data nodes then run
+with `--requirepass` and `--masterauth` (replicas authenticate to their primary), the helpers'
+own commands authenticate, and `url` carries it (`redis://:PW@...`). Sentinels themselves
+take no password (they are told the data nodes': `sentinel auth-pass`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Self, TypeVar
+from urllib.parse import quote
 
 import redis
 
@@ -48,12 +54,14 @@ def executable(name: str) -> str:
     return exe
 
 
-def command(port: int, *args: Any, timeout: float = 2.0) -> Any:
-    """One command on a fresh connection to 127.0.0.1:`port`. Replies are decoded to str and
-    left raw, RESP2 (redis-py parses no reply but INFO's, which comes back as a dict)."""
+def command(port: int, *args: Any, timeout: float = 2.0, password: str | None = None) -> Any:
+    """One command on a fresh connection to 127.0.0.1:`port` (authenticated with `password`
+    when given). Replies are decoded to str and left raw, RESP2 (redis-py parses no reply but
+    INFO's, which comes back as a dict)."""
     with redis.Redis(
         host=HOST,
         port=port,
+        password=password,
         decode_responses=True,
         protocol=2,
         socket_timeout=timeout,
@@ -64,6 +72,11 @@ def command(port: int, *args: Any, timeout: float = 2.0) -> Any:
 
 class NotYet(Exception):
     """Raised by a `wait_for` probe: not yet, and why (reported if it never comes)."""
+
+
+def credentials(password: str | None) -> str:
+    """The userinfo part of a URL for `password`: `:PW@` (percent-encoded), or ''."""
+    return "" if password is None else f":{quote(password, safe='')}@"
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float) -> T:
@@ -90,7 +103,9 @@ class _ExitedAtStart(RuntimeError):
 
 class RedisNode:
     """One redis-server process on `port`: a data node, a sentinel (`config` given: its file,
-    which the sentinel rewrites) or a cluster node. `args` come after the port."""
+    which the sentinel rewrites) or a cluster node. `args` come after the port. With
+    `password`, a data or cluster node requires it (and gives it to its primary), and
+    `command()` authenticates; a sentinel is never given one (its config has `auth-pass`)."""
 
     DATA_ARGS = ("--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0")
 
@@ -100,11 +115,14 @@ class RedisNode:
         args: Sequence[str] = (),
         dir: Path | None = None,
         sentinel_config: Path | None = None,
+        password: str | None = None,
     ) -> None:
+        assert password is None or sentinel_config is None, "a sentinel takes no password"
         self.port = port
         self.args = list(args)
         self.dir = dir
         self.sentinel_config = sentinel_config
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
         self._started = False  # it has answered once: its port is known to others now
 
@@ -149,6 +167,8 @@ class RedisNode:
             cmd += [str(self.sentinel_config), "--sentinel"]
         else:
             cmd += self.DATA_ARGS
+            if self.password is not None:
+                cmd += ["--requirepass", self.password, "--masterauth", self.password]
         cmd += ["--port", str(self.port), "--bind", HOST, *self.args, *extra]
         out: Any = subprocess.DEVNULL
         if self.dir is not None:
@@ -170,7 +190,7 @@ class RedisNode:
                 _LIVE.discard(proc)
                 log = self.log.read_text()[-3000:] if self.log else ""
                 raise _ExitedAtStart(f"redis-server on {self.port} exited at start: {log}")
-            return command(self.port, "PING", timeout=0.5) or None
+            return self.command("PING", timeout=0.5) or None
 
         try:
             wait_for(f"redis-server on {self.port} answering", answers, TIMEOUT)
@@ -205,8 +225,12 @@ class RedisNode:
         self.proc.wait()
         _LIVE.discard(self.proc)
 
+    def command(self, *args: Any, timeout: float = 2.0) -> Any:
+        """`command()` on this node, authenticated with its password if it has one."""
+        return command(self.port, *args, timeout=timeout, password=self.password)
+
     def info(self, section: str = "replication") -> dict[str, Any]:
-        got: dict[str, Any] = command(self.port, "INFO", section)
+        got: dict[str, Any] = self.command("INFO", section)
         return got
 
     def replica_in_sync(self) -> bool:
@@ -222,23 +246,26 @@ class RedisSingle(RedisNode):
 
     @property
     def url(self) -> str:
-        return f"redis://{HOST}:{self.port}/0"
+        return f"redis://{credentials(self.password)}{HOST}:{self.port}/0"
 
     def restart(self) -> None:
         self.stop()
         self.start()
 
 
-def start_redis(dir: Path | None = None) -> RedisSingle:
-    """A running `RedisSingle` on a free port (its log in `dir` when given)."""
-    return RedisSingle(free_port(), dir=dir).start()
+def start_redis(dir: Path | None = None, password: str | None = None) -> RedisSingle:
+    """A running `RedisSingle` on a free port (its log in `dir` when given; requiring
+    `password` when given)."""
+    return RedisSingle(free_port(), dir=dir, password=password).start()
 
 
 class NodeSet:
     """The process bookkeeping of a set of nodes: its directory, start/stop, context manager.
-    A set that fails to start is stopped before the error is raised."""
+    A set that fails to start is stopped before the error is raised. `password`: its data
+    nodes' (see the module doc)."""
 
-    def __init__(self, root: Path | None) -> None:
+    def __init__(self, root: Path | None, password: str | None = None) -> None:
+        self.password = password
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="pushwire-redis-")) if root is None else root
         self.nodes: list[RedisNode] = []
@@ -246,7 +273,8 @@ class NodeSet:
     def new_node(
         self, name: str, args: Sequence[str] = (), sentinel: str | None = None
     ) -> RedisNode:
-        """A node on a free port in root/<name>-<port>/ (`sentinel`: its config's text)."""
+        """A node on a free port in root/<name>-<port>/ (`sentinel`: its config's text); a
+        data node requires the set's password."""
         port = free_port()
         dir = self.root / f"{name}-{port}"
         config = None
@@ -254,7 +282,7 @@ class NodeSet:
             dir.mkdir(parents=True)
             config = dir / "sentinel.conf"
             config.write_text(sentinel)
-        node = RedisNode(port, args, dir, config)
+        node = RedisNode(port, args, dir, config, None if config else self.password)
         self.nodes.append(node)
         return node
 
@@ -263,6 +291,10 @@ class NodeSet:
             if node.port == port:
                 return node
         raise KeyError(f"no node of this set on port {port}")
+
+    def command(self, port: int, *args: Any, timeout: float = 2.0) -> Any:
+        """`command()` on this set's node on `port`, authenticated as that node needs."""
+        return self.node(port).command(*args, timeout=timeout)
 
     def _start(self) -> None:
         raise NotImplementedError

@@ -1,5 +1,7 @@
 """`SentinelSet`: a primary, a replica and three sentinels (`redis-server --sentinel`) watching
-them as one master (quorum 2), for failover tests.
+them as one master (quorum 2), for failover tests. With `password`, the data nodes require it
+(`--requirepass`, `--masterauth`), the sentinels are told it (`sentinel auth-pass`) but take
+none themselves, and `url()` carries it: the data nodes', as Pushwire's URL means it.
 
 `kill_primary()` SIGKILLs the primary; `wait_failover()` waits until the sentinels agree on the
 promoted replica, it reports role master and that has held for a while;
@@ -28,7 +30,7 @@ from typing import Any
 import redis
 
 from tests.helpers import TIMEOUT
-from tests.helpers.redis_procs import HOST, NodeSet, NotYet, RedisNode, command, wait_for
+from tests.helpers.redis_procs import HOST, NodeSet, NotYet, RedisNode, credentials, wait_for
 
 
 def _pairs(flat: Sequence[Any]) -> dict[str, Any]:
@@ -43,8 +45,9 @@ class SentinelSet(NodeSet):
         master: str = "pw",
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 2000,
+        password: str | None = None,
     ) -> None:
-        super().__init__(root)
+        super().__init__(root, password)
         self.master = master
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
@@ -75,13 +78,15 @@ class SentinelSet(NodeSet):
             f"sentinel down-after-milliseconds {m} {self.down_after_ms}\n"
             f"sentinel failover-timeout {m} {self.failover_timeout_ms}\n"
             f"sentinel parallel-syncs {m} 1\n"
+            + ("" if self.password is None else f'sentinel auth-pass {m} "{self.password}"\n')
         )
 
     # ---------------------------------------------------------------------------- queries
     def url(self, db: int | None = None, scheme: str = "redis+sentinel") -> str:
-        """`redis+sentinel://127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3/pw[/db]`."""
+        """`redis+sentinel://[:PASSWORD@]127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3/pw[/db]`."""
         hosts = ",".join(f"{HOST}:{s.port}" for s in self.sentinels)
-        return f"{scheme}://{hosts}/{self.master}" + ("" if db is None else f"/{db}")
+        auth = credentials(self.password)
+        return f"{scheme}://{auth}{hosts}/{self.master}" + ("" if db is None else f"/{db}")
 
     def sentinel_ports(self) -> list[int]:
         return [s.port for s in self.sentinels]
@@ -101,7 +106,7 @@ class SentinelSet(NodeSet):
             if not s.alive:
                 continue
             try:
-                _, port = command(s.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master)
+                _, port = s.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master)
                 views.append(int(port))
             except (redis.RedisError, OSError, TypeError, ValueError):
                 views.append(None)
@@ -124,7 +129,7 @@ class SentinelSet(NodeSet):
         if not node.alive or node.info()["role"] != "master":
             raise NotYet(f"{node} named by the sentinels is not a running master")
         for s in self.sentinels:
-            flags = _pairs(command(s.port, "SENTINEL", "MASTER", self.master))["flags"]
+            flags = _pairs(s.command("SENTINEL", "MASTER", self.master))["flags"]
             if flags != "master":
                 raise NotYet(f"sentinel {s.port} sees the master {node.port} as {flags}")
         return node
@@ -200,11 +205,11 @@ class SentinelSet(NodeSet):
             self._primary = self._agreed_primary()
             replica = self._other(self._primary).port
             for s in self.sentinels:
-                replicas = [_pairs(r) for r in command(s.port, "SENTINEL", "REPLICAS", self.master)]
+                replicas = [_pairs(r) for r in s.command("SENTINEL", "REPLICAS", self.master)]
                 up = [r for r in replicas if r["flags"] == "slave" and int(r["port"]) == replica]
                 if not up or up[0]["master-link-status"] != "ok":
                     raise NotYet(f"sentinel {s.port}: replicas {replicas}")
-                others = command(s.port, "SENTINEL", "SENTINELS", self.master)
+                others = s.command("SENTINEL", "SENTINELS", self.master)
                 if len(others) != 2:
                     raise NotYet(f"sentinel {s.port}: {len(others)} other sentinels")
             self._wait_replicated(timeout)

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import AuthenticationError
 
 from .urls import RedisKind, RedisTarget
 
@@ -40,6 +41,29 @@ log = logging.getLogger("pushwire.cluster.redis")
 
 POOL_SIZE = 64  # connections per client; more calls at once wait their turn (up to 5 s)
 SENTINEL_TIMEOUT = 1.0  # seconds for one sentinel to answer
+
+
+# how Redis refuses a connection's credentials (a wrong password, or none given): redis-py
+# raises AuthenticationError, but the Redis Cluster client passes on only the text
+_REFUSALS = (
+    "WRONGPASS",
+    "NOAUTH",
+    "invalid username-password pair",
+    "invalid password",
+    "Authentication required",
+    "HELLO must be called with the client already authenticated",
+    "no password is set",
+)
+
+
+def failure(exc: BaseException) -> str:
+    """A Redis error as the logs say it: its text, marked as a refusal of this node's
+    credentials when it is one (a retry cannot help: the URL's password is wrong or
+    missing)."""
+    text = str(exc)
+    if isinstance(exc, AuthenticationError) or any(r in text for r in _REFUSALS):
+        return f"Redis refused this node's credentials, check the password in the URL: {text}"
+    return text
 
 
 class PrimaryWatch:

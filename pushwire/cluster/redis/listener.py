@@ -38,6 +38,7 @@ from redis.exceptions import AskError, MovedError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ...aio import cancel_and_wait
+from .clients import failure
 
 log = logging.getLogger("pushwire.cluster.redis")
 
@@ -304,7 +305,9 @@ class Listener:
                     log.exception("bus: the lost-messages handler failed")
             except (RedisError, OSError) as exc:
                 if not self._down_logged:
-                    log.error("bus connection of %s lost (%s): reconnecting", self.label, exc)
+                    log.error(
+                        "bus connection of %s lost (%s): reconnecting", self.label, failure(exc)
+                    )
                     self._down_logged = True
             except Exception:
                 log.exception("bus listener of %s failed: reconnecting", self.label)

@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ..base import NotRegistered, Unavailable
-from .clients import PrimaryWatch
+from .clients import PrimaryWatch, failure
 from .keys import Keys, lua_prelude
 
 LUA_DIR = Path(__file__).parent / "lua"
@@ -152,7 +152,7 @@ class Scripts:
                 # rather than fail once on each
                 with contextlib.suppress(RedisError, OSError):
                     await self.client.connection_pool.disconnect(inuse_connections=False)
-            raise Unavailable(f"Redis unreachable ({name}): {exc}") from None
+            raise Unavailable(f"Redis unreachable ({name}): {failure(exc)}") from None
 
     def error(self, name: str, exc: ResponseError) -> Unavailable:
         text = str(exc)

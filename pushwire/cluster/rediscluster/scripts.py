@@ -43,6 +43,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..base import NotRegistered, Unavailable
+from ..redis.clients import failure
 from ..redis.scripts import LUA_DIR as SHARED_DIR
 from .client import POOL_SIZE, ShardWatch
 from .keys import ClusterKeys, lua_prelude
@@ -236,7 +237,7 @@ class ClusterScripts:
         except ResponseError as exc:
             raise self.error(name, exc) from None
         except (RedisError, RedisClusterException, OSError) as exc:
-            raise Unavailable(f"Redis Cluster unreachable ({name}): {exc}") from None
+            raise Unavailable(f"Redis Cluster unreachable ({name}): {failure(exc)}") from None
 
     def _command(self, name: str, args: Args) -> tuple[Args, bytes]:
         """The command that runs script `name` with `args`, and the key that routes it (a
@@ -318,12 +319,12 @@ class ClusterScripts:
         try:
             results = await self.pipeline(name, calls)
         except (RedisError, OSError) as exc:
-            raise Unavailable(f"Redis Cluster unreachable ({name}): {exc}") from None
+            raise Unavailable(f"Redis Cluster unreachable ({name}): {failure(exc)}") from None
         for r in results:
             if isinstance(r, ResponseError):
                 raise self.error(name, r)
             if isinstance(r, Exception):
-                raise Unavailable(f"Redis Cluster unreachable ({name}): {r}")
+                raise Unavailable(f"Redis Cluster unreachable ({name}): {failure(r)}")
         return results
 
     def error(self, name: str, exc: ResponseError) -> Unavailable:
