@@ -325,7 +325,7 @@ async def test_a_primary_killed_under_load(own_cluster: RedisClusterSet, tmp_pat
     from tests.conftest import ClusterUrl, cluster_config, start_node, stop_node
     from tests.helpers.client import Client
     from tests.helpers.cluster_checks import HISTORY_CONFIG as CONFIG
-    from tests.helpers.cluster_checks import members_seen, rest_users
+    from tests.helpers.cluster_checks import exactly_once, members_seen, rest_users
     from tests.helpers.cluster_checks import presence_subscribe as _presence_subscribe
     from tests.helpers.cluster_checks import trigger_numbered as _trigger
 
@@ -335,7 +335,8 @@ async def test_a_primary_killed_under_load(own_cluster: RedisClusterSet, tmp_pat
     (_, pa, _), (_, pb, _) = nodes
     subs: list[PushwireClient] = []
     members: list[Client] = []
-    got: dict[int, dict[int, str]] = {pa: {}, pb: {}}  # node -> event number -> epoch
+    # node -> every delivery, in arrival order: (event number, epoch, offset)
+    got: dict[int, list[tuple[str, str, int]]] = {pa: [], pb: []}
     try:
         for port in (pa, pb):
             client = PushwireClient("app-key", port=port, max_backoff=0.5)
@@ -343,7 +344,7 @@ async def test_a_primary_killed_under_load(own_cluster: RedisClusterSet, tmp_pat
             ch = await client.subscribe("load")
 
             def on_event(data: Any, meta: dict[str, Any], port: int = port) -> None:
-                got[port][int(data)] = meta.get("epoch", "")
+                got[port].append((data, meta.get("epoch", ""), meta.get("offset", -1)))
 
             ch.bind("n", on_event)
             subs.append(client)
@@ -367,10 +368,12 @@ async def test_a_primary_killed_under_load(own_cluster: RedisClusterSet, tmp_pat
         await asyncio.sleep(1.0)
         accepted = [n for n, _, s in statuses if s == 200]
         refused = [(n, t, s) for n, t, s in statuses if s != 200]
+        print("node logs:", *(str(p) for _, _, p in nodes))
         for port in (pa, pb):
-            missing = [n for n in accepted if n not in got[port]]
-            assert not missing, (port, missing)
+            numbers = [n for n, _, _ in got[port]]
+            exactly_once(numbers, [str(n) for n in accepted], port, got[port])
         log = "".join(p.read_text() for _, _, p in nodes)
+        epoch = {int(n): e for n, e, _ in got[pa]}
         assert refused, "the primary's death went unnoticed"
         assert any(t > killed for n, t, s in statuses if s == 200), log[-5000:]
         assert all(s == 503 for _, _, s in refused), refused
@@ -379,8 +382,8 @@ async def test_a_primary_killed_under_load(own_cluster: RedisClusterSet, tmp_pat
         print(f"accepted {len(accepted)}, refused {len(refused)}; first 2xx after the kill "
               f"{back:.2f} s, last refusal {last_refusal:.2f} s")
         assert last_refusal < 10.0
-        before = {got[pa][n] for n in accepted if n < 80}
-        after = {got[pa][n] for n in accepted if n > refused[-1][0]}
+        before = {epoch[n] for n in accepted if n < 80}
+        after = {epoch[n] for n in accepted if n > refused[-1][0]}
         assert len(before) == 1 and len(after) == 1 and before != after  # a new epoch
         for port in (pa, pb):
             assert await rest_users(port, "presence-fo") == {f"user-{pa}", f"user-{pb}"}

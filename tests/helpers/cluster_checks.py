@@ -1,12 +1,14 @@
 """What the cluster tests share: presence as the clients see it and as REST reports it,
-paced triggers, a check retried until it holds (`eventually`), and the history tests'
-config."""
+paced triggers, a check retried until it holds (`eventually`), deliveries counted per
+subscriber (`exactly_once`), and the history tests' config."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
 
 import aiohttp
 import orjson
@@ -110,3 +112,24 @@ async def trigger_numbered(session: aiohttp.ClientSession, port: int, n: int) ->
             return r.status
     except (aiohttp.ClientError, TimeoutError):
         return 0
+
+
+def exactly_once(
+    got: Sequence[str],
+    accepted: Iterable[str],
+    who: object = None,
+    details: Sequence[Any] | None = None,
+) -> None:
+    """One subscriber's deliveries (event numbers, in arrival order; `details[i]`: what is
+    known of delivery i, e.g. its history position) against the events answered 2xx: every
+    accepted one arrived, and no event arrived twice, accepted or not (the tests' clients
+    never ask for an event again: a second copy is a defect)."""
+    counts = Counter(got)
+    missing = [n for n in accepted if n not in counts]
+    assert not missing, (who, "missing", sorted(missing, key=int)[:20], len(missing))
+    twice = sorted((n for n, c in counts.items() if c > 1), key=int)
+    if twice:
+        copies = {
+            n: [details[i] if details else i for i, m in enumerate(got) if m == n] for n in twice
+        }
+        raise AssertionError((who, "delivered more than once", copies))
