@@ -181,6 +181,8 @@ class Broker(Protocol):
       topic (as recorded in the cluster state) received the message: the caller must not
       report success. It never raises for a topic nobody else listens to (unless the
       store is unreachable or this node is not registered: then it always raises).
+      `NotRegistered` means that nothing was published; another `Unavailable`, that the
+      message may have gone out (a lost reply, an answer not trusted).
     - It raises too when a node subscribed to the topic has lost its lease (cut off or
       paused, it cannot vouch for its subscribers, though Redis may count its connection).
       Sharded store: the leases as this node saw them at its last heartbeat (a lease that

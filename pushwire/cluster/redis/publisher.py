@@ -25,6 +25,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
@@ -33,6 +34,7 @@ from ..base import (
     HistoryEvent,
     HistoryPage,
     HistoryPolicy,
+    NotRegistered,
     PartialDelivery,
     Position,
     Unavailable,
@@ -263,7 +265,7 @@ class Publisher:
                     calls = [(o.name, o.record, o.listening, o.data, *o.history) for o in batch]
                 else:
                     batch, calls = await self._receivers(batch)
-                results = await self._scripts.pipeline("publish", calls) if calls else []
+                results = await self._run(calls)
             except (RedisError, OSError, Unavailable) as exc:
                 err = (
                     exc
@@ -300,6 +302,18 @@ class Publisher:
                 for o in stale:
                     self.counts.drop(_key(o))
                 self._outbox[:0] = stale
+
+    async def _run(self, calls: list[tuple[str | bytes | int, ...]]) -> list[Any]:
+        """publish.lua once per call. `NotRegistered` raised by the pipeline itself means a
+        new primary ran it (`Scripts._same_primary`: the node's registration there is under
+        the generation known before): its answer is not trusted, but the messages may have
+        gone out. They are failed as unconfirmed, not as not registered, which says that
+        nothing was published (the engine then delivers a history event to its own sockets
+        itself: with the echo, they would get it twice)."""
+        try:
+            return await self._scripts.pipeline("publish", calls) if calls else []
+        except NotRegistered as exc:
+            raise Unavailable(f"publish not confirmed: {exc}") from None
 
     def _overtaken(self, o: _Outgoing, mark: int) -> bool:
         """Whether Redis may have counted this node's own subscription as another node's:
