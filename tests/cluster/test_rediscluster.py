@@ -452,3 +452,38 @@ async def test_own_subscribe_during_a_publish_is_not_counted_for_another_node(
         results = await asyncio.gather(*publishes, return_exceptions=True)
         assert all(isinstance(r, Unavailable) for r in results), (i, results)
         await a.broker.unsubscribe(topic)
+
+
+async def test_a_shard_whose_pool_is_full_fails_only_its_own_calls(nodes: Nodes) -> None:
+    """One pipeline over several shards: a shard that cannot lend a connection fails the
+    calls routed to it; the other shards' calls run and answer."""
+    from redis.crc import key_slot
+    from redis.exceptions import MaxConnectionsError
+
+    a = await nodes.add("a")
+    scripts = a.backend.scripts
+    client = scripts.client
+    await client.initialize()
+    topics = [channel_topic(APP, f"full-{i}") for i in range(30)]
+    owner = {
+        t: client.nodes_manager.get_node_from_slot(key_slot(scripts.keys.bus(t).encode()))
+        for t in topics
+    }
+    full = owner[topics[0]]
+    assert len({n.name for n in owner.values()}) > 1  # the channels span several shards
+
+    # every connection of that shard lent out, none more allowed
+    lent, most = list(full._free), full.max_connections
+    full._free.clear()
+    full.max_connections = len(full._connections)
+    try:
+        calls = [(scripts.keys.bus(t), "", "1", b"x", "") for t in topics]
+        results = await scripts.pipeline("publish", calls)
+    finally:
+        full._free.extend(lent)
+        full.max_connections = most
+    for t, r in zip(topics, results, strict=True):
+        if owner[t] is full:
+            assert isinstance(r, MaxConnectionsError), r
+        else:
+            assert isinstance(r, int), r  # SPUBLISH's receiver count

@@ -84,7 +84,12 @@ async def _pipeline(
     """Send `commands` to `node` in one write on one of its pooled connections; the reply to
     command k goes to results[idx[k]]: its value, its Redis error, or, from a connection
     error on, that error."""
-    conn = node.acquire_connection()
+    try:
+        conn = node.acquire_connection()
+    except RedisError as exc:  # its pool is full: these calls fail, the other shards' run
+        for i in idx:
+            results[i] = exc
+        return
     k = 0
     try:
         await node.disconnect_if_needed(conn)
