@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import ROOT, TIMEOUT, cluster_config, start_node, stop_node
 from tests.helpers.client import Client, rest
+from tests.helpers.cluster_checks import ws
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]
 
@@ -52,10 +53,6 @@ async def closed_with(c: Client, within: float) -> int:
                 return int(msg.data)
             if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
                 return -1
-
-
-def ws(port: int, key: str) -> str:
-    return f"ws://127.0.0.1:{port}/app/{key}?protocol=7&client=t&version=1"
 
 
 async def admin(port: int, method: str, path: str, body: object = None) -> tuple[int, dict]:

@@ -27,6 +27,7 @@ from tests.helpers.cluster_checks import (
     presence_subscribe,
     rest_users,
     trigger_numbered,
+    ws,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -48,10 +49,6 @@ key = "quota-key"
 secret = "quota-secret"
 max_connections = 10
 """
-
-
-def ws(port: int, key: str = "app-key") -> str:
-    return f"ws://127.0.0.1:{port}/app/{key}?protocol=7&client=t&version=1"
 
 
 

@@ -31,7 +31,7 @@ from tests.conftest import (
     stop_node,
 )
 from tests.helpers.client import Client, rest, wait_ready
-from tests.helpers.cluster_checks import eventually, http, rest_users
+from tests.helpers.cluster_checks import eventually, http, rest_users, ws
 from tests.helpers.redis_cluster import RedisClusterSet
 from tests.helpers.redis_sentinel import SentinelSet
 
@@ -56,10 +56,6 @@ def protected(
     )
     with topology:
         yield topology
-
-
-def ws(port: int) -> str:
-    return f"ws://127.0.0.1:{port}/app/app-key?protocol=7&client=t&version=1"
 
 
 async def trigger(port: int, channel: str, data: str) -> int:

@@ -58,6 +58,11 @@ def http(port: int) -> str:
     return f"http://127.0.0.1:{port}"
 
 
+def ws(port: int, key: str = "app-key") -> str:
+    """A Pusher client's WebSocket URL on the node at `port`, for app `key`."""
+    return f"ws://127.0.0.1:{port}/app/{key}?protocol=7&client=t&version=1"
+
+
 async def members_seen(client: Client, channel: str, quiet: float = 0.5) -> set[str]:
     """Replay what a client received into the member list a Pusher client would hold."""
     members: set[str] = set()
